@@ -1,0 +1,122 @@
+"""QuantConfig: the quantiser options of one all-in-one model (``encoder_conf.quant_conf``).
+
+One frozen value, validated once, so every quantised layer of an encoder uses
+the same scheme and a typo in the YAML fails at start-up with the valid
+choices instead of silently falling back to a default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+GRANULARITIES = ("tensor", "channel", "group")
+"""Scale sharing: one per tensor, one per output row, one per sub-channel group."""
+
+CLIP_MODES = ("none", "fixed", "mse")
+"""Initial range: full min/max, a fixed fraction of it, or the MSE-best fraction."""
+
+ACTIVATION_BITS = (None, 8)
+"""Activation fake quantisation: off, or 8-bit dynamic per-tensor."""
+
+
+class QuantConfigError(ValueError):
+    """A quantiser option that is unknown or out of range."""
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How weights (and optionally activations) are fake-quantised.
+
+    symmetric:       signed levels [-2^(b-1), 2^(b-1)-1], no zero point; else
+                     unsigned [0, 2^b-1] with an integer zero point.
+    granularity:     "tensor", "channel" (per output row) or "group" (groups of
+                     ``group_size`` consecutive input columns of each row).
+    group_size:      columns per group when granularity == "group".
+    clip:            "none" (range = min/max), "fixed" (``clip_ratio`` x range)
+                     or "mse" (per-scale ratio that minimises the squared error,
+                     searched once at initialisation).
+    clip_ratio:      range fraction for clip == "fixed", in (0, 1].
+    learn_scale:     LSQ(+) learned scales (and zero points); False recomputes
+                     them from the current weight every forward.
+    activation_bits: None, or 8 to fake-quantise layer inputs.
+    """
+
+    symmetric: bool = True
+    granularity: str = "channel"
+    group_size: int = 32
+    clip: str = "none"
+    clip_ratio: float = 1.0
+    learn_scale: bool = True
+    activation_bits: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("symmetric", "learn_scale"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise QuantConfigError(
+                    f"quant_conf.{name} must be true or false, got {value!r}"
+                )
+        if self.granularity not in GRANULARITIES:
+            raise QuantConfigError(
+                f"unknown quant_conf.granularity {self.granularity!r}; "
+                f"valid: {', '.join(GRANULARITIES)}"
+            )
+        if (
+            not isinstance(self.group_size, int)
+            or isinstance(self.group_size, bool)
+            or self.group_size <= 0
+        ):
+            raise QuantConfigError(
+                f"quant_conf.group_size must be a positive integer, got {self.group_size!r}"
+            )
+        if self.clip not in CLIP_MODES:
+            raise QuantConfigError(
+                f"unknown quant_conf.clip {self.clip!r}; valid: {', '.join(CLIP_MODES)}"
+            )
+        ratio = self.clip_ratio
+        if (
+            isinstance(ratio, bool)
+            or not isinstance(ratio, (int, float))
+            or not 0 < ratio <= 1
+        ):
+            raise QuantConfigError(
+                f"quant_conf.clip_ratio must be a number in (0, 1], got {ratio!r}"
+            )
+        object.__setattr__(self, "clip_ratio", float(ratio))
+        if self.clip != "fixed" and self.clip_ratio != 1.0:
+            raise QuantConfigError(
+                f"quant_conf.clip_ratio={self.clip_ratio} only applies to clip: fixed "
+                f"(clip is {self.clip!r}); set clip: fixed or drop clip_ratio"
+            )
+        if self.activation_bits not in ACTIVATION_BITS or isinstance(
+            self.activation_bits, bool
+        ):
+            raise QuantConfigError(
+                f"unsupported quant_conf.activation_bits {self.activation_bits!r}; "
+                "valid: null (off), 8"
+            )
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | QuantConfig | None) -> QuantConfig:
+        """Build from a YAML mapping; None means the defaults, a QuantConfig passes through."""
+        if d is None:
+            return cls()
+        if isinstance(d, QuantConfig):
+            return d
+        if not isinstance(d, Mapping):
+            raise QuantConfigError(
+                f"quant_conf must be a mapping of options, got {type(d).__name__}: {d!r}"
+            )
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(str(k) for k in d if k not in valid)
+        if unknown:
+            raise QuantConfigError(
+                f"unknown quant_conf key(s) {', '.join(unknown)}; valid keys: {', '.join(valid)}"
+            )
+        return cls(**dict(d))
+
+    def to_dict(self) -> dict:
+        """Plain mapping (for YAML), the inverse of ``from_dict``."""
+        return asdict(self)
