@@ -1,0 +1,465 @@
+#!/usr/bin/env bash
+# All-in-one ASR recipe stages: one training run, every listed subsystem
+# extracted, decoded, scored and reported. In the spirit of ESPnet's asr.sh
+# (same option names and stage numbers where they coincide), written anew:
+# the ESPnet wheel ships no asr.sh and no Kaldi utils/.
+#
+#   1  data preparation (local/data.sh)         10 statistics collection
+#   3  format the data dirs (dump/raw)          11 all-in-one training (espnet2.bin.launch)
+#   4  filter too long/short utterances         12 extract every listed subsystem
+#   5  token list (char, or sentencepiece bpe)  13 decode (--inference_nj jobs each)
+#                                               14 score with sclite (WER, CER)
+#   15 baselines: each subsystem trained alone (off: --skip_baselines false)
+#   16 report: RESULTS.md, results.json, wer_vs_size.png; the table is printed
+#   17 pack each subsystem for the model zoo    18 upload (off; dry run by default)
+#
+# Every stage logs to <asr_exp>/logs/stage<N>_<name>.log and can be re-run
+# alone (--stage N --stop_stage N). Stage 2 (speed perturbation) and 6-9
+# (language model) of asr.sh do not exist here.
+set -euo pipefail
+
+log() { echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (allinone.sh) $*"; }
+fail() { log "ERROR: $*" >&2; exit 1; }
+help_message=$(sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//')
+
+# ---- options (each settable as --name value) -------------------------------
+stage=1                 # first stage to run
+stop_stage=10000        # last stage to run
+skip_data_prep=false    # skip stages 1-5
+skip_train=false        # skip stages 10-11
+skip_extract=false      # skip stage 12
+skip_eval=false         # skip stages 13-14
+skip_baselines=true     # skip stage 15 (trains every subsystem alone: slow)
+skip_report=false       # skip stage 16
+skip_packing=false      # skip stage 17
+skip_upload=true        # skip stage 18
+ngpu=1                  # GPUs per node for training (0: CPU)
+num_nodes=1             # nodes for training (needs a cluster cmd, see cmd.sh)
+nj=4                    # parallel jobs for data formatting and statistics
+inference_nj=4          # parallel decoding jobs per subsystem and test set
+gpu_inference=false     # decode on GPU
+python=python3          # the python that has espnet-allinone installed
+dumpdir=dump            # formatted data
+expdir=exp              # experiments
+local_data_opts=""      # options for local/data.sh
+fs=16k                  # sampling rate of the audio (16k, 8k or Hz)
+min_wav_duration=0.1    # seconds; shorter training utterances are dropped
+max_wav_duration=20     # seconds; longer training utterances are dropped
+token_type=bpe          # bpe or char
+nbpe=30                 # sentencepiece vocabulary size
+bpemode=unigram         # sentencepiece model type
+feats_normalize=global_mvn
+asr_tag=""              # default: the train config's name
+asr_exp=""              # default: ${expdir}/asr_${asr_tag}
+asr_stats_dir=""        # default: ${asr_exp}/stats
+train_config=""         # training YAML (model: allinone)
+inference_config=""     # decoding YAML (asr_inference options)
+asr_args=""             # extra asr_train arguments
+inference_args=""       # extra asr_inference arguments
+inference_asr_model=auto  # checkpoint in asr_exp to extract from; auto: valid.*.ave.pth, ...
+inference_tag=decode    # decoding results go to ${asr_exp}/${inference_tag}/<subsystem>/<set>
+subsystems=all          # subsystems to extract/decode/report: all, or "d6-w0.5-int4 d12-w1-fp"
+extract_args=""         # extra arguments for espnet_allinone.bin.extract
+rtf_utts=10             # utterances timed for the real-time factor (0: none)
+report_title=""
+pack_args=""            # extra arguments for espnet_allinone.bin.pack
+hf_repo=""              # Hub repo for stage 18, e.g. user/allinone-{subsystem}
+upload_dry_run=true     # stage 18 writes the upload folder without uploading
+train_set=train
+valid_set=dev
+test_sets="test"
+lang=en
+
+usage() { echo "Usage: $0 --train_config C [--option value ...]"; echo "${help_message}";
+          echo "Options:"; sed -n '/^# ---- options/,/^lang=/p' "$0" | grep -E '^[a-z_]+=' ; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -h|--help) usage; exit 0 ;;
+        --*)
+            name="${1#--}"; name="${name//-/_}"
+            if [ $# -lt 2 ]; then fail "option $1 needs a value"; fi
+            if ! grep -qE "^${name}=" <(sed -n '/^# ---- options/,/^lang=/p' "$0"); then
+                fail "unknown option $1; valid options:\n$(sed -n '/^# ---- options/,/^lang=/p' "$0" | grep -oE '^[a-z_]+' | tr '\n' ' ')"
+            fi
+            printf -v "${name}" '%s' "$2"; shift 2 ;;
+        *) fail "unexpected argument '$1' (options are --name value)" ;;
+    esac
+done
+
+for flag in skip_data_prep skip_train skip_extract skip_eval skip_baselines skip_report \
+            skip_packing skip_upload gpu_inference upload_dry_run; do
+    case "${!flag}" in true|false) ;; *) fail "--${flag} must be true or false, got '${!flag}'" ;; esac
+done
+case "${token_type}" in bpe|char) ;; *) fail "--token_type must be bpe or char, got '${token_type}'" ;; esac
+[ -n "${train_config}" ] || fail "--train_config is required (a YAML with model: allinone)"
+[ -f "${train_config}" ] || fail "--train_config ${train_config} does not exist"
+if [ -n "${inference_config}" ] && [ ! -f "${inference_config}" ]; then
+    fail "--inference_config ${inference_config} does not exist"
+fi
+command -v "${python}" > /dev/null || fail "--python ${python} not found"
+"${python}" -c "import espnet_allinone" 2> /dev/null \
+    || fail "${python} cannot import espnet_allinone: run 'pip install -e .' in the repository (or source path.sh)"
+
+# sampling rate in Hz
+case "${fs}" in *k) fs_hz=$(( ${fs%k} * 1000 )) ;; *) fs_hz="${fs}" ;; esac
+
+[ -n "${asr_tag}" ] || asr_tag="$(basename "${train_config}" .yaml)"
+[ -n "${asr_exp}" ] || asr_exp="${expdir}/asr_${asr_tag}"
+[ -n "${asr_stats_dir}" ] || asr_stats_dir="${asr_exp}/stats"
+data_feats="${dumpdir}/raw"
+token_listdir="data/${lang}_token_list"
+if [ "${token_type}" = bpe ]; then
+    bpedir="${token_listdir}/bpe_${bpemode}${nbpe}"
+    bpemodel="${bpedir}/bpe.model"
+    token_list="${bpedir}/tokens.txt"
+else
+    bpemodel=none
+    token_list="${token_listdir}/char/tokens.txt"
+fi
+logdir="${asr_exp}/logs"
+[ -f ./cmd.sh ] && . ./cmd.sh
+train_cmd="${train_cmd:-utils/run_local.sh}"
+cuda_cmd="${cuda_cmd:-utils/run_local.sh}"
+decode_cmd="${decode_cmd:-utils/run_local.sh}"
+
+recipe_util() { "${python}" -m espnet_allinone.bin.recipe_util "$@"; }
+
+# The subsystems must be in the training config's search space.
+subsystem_list=$(recipe_util subsystems --config "${train_config}" --subsystems "${subsystems}") \
+    || fail "--subsystems '${subsystems}' does not fit ${train_config} (see above)"
+subsystem_list=$(echo ${subsystem_list})
+
+# A non-empty experiment dir made with another configuration is refused.
+recipe_util guard --asr_exp "${asr_exp}" --config "${train_config}" \
+    --option "token_type=${token_type}" --option "nbpe=${nbpe}" --option "bpemode=${bpemode}" \
+    --option "fs=${fs_hz}" --option "feats_normalize=${feats_normalize}" \
+    --option "train_set=${train_set}" --option "valid_set=${valid_set}" \
+    || fail "refusing to use ${asr_exp} (see above)"
+
+current_stage=0
+# require FILE STAGE: fail naming the missing input and the stage that makes it.
+require() {
+    local file="$1" maker="$2"
+    if [ ! -e "${file}" ]; then
+        echo "ERROR: stage ${current_stage} needs ${file}, which stage ${maker} makes;" \
+             "run stage ${maker} first (--stage ${maker})" >&2
+        return 1
+    fi
+}
+
+run_stage() {  # run_stage N NAME SKIP FUNCTION
+    local n="$1" name="$2" skip="$3" fn="$4"
+    if [ "${stage}" -gt "${n}" ] || [ "${stop_stage}" -lt "${n}" ]; then return 0; fi
+    if [ "${skip}" = true ]; then log "Stage ${n}: ${name}: skipped"; return 0; fi
+    mkdir -p "${logdir}"
+    local logf="${logdir}/stage${n}_${name}.log" t0=${SECONDS} rc
+    log "Stage ${n}: ${name} (log: ${logf})"
+    current_stage="${n}"
+    set +e
+    ( set -euo pipefail; "${fn}" ) 2>&1 | tee "${logf}"
+    rc=${PIPESTATUS[0]}
+    set -e
+    [ "${rc}" -eq 0 ] || fail "stage ${n} (${name}) failed with exit code ${rc}; see ${logf}"
+    log "Stage ${n}: ${name}: done in $(( SECONDS - t0 )) s"
+}
+
+# ---- stages -----------------------------------------------------------------
+stage_data() {
+    [ -x local/data.sh ] || { echo "ERROR: local/data.sh missing or not executable" >&2; return 1; }
+    # shellcheck disable=SC2086
+    local/data.sh ${local_data_opts}
+    for dset in "${train_set}" "${valid_set}" ${test_sets}; do
+        "${python}" -m espnet_allinone.bin.datadir validate "data/${dset}"
+    done
+}
+
+stage_format() {
+    for dset in "${train_set}" "${valid_set}"; do
+        require "data/${dset}/wav.scp" 1
+        "${python}" -m espnet_allinone.bin.datadir format "data/${dset}" \
+            "${data_feats}/org/${dset}" --fs "${fs_hz}" --nj "${nj}"
+    done
+    for dset in ${test_sets}; do
+        require "data/${dset}/wav.scp" 1
+        "${python}" -m espnet_allinone.bin.datadir format "data/${dset}" "${data_feats}/${dset}" \
+            --fs "${fs_hz}" --nj "${nj}"
+    done
+}
+
+stage_filter() {
+    for dset in "${train_set}" "${valid_set}"; do
+        require "${data_feats}/org/${dset}/utt2num_samples" 3
+        "${python}" -m espnet_allinone.bin.datadir filter "${data_feats}/org/${dset}" \
+            "${data_feats}/${dset}" --fs "${fs_hz}" --min "${min_wav_duration}" \
+            --max "${max_wav_duration}"
+    done
+}
+
+stage_token_list() {
+    require "${data_feats}/${train_set}/text" 4
+    local srctexts="${data_feats}/srctexts"
+    cut -f 2- -d " " "${data_feats}/${train_set}/text" > "${srctexts}"
+    local opts=()
+    if [ "${token_type}" = bpe ]; then
+        mkdir -p "${bpedir}"
+        recipe_util spm_train --input "${srctexts}" --vocab_size "${nbpe}" \
+            --model_type "${bpemode}" --model_prefix "${bpedir}/bpe"
+        opts=(--bpemodel "${bpemodel}")
+    fi
+    mkdir -p "$(dirname "${token_list}")"
+    "${python}" -m espnet2.bin.tokenize_text --token_type "${token_type}" "${opts[@]}" \
+        --input "${srctexts}" --output "${token_list}" --field 1- --cleaner none \
+        --non_linguistic_symbols none --write_vocabulary true \
+        --add_symbol "<blank>:0" --add_symbol "<unk>:1" --add_symbol "<sos/eos>:-1"
+    echo "token list: ${token_list} ($(wc -l < "${token_list}") tokens)"
+}
+
+common_train_opts() {  # the data and token options every asr_train call shares
+    echo --use_preprocessor true --token_type "${token_type}" --token_list "${token_list}" \
+        --bpemodel "${bpemodel}" --non_linguistic_symbols none --cleaner none --g2p none \
+        --frontend_conf "fs=${fs}"
+    if ! "${python}" -c "import tensorboard" 2> /dev/null; then echo --use_tensorboard false; fi
+}
+
+stage_stats() {
+    require "${data_feats}/${train_set}/wav.scp" 4
+    require "${data_feats}/${valid_set}/wav.scp" 4
+    require "${token_list}" 5
+    local _logdir="${asr_stats_dir}/logdir" n_valid _nj i
+    mkdir -p "${_logdir}"
+    n_valid=$(wc -l < "${data_feats}/${valid_set}/wav.scp")
+    _nj=$(( nj < n_valid ? nj : n_valid ))
+    local tr_parts=() va_parts=() inputs=()
+    for (( i = 1; i <= _nj; i++ )); do
+        tr_parts+=("${_logdir}/train.${i}.scp"); va_parts+=("${_logdir}/valid.${i}.scp")
+        inputs+=(--input_dir "${_logdir}/stats.${i}")
+    done
+    "${python}" -m espnet_allinone.bin.datadir split "${data_feats}/${train_set}/wav.scp" "${tr_parts[@]}"
+    "${python}" -m espnet_allinone.bin.datadir split "${data_feats}/${valid_set}/wav.scp" "${va_parts[@]}"
+    # shellcheck disable=SC2046,SC2086
+    ${train_cmd} JOB=1:"${_nj}" "${_logdir}/stats.JOB.log" \
+        "${python}" -m espnet_allinone.bin.asr_train --collect_stats true --ngpu 0 --normalize none \
+        --config "${train_config}" $(common_train_opts) \
+        --train_data_path_and_name_and_type "${data_feats}/${train_set}/wav.scp,speech,sound" \
+        --train_data_path_and_name_and_type "${data_feats}/${train_set}/text,text,text" \
+        --valid_data_path_and_name_and_type "${data_feats}/${valid_set}/wav.scp,speech,sound" \
+        --valid_data_path_and_name_and_type "${data_feats}/${valid_set}/text,text,text" \
+        --train_shape_file "${_logdir}/train.JOB.scp" --valid_shape_file "${_logdir}/valid.JOB.scp" \
+        --output_dir "${_logdir}/stats.JOB" ${asr_args} \
+        || { echo "ERROR: statistics collection failed; see ${_logdir}/stats.*.log" >&2; return 1; }
+    "${python}" -m espnet2.bin.aggregate_stats_dirs "${inputs[@]}" --output_dir "${asr_stats_dir}"
+    local v; v=$(wc -l < "${token_list}")
+    for d in train valid; do
+        awk -v N="${v}" '{ print $0 "," N }' "${asr_stats_dir}/${d}/text_shape" \
+            > "${asr_stats_dir}/${d}/text_shape.${token_type}"
+    done
+    echo "statistics: ${asr_stats_dir}/train/feats_stats.npz"
+}
+
+# train_model OUTPUT_DIR CONFIG: ESPnet's launcher, so --ngpu/--num_nodes work as in asr.sh.
+train_model() {
+    local out="$1" config="$2" norm_opts=() t0=${SECONDS}
+    require "${asr_stats_dir}/train/feats_stats.npz" 10
+    require "${asr_stats_dir}/train/text_shape.${token_type}" 10
+    if [ "${feats_normalize}" = global_mvn ]; then
+        norm_opts=(--normalize global_mvn --normalize_conf "stats_file=${asr_stats_dir}/train/feats_stats.npz")
+    fi
+    mkdir -p "${out}"
+    # shellcheck disable=SC2046,SC2086
+    "${python}" -m espnet2.bin.launch --cmd "${cuda_cmd} --name train_$(basename "${out}")" \
+        --log "${out}/train.log" --ngpu "${ngpu}" --num_nodes "${num_nodes}" \
+        --init_file_prefix "${out}/.dist_init_" --multiprocessing_distributed true -- \
+        "${python}" -m espnet_allinone.bin.asr_train \
+        --config "${config}" $(common_train_opts) "${norm_opts[@]}" \
+        --train_data_path_and_name_and_type "${data_feats}/${train_set}/wav.scp,speech,sound" \
+        --train_data_path_and_name_and_type "${data_feats}/${train_set}/text,text,text" \
+        --valid_data_path_and_name_and_type "${data_feats}/${valid_set}/wav.scp,speech,sound" \
+        --valid_data_path_and_name_and_type "${data_feats}/${valid_set}/text,text,text" \
+        --train_shape_file "${asr_stats_dir}/train/speech_shape" \
+        --train_shape_file "${asr_stats_dir}/train/text_shape.${token_type}" \
+        --valid_shape_file "${asr_stats_dir}/valid/speech_shape" \
+        --valid_shape_file "${asr_stats_dir}/valid/text_shape.${token_type}" \
+        --fold_length 80000 --fold_length 150 --resume true --output_dir "${out}" ${asr_args} \
+        || { echo "ERROR: training failed; see ${out}/train.log" >&2; tail -n 30 "${out}/train.log" >&2; return 1; }
+    echo $(( SECONDS - t0 )) > "${out}/train_seconds"
+    echo "trained ${out} in $(cat "${out}/train_seconds") s"
+}
+
+stage_train() { train_model "${asr_exp}" "${train_config}"; }
+
+# pick_model DIR: the checkpoint to extract from.
+pick_model() {
+    local dir="$1" m
+    if [ "${inference_asr_model}" != auto ]; then
+        require "${dir}/${inference_asr_model}" 11 && echo "${dir}/${inference_asr_model}"; return
+    fi
+    for m in valid.loss.ave.pth valid.acc.ave.pth valid.loss.best.pth valid.acc.best.pth; do
+        if [ -e "${dir}/${m}" ]; then echo "${dir}/${m}"; return; fi
+    done
+    require "${dir}/valid.loss.ave.pth" 11
+}
+
+# extract_from TRAIN_DIR OUTDIR SUBSYSTEMS
+extract_from() {
+    local train_dir="$1" outdir="$2" subs="$3" model subs_trained
+    require "${train_dir}/config.yaml" 11
+    model=$(pick_model "${train_dir}")
+    # the subsystems must be in the trained model's space
+    subs_trained=$(recipe_util subsystems --config "${train_dir}/config.yaml" --subsystems "${subs}")
+    echo "extracting from ${model}: $(echo ${subs_trained})"
+    # shellcheck disable=SC2086
+    "${python}" -m espnet_allinone.bin.extract --asr_train_config "${train_dir}/config.yaml" \
+        --asr_model_file "${model}" --subsystems "$(echo ${subs_trained} | tr ' ' ,)" \
+        --outdir "${outdir}" --overwrite ${extract_args}
+}
+
+stage_extract() { extract_from "${asr_exp}" "${asr_exp}/extracted" "${subsystem_list}"; }
+
+# decode_one MODEL_DIR DSET OUT_DIR: --inference_nj parallel asr_inference jobs.
+decode_one() {
+    local model_dir="$1" dset="$2" dir="$3" n _nj i parts=() model
+    require "${model_dir}/config.yaml" 12
+    require "${data_feats}/${dset}/wav.scp" 3
+    model="${model_dir}/model.pth"
+    [ -e "${model}" ] || model=$(ls "${model_dir}"/*.pth | head -n 1)
+    local _logdir="${dir}/logdir"
+    rm -rf "${_logdir}"; mkdir -p "${_logdir}"
+    n=$(wc -l < "${data_feats}/${dset}/wav.scp")
+    _nj=$(( inference_nj < n ? inference_nj : n ))
+    for (( i = 1; i <= _nj; i++ )); do parts+=("${_logdir}/keys.${i}.scp"); done
+    "${python}" -m espnet_allinone.bin.datadir split "${data_feats}/${dset}/wav.scp" "${parts[@]}"
+    local opts=() _ngpu=0
+    [ -n "${inference_config}" ] && opts+=(--config "${inference_config}")
+    "${gpu_inference}" && _ngpu=1
+    # shellcheck disable=SC2086
+    ${decode_cmd} JOB=1:"${_nj}" "${_logdir}/asr_inference.JOB.log" \
+        "${python}" -m espnet_allinone.bin.asr_inference --batch_size 1 --ngpu "${_ngpu}" \
+        --data_path_and_name_and_type "${data_feats}/${dset}/wav.scp,speech,sound" \
+        --key_file "${_logdir}/keys.JOB.scp" --asr_train_config "${model_dir}/config.yaml" \
+        --asr_model_file "${model}" --output_dir "${_logdir}/output.JOB" "${opts[@]}" \
+        ${inference_args} \
+        || { echo "ERROR: decoding failed; see ${_logdir}/asr_inference.*.log" >&2; return 1; }
+    for (( i = 1; i <= _nj; i++ )); do cat "${_logdir}/output.${i}/1best_recog/text"; done \
+        | sort > "${dir}/text"
+    [ "$(wc -l < "${dir}/text")" -eq "${n}" ] \
+        || { echo "ERROR: ${dir}/text has $(wc -l < "${dir}/text") of ${n} utterances" >&2; return 1; }
+    echo "decoded ${n} utterances: ${dir}/text"
+}
+
+stage_decode() {
+    for sub in ${subsystem_list}; do
+        require "${asr_exp}/extracted/${sub}/config.yaml" 12
+        for dset in ${test_sets}; do
+            decode_one "${asr_exp}/extracted/${sub}" "${dset}" "${asr_exp}/${inference_tag}/${sub}/${dset}"
+        done
+    done
+}
+
+stage_score() {
+    for sub in ${subsystem_list}; do
+        for dset in ${test_sets}; do
+            local dir="${asr_exp}/${inference_tag}/${sub}/${dset}"
+            require "${dir}/text" 13
+            "${python}" -m espnet_allinone.bin.score --ref_dir "${data_feats}/${dset}" \
+                --hyp_text "${dir}/text" --outdir "${dir}"
+        done
+    done
+}
+
+stage_baselines() {
+    local first_test; first_test=$(echo ${test_sets} | cut -d " " -f 1)
+    local bdir="${asr_exp}/baselines" sub
+    mkdir -p "${bdir}"
+    for sub in ${subsystem_list}; do
+        local d="${bdir}/${sub}"
+        recipe_util baseline_config --config "${train_config}" --subsystem "${sub}" \
+            --out "${d}/train_alone.yaml"
+        if [ ! -f "${d}/train_seconds" ]; then
+            train_model "${d}" "${d}/train_alone.yaml"
+        fi
+        extract_from "${d}" "${d}/extracted" "${sub}"
+        decode_one "${d}/extracted/${sub}" "${first_test}" "${d}/${inference_tag}/${first_test}"
+        "${python}" -m espnet_allinone.bin.score --ref_dir "${data_feats}/${first_test}" \
+            --hyp_text "${d}/${inference_tag}/${first_test}/text" --outdir "${d}/${inference_tag}/${first_test}"
+    done
+    "${python}" - "${bdir}" "${inference_tag}" "${first_test}" ${subsystem_list} <<'EOF'
+import json, sys
+from pathlib import Path
+bdir, tag, test, subs = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
+out = {}
+for s in subs:
+    sc = json.loads((bdir / s / tag / test / "scores.json").read_text())
+    out[s] = {"wer": sc["wer"]["error_rate"], "cer": sc["cer"]["error_rate"],
+              "train_seconds": float((bdir / s / "train_seconds").read_text())}
+(bdir.parent / "baselines.json").write_text(json.dumps(out, indent=1) + "\n")
+print(json.dumps(out, indent=1))
+EOF
+}
+
+stage_report() {
+    local first_test; first_test=$(echo ${test_sets} | cut -d " " -f 1)
+    for sub in ${subsystem_list}; do
+        require "${asr_exp}/${inference_tag}/${sub}/${first_test}/scores.json" 14
+    done
+    local opts=()
+    [ -n "${inference_config}" ] && opts+=(--inference_config "${inference_config}")
+    [ -f "${asr_exp}/baselines.json" ] && opts+=(--baselines "${asr_exp}/baselines.json")
+    [ -f "${asr_exp}/train_seconds" ] && opts+=(--allinone_train_seconds "$(cat "${asr_exp}/train_seconds")")
+    [ -n "${report_title}" ] && opts+=(--title "${report_title}")
+    "${python}" -m espnet_allinone.bin.report --asr_exp "${asr_exp}" \
+        --decode_dir "${asr_exp}/${inference_tag}" --extracted_dir "${asr_exp}/extracted" \
+        --test_set "${first_test}" --subsystems "${subsystem_list}" \
+        --data_dir "${data_feats}/${first_test}" --rtf_utts "${rtf_utts}" "${opts[@]}"
+}
+
+stage_pack() {
+    for sub in ${subsystem_list}; do require "${asr_exp}/extracted/${sub}/config.yaml" 12; done
+    local opts=()
+    # model cards carry the WER when the report stage has run
+    [ -f "${asr_exp}/results.json" ] && opts+=(--results "${asr_exp}/results.json")
+    # shellcheck disable=SC2086
+    "${python}" -m espnet_allinone.bin.pack --extracted_dir "${asr_exp}/extracted" \
+        --outdir "${asr_exp}/packed" --subsystems ${subsystem_list} "${opts[@]}" ${pack_args}
+}
+
+stage_upload() {
+    local zips=() sub opts=()
+    for sub in ${subsystem_list}; do
+        require "${asr_exp}/packed/${sub}.zip" 17
+        zips+=("${asr_exp}/packed/${sub}.zip")
+    done
+    if [ "${upload_dry_run}" = true ]; then
+        opts+=(--dry_run)
+    elif [ -z "${hf_repo}" ]; then
+        echo "ERROR: --hf_repo (e.g. user/allinone-{subsystem}) is required to upload;" \
+             "or keep --upload_dry_run true" >&2
+        return 1
+    fi
+    "${python}" -m espnet_allinone.bin.upload --packed "${zips[@]}" \
+        --repo_id "${hf_repo:-your-name/allinone-{subsystem}}" --workdir "${asr_exp}/upload" \
+        "${opts[@]}"
+}
+
+log "$0 $*"
+log "experiment: ${asr_exp}; subsystems: ${subsystem_list}"
+skip_prep="${skip_data_prep}"
+run_stage 1 data_prep "${skip_prep}" stage_data
+run_stage 3 format "${skip_prep}" stage_format
+run_stage 4 filter "${skip_prep}" stage_filter
+run_stage 5 token_list "${skip_prep}" stage_token_list
+run_stage 10 stats "${skip_train}" stage_stats
+run_stage 11 train "${skip_train}" stage_train
+run_stage 12 extract "${skip_extract}" stage_extract
+run_stage 13 decode "${skip_eval}" stage_decode
+run_stage 14 score "${skip_eval}" stage_score
+run_stage 15 baselines "${skip_baselines}" stage_baselines
+run_stage 16 report "${skip_report}" stage_report
+run_stage 17 pack "${skip_packing}" stage_pack
+run_stage 18 upload "${skip_upload}" stage_upload
+
+if [ -f "${asr_exp}/RESULTS.md" ] && [ "${stage}" -le 16 ] && [ "${stop_stage}" -ge 16 ] \
+        && [ "${skip_report}" = false ]; then
+    echo; cat "${asr_exp}/RESULTS.md"
+fi
+log "Successfully finished. [elapsed=${SECONDS}s]"

@@ -1,0 +1,1 @@
+../../TEMPLATE/allinone1/path.sh

@@ -1,0 +1,160 @@
+"""Small helpers the allinone.sh stage script calls (no Kaldi utils/ in the wheel).
+
+    python -m espnet_allinone.bin.recipe_util subsystems --config C --subsystems all
+    python -m espnet_allinone.bin.recipe_util guard --asr_exp E --config C [--option k=v ...]
+    python -m espnet_allinone.bin.recipe_util baseline_config --config C --subsystem S --out Y
+    python -m espnet_allinone.bin.recipe_util spm_train --input F --vocab_size N --model_prefix P
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from espnet_allinone.subsystem import SearchSpace, SubsystemError
+
+FINGERPRINT = "recipe_config.json"
+# ESPnet ConformerEncoder defaults, for keys a YAML leaves out.
+_ENCODER_DEFAULTS = {"num_blocks": 6, "linear_units": 2048, "attention_heads": 4,
+                     "output_size": 256}
+
+
+class RecipeError(RuntimeError):
+    """A recipe input that is wrong; the message says what to do."""
+
+
+def load_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise RecipeError(f"config {path} does not exist")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def space_of(config: dict) -> SearchSpace:
+    """The search space an (all-in-one) training config's encoder_conf defines."""
+    enc = {**_ENCODER_DEFAULTS, **(config.get("encoder_conf") or {})}
+    return SearchSpace.from_config(
+        num_blocks=enc["num_blocks"], linear_units=enc["linear_units"],
+        attention_heads=enc["attention_heads"], output_size=enc["output_size"],
+        depths=enc.get("depths"), widths=enc.get("widths"), precisions=enc.get("precisions"),
+        elastic_conv=bool(enc.get("elastic_conv", False)),
+    )
+
+
+def resolve_subsystems(config_path: Path, subsystems: str) -> list[str]:
+    """Canonical strings of ``subsystems`` ("all" or a list) in the config's space."""
+    space = space_of(load_yaml(config_path))
+    try:
+        return [str(s) for s in space.resolve(subsystems)]
+    except SubsystemError as e:
+        valid = " ".join(str(s) for s in space.ordered())
+        raise RecipeError(f"{e} (config {config_path}; its subsystems: {valid})") from e
+
+
+def guard(asr_exp: Path, config_path: Path, options: list[str]) -> str:
+    """Refuse an experiment dir made with another config; stamp a new or empty one."""
+    wanted = {"train_config": load_yaml(config_path), "options": dict(
+        o.split("=", 1) for o in options)}
+    stamp = asr_exp / FINGERPRINT
+    if stamp.is_file():
+        have = json.loads(stamp.read_text())
+        if have == wanted:
+            return "matches"
+        diffs = _diff(have, wanted)
+        raise RecipeError(
+            f"{asr_exp} was made with a different configuration ({'; '.join(diffs[:6])}); "
+            "use another --expdir or --asr_tag, or remove that directory"
+        )
+    if asr_exp.is_dir() and any(asr_exp.iterdir()):
+        raise RecipeError(
+            f"{asr_exp} is not empty and has no {FINGERPRINT}: not made by this recipe; "
+            "use another --expdir or --asr_tag, or remove that directory"
+        )
+    asr_exp.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(wanted, indent=1, sort_keys=True) + "\n")
+    return "stamped"
+
+
+def _diff(a: object, b: object, path: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _diff(a.get(k, "<unset>"), b.get(k, "<unset>"), f"{path}.{k}" if path else k)
+        return out
+    return [] if a == b else [f"{path}: {a!r} then, {b!r} now"]
+
+
+def baseline_config(config_path: Path, subsystem: str, out: Path) -> None:
+    """The same config training only ``subsystem`` (explicit sampling, one path)."""
+    config = load_yaml(config_path)
+    sub = resolve_subsystems(config_path, subsystem)
+    if len(sub) != 1:
+        raise RecipeError(f"baseline_config takes one subsystem, got {subsystem!r}")
+    if config.get("model") != "allinone":
+        raise RecipeError(f"{config_path} has model: {config.get('model')!r}; the baselines "
+                          "stage needs an all-in-one config (model: allinone)")
+    mc = dict(config.get("model_conf") or {})
+    mc.update(sampling="explicit", subsystems=sub, valid_subsystems=sub)
+    if "distill_weight" in mc:
+        mc["distill_weight"] = 0.0
+    config["model_conf"] = mc
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def spm_train(input_file: Path, vocab_size: int, model_type: str, model_prefix: Path,
+              character_coverage: float = 1.0) -> None:
+    """Train a sentencepiece model (what asr.sh's token-list stage does for bpe)."""
+    import sentencepiece as spm
+
+    model_prefix.parent.mkdir(parents=True, exist_ok=True)
+    spm.SentencePieceTrainer.train(
+        input=str(input_file), vocab_size=vocab_size, model_type=model_type,
+        model_prefix=str(model_prefix), character_coverage=character_coverage,
+        input_sentence_size=100000000, bos_id=-1, eos_id=-1, unk_id=0,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("subsystems", help="print the canonical subsystems, one a line")
+    s.add_argument("--config", type=Path, required=True)
+    s.add_argument("--subsystems", default="all")
+    g = sub.add_parser("guard", help="refuse an experiment dir from another config")
+    g.add_argument("--asr_exp", type=Path, required=True)
+    g.add_argument("--config", type=Path, required=True)
+    g.add_argument("--option", action="append", default=[], help="key=value, repeatable")
+    b = sub.add_parser("baseline_config", help="config that trains one subsystem alone")
+    b.add_argument("--config", type=Path, required=True)
+    b.add_argument("--subsystem", required=True)
+    b.add_argument("--out", type=Path, required=True)
+    t = sub.add_parser("spm_train", help="train a sentencepiece model")
+    t.add_argument("--input", type=Path, required=True)
+    t.add_argument("--vocab_size", type=int, required=True)
+    t.add_argument("--model_type", default="unigram")
+    t.add_argument("--model_prefix", type=Path, required=True)
+    t.add_argument("--character_coverage", type=float, default=1.0)
+    args = p.parse_args(argv)
+    try:
+        if args.command == "subsystems":
+            print("\n".join(resolve_subsystems(args.config, args.subsystems)))
+        elif args.command == "guard":
+            guard(args.asr_exp, args.config, args.option)
+        elif args.command == "baseline_config":
+            baseline_config(args.config, args.subsystem, args.out)
+        else:
+            spm_train(args.input, args.vocab_size, args.model_type, args.model_prefix,
+                      args.character_coverage)
+    except (RecipeError, SubsystemError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Write RESULTS.md, results.json and the WER-vs-size plot; print the table.
+
+    python -m espnet_allinone.bin.report --asr_exp exp/asr_x --test_set test \
+        --data_dir dump/raw/test --inference_config conf/decode.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from espnet_allinone.corpus.datadir import read_table
+from espnet_allinone.report.plot import plot_wer_vs_size
+from espnet_allinone.report.results import (
+    ReportError,
+    Row,
+    fill_compression,
+    read_scores,
+    to_markdown,
+    to_text_table,
+)
+from espnet_allinone.report.sizes import model_files, subsystem_size
+from espnet_allinone.subsystem import Subsystem, SubsystemError
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--asr_exp", type=Path, required=True, help="experiment dir")
+    p.add_argument("--decode_dir", type=Path, default=None, help="default ASR_EXP/decode")
+    p.add_argument("--extracted_dir", type=Path, default=None, help="default ASR_EXP/extracted")
+    p.add_argument("--test_set", default="test")
+    p.add_argument("--subsystems", default=None,
+                   help="space/comma separated; default: every subsystem decoded")
+    p.add_argument("--data_dir", type=Path, default=None, help="test data dir (for the RTF)")
+    p.add_argument("--inference_config", type=Path, default=None)
+    p.add_argument("--rtf_utts", type=int, default=10, help="utterances timed; 0: no RTF")
+    p.add_argument("--baselines", type=Path, default=None,
+                   help="baselines.json from the baselines stage")
+    p.add_argument("--allinone_train_seconds", type=float, default=None)
+    p.add_argument("--title", default=None)
+    p.add_argument("--outdir", type=Path, default=None, help="default ASR_EXP")
+    return p
+
+
+def _subsystems(args: argparse.Namespace, decode_dir: Path) -> list[str]:
+    if args.subsystems:
+        names = [s for s in args.subsystems.replace(",", " ").split() if s]
+    else:
+        names = [d.name for d in sorted(decode_dir.iterdir()) if (d / args.test_set).is_dir()] \
+            if decode_dir.is_dir() else []
+    if not names:
+        raise ReportError(f"no decoded subsystem under {decode_dir}: made by the decoding "
+                          "stage (13) and scored by stage 14")
+    subs = [Subsystem.parse(n) for n in names]
+    return [str(s) for s in sorted(subs, key=lambda s: (s.depth * s.width * s.bits, s.depth,
+                                                         s.width, s.bits))]
+
+
+def full_float_bytes(extracted: Path, rows: list[Row]) -> int | None:
+    """The float full model's bytes as the extraction stage recorded them, if it did."""
+    for r in rows:
+        info = extracted / r.subsystem / "extract_info.yaml"
+        if info.is_file():
+            value = (yaml.safe_load(info.read_text()) or {}).get("bytes", {}).get("full_float")
+            if value:
+                return int(value)
+    return None
+
+
+def build_rows(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
+    decode_dir = args.decode_dir or args.asr_exp / "decode"
+    extracted = args.extracted_dir or args.asr_exp / "extracted"
+    rows = []
+    for name in _subsystems(args, decode_dir):
+        scores = read_scores(decode_dir, name, args.test_set)
+        sub_dir = extracted / name
+        if not sub_dir.is_dir():
+            raise ReportError(f"missing {sub_dir}: made by the extraction stage (12)")
+        params, nbytes = subsystem_size(sub_dir, Subsystem.parse(name))
+        rows.append(Row(name, scores["wer"]["error_rate"], scores["cer"]["error_rate"],
+                        scores["wer"]["words"], params, nbytes))
+    notes = [f"test set `{args.test_set}`: {rows[0].words} words; WER/CER by sclite",
+             "bytes: the extracted model file on disk (low-bit weights packed)"]
+    notes.append("compression against the float full model: "
+                 + fill_compression(rows, full_float_bytes(extracted, rows)))
+    if args.baselines and args.baselines.is_file():
+        base = json.loads(args.baselines.read_text())
+        total = 0.0
+        for r in rows:
+            if r.subsystem in base:
+                r.baseline_wer = base[r.subsystem]["wer"]
+                r.baseline_train_seconds = base[r.subsystem]["train_seconds"]
+                total += r.baseline_train_seconds
+        if total and args.allinone_train_seconds:
+            notes.append(
+                f"training time (wall clock, process start included): the listed subsystems "
+                f"trained one by one {total:.0f} s, all-in-one {args.allinone_train_seconds:.0f} s"
+                f": ratio {total / args.allinone_train_seconds:.2f}x"
+            )
+    return rows, notes
+
+
+def add_rtf(rows: list[Row], args: argparse.Namespace, notes: list[str]) -> None:
+    if args.rtf_utts <= 0:
+        notes.append("RTF not measured (--rtf_utts 0)")
+        return
+    if args.data_dir is None or not (args.data_dir / "wav.scp").is_file():
+        raise ReportError(f"the RTF needs --data_dir with wav.scp (got {args.data_dir}): "
+                          "made by the format stage (3)")
+    from espnet_allinone.report.rtf import measure_rtf, speech2text_kwargs
+
+    wavs = [Path(v) for v in list(read_table(args.data_dir / "wav.scp").values())
+            [: args.rtf_utts + 1]]
+    kwargs = speech2text_kwargs(args.inference_config)
+    extracted = args.extracted_dir or args.asr_exp / "extracted"
+    for r in rows:
+        config, model = model_files(extracted / r.subsystem)
+        r.rtf = measure_rtf(config, model, wavs, kwargs)
+    notes.append(f"RTF: CPU decoding time / audio time, 1 thread, {max(len(wavs) - 1, 1)} "
+                 "utterances after one warm-up, ESPnet Speech2Text with the inference config")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_parser().parse_args(argv)
+    outdir = args.outdir or args.asr_exp
+    try:
+        rows, notes = build_rows(args)
+        add_rtf(rows, args, notes)
+    except (ReportError, SubsystemError, FileNotFoundError) as e:
+        print(f"report: error: {e}", file=sys.stderr)
+        return 2
+    title = args.title or f"Results: {args.asr_exp.name}"
+    outdir.mkdir(parents=True, exist_ok=True)
+    plot = plot_wer_vs_size(rows, outdir / "wer_vs_size.png", title=title)
+    notes.append(f"plot: {plot.name}")
+    (outdir / "RESULTS.md").write_text(to_markdown(rows, title, notes), encoding="utf-8")
+    (outdir / "results.json").write_text(
+        json.dumps({"rows": [r.to_dict() for r in rows], "notes": notes}, indent=1) + "\n")
+    print(to_text_table(rows))
+    print(f"(* = Pareto front)  {outdir / 'RESULTS.md'}  {plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""WER against model size, with the Pareto front (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from espnet_allinone.report.results import Row, pareto_front
+
+
+def plot_wer_vs_size(rows: list[Row], path: Path, title: str = "") -> Path:
+    """Write a PNG: every subsystem, its label, the front as a line; baselines if any."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    front = pareto_front(rows)
+    front_names = {r.subsystem for r in front}
+    xs = [r.bytes / 1e6 for r in rows]
+    ax.scatter(xs, [r.wer for r in rows], c=["C3" if r.subsystem in front_names else "C0"
+                                              for r in rows], zorder=3, label="all-in-one")
+    ax.plot([r.bytes / 1e6 for r in front], [r.wer for r in front], "C3--", zorder=2,
+            label="Pareto front")
+    for r, x in zip(rows, xs):
+        ax.annotate(r.subsystem, (x, r.wer), textcoords="offset points", xytext=(4, 4),
+                    fontsize=7)
+    base = [r for r in rows if r.baseline_wer is not None]
+    if base:
+        ax.scatter([r.bytes / 1e6 for r in base], [r.baseline_wer for r in base], marker="x",
+                   c="C2", zorder=3, label="trained alone")
+    if len(rows) > 1 and max(xs) / max(min(xs), 1e-9) > 8:
+        ax.set_xscale("log")
+    ax.set_xlabel("bytes on disk (MB)")
+    ax.set_ylabel("WER (%)")
+    ax.set_title(title or "WER against model size")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,128 @@
+"""The results table: one row per subsystem, Pareto front, RESULTS.md.
+
+Sizes come from the extracted model files (bytes on disk, low-bit weights
+packed), error rates from the sclite scores the scoring stage wrote, the
+real-time factor from :mod:`espnet_allinone.report.rtf`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from espnet_allinone.subsystem import FLOAT_BITS, Subsystem
+
+SCORES_FILE = "scores.json"
+
+
+class ReportError(RuntimeError):
+    """An input the report needs is missing; the message names the stage that makes it."""
+
+
+@dataclass
+class Row:
+    """One subsystem's numbers (rates in percent, sizes in parameters and bytes)."""
+
+    subsystem: str
+    wer: float
+    cer: float
+    words: int
+    params: int
+    bytes: int
+    compression: float = math.nan      # float full model bytes / this model's bytes
+    rtf: float = math.nan              # CPU decoding seconds per audio second
+    baseline_wer: float | None = None
+    baseline_train_seconds: float | None = None
+
+    def to_dict(self) -> dict:
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v)
+                for k, v in asdict(self).items()}
+
+
+def read_scores(decode_dir: Path, sub: str, test_set: str) -> dict:
+    """``{wer: {...counts}, cer: {...}}`` written by the scoring stage for one subsystem."""
+    path = decode_dir / sub / test_set / SCORES_FILE
+    if not path.is_file():
+        raise ReportError(f"missing {path}: made by the scoring stage (14) for subsystem {sub}")
+    return json.loads(path.read_text())
+
+
+def fill_compression(rows: list[Row], float_reference_bytes: int | None = None) -> str:
+    """Set ``compression`` against the float full model; return how the reference was got.
+
+    The reference is the float model at the largest depth and width among the
+    rows if it was extracted (same file format, so like with like); otherwise
+    ``float_reference_bytes`` (the extraction's figure) or 4 bytes a parameter
+    of the largest row.
+    """
+    subs = [Subsystem.parse(r.subsystem) for r in rows]
+    full = max(subs, key=lambda s: (s.depth, s.width))
+    full_fp = Subsystem(full.depth, full.width, FLOAT_BITS)
+    by_sub = {s: r for s, r in zip(subs, rows)}
+    if full_fp in by_sub:
+        float_reference_bytes = by_sub[full_fp].bytes
+        how = f"{full_fp} as extracted ({float_reference_bytes:,} bytes on disk)"
+    elif float_reference_bytes is not None:
+        how = f"{float_reference_bytes:,} bytes (4 a parameter), as the extraction recorded"
+    else:
+        float_reference_bytes = 4 * by_sub[full].params
+        how = f"{full_fp} estimated as 4 bytes x {by_sub[full].params:,} parameters"
+    for r in rows:
+        r.compression = float_reference_bytes / r.bytes if r.bytes else math.nan
+    return how
+
+
+def pareto_front(rows: list[Row]) -> list[Row]:
+    """Rows no other row beats on both bytes and WER (smallest first)."""
+    front = []
+    for r in rows:
+        dominated = any(
+            o.bytes <= r.bytes and o.wer <= r.wer and (o.bytes < r.bytes or o.wer < r.wer)
+            for o in rows
+        )
+        if not dominated:
+            front.append(r)
+    return sorted(front, key=lambda r: (r.bytes, r.wer))
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, spec)
+
+
+def to_markdown(rows: list[Row], title: str, notes: list[str]) -> str:
+    """RESULTS.md text: a header, the table (Pareto rows marked *), notes."""
+    front = {r.subsystem for r in pareto_front(rows)}
+    has_base = any(r.baseline_wer is not None for r in rows)
+    head = ["subsystem", "WER %", "CER %", "params", "bytes", "compression", "RTF"]
+    if has_base:
+        head += ["alone WER %", "alone train s"]
+    lines = [f"# {title}", "", "| " + " | ".join(head) + " |",
+             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"]
+    for r in rows:
+        cells = [f"{r.subsystem}{' *' if r.subsystem in front else ''}", _fmt(r.wer, ".2f"),
+                 _fmt(r.cer, ".2f"), f"{r.params:,}", f"{r.bytes:,}",
+                 _fmt(r.compression, ".2f") + "x", _fmt(r.rtf, ".3f")]
+        if has_base:
+            cells += [_fmt(r.baseline_wer, ".2f"), _fmt(r.baseline_train_seconds, ".0f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "`*` on the Pareto front of WER against bytes on disk.", ""]
+    lines += [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def to_text_table(rows: list[Row]) -> str:
+    """The same table in plain columns, printed at the end of a run."""
+    front = {r.subsystem for r in pareto_front(rows)}
+    header = (f"{'subsystem':<16} {'WER%':>7} {'CER%':>7} {'params':>11} {'bytes':>11} "
+              f"{'compr':>7} {'RTF':>7}")
+    out = [header]
+    for r in rows:
+        name = r.subsystem + (" *" if r.subsystem in front else "")
+        out.append(f"{name:<16} {_fmt(r.wer, '7.2f'):>7} {_fmt(r.cer, '7.2f'):>7} "
+                   f"{r.params:>11,} {r.bytes:>11,} {_fmt(r.compression, '6.2f'):>6}x "
+                   f"{_fmt(r.rtf, '7.3f'):>7}")
+    return "\n".join(out)

@@ -1,0 +1,215 @@
+"""The egs2 stage script on the default recipe: stages, logs, and its refusals.
+
+The default run covers stages 1-5 and every error path in seconds; the full
+tiny run through training, extraction, decoding, scoring and the report
+imports ESPnet in several processes and is marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "egs2" / "espeak_synth" / "allinone1"
+TINY_DATA = "--num_train 36 --num_dev 6 --num_test 4 --seed 0 --nj 2"
+
+
+def copy_recipe(src: Path, dst: Path) -> Path:
+    """A private copy (symlinks resolved) so runs do not touch the repository."""
+    shutil.copytree(src, dst, symlinks=False)
+    return dst
+
+
+def run(recipe: Path, *args: str, env: dict | None = None, timeout: int = 900,
+        script: str = "./run.sh") -> subprocess.CompletedProcess:
+    """Run a recipe script; stdout and stderr together in ``.stdout``."""
+    full_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                **(env or {})}
+    return subprocess.run([script, *args], cwd=recipe, env=full_env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=timeout, check=False)
+
+
+def tiny_config(recipe: Path, name: str = "train_tiny.yaml", **top) -> str:
+    """The default config shrunk to seconds: 2 blocks of d=32, space d{1,2} x w{0.5,1} x {int4,fp}."""
+    conf = yaml.safe_load((recipe / "conf" / "train_allinone.yaml").read_text())
+    conf["encoder_conf"].update(
+        output_size=32, attention_heads=2, linear_units=64, num_blocks=2, cnn_module_kernel=7,
+        depths=[1, 2], widths=[0.5, 1.0], precisions=["int4", "fp"],
+        quant_conf={"granularity": "channel"})
+    conf["model_conf"]["valid_subsystems"] = ["d2-w1-fp", "d1-w0.5-int4"]
+    conf.update({"max_epoch": 1, "keep_nbest_models": 1, "batch_bins": 400000,
+                 "num_workers": 0, "best_model_criterion": [["valid", "loss", "min"]],
+                 "scheduler_conf": {"warmup_steps": 5}, **top})
+    (recipe / "conf" / name).write_text(yaml.safe_dump(conf, sort_keys=False))
+    return f"conf/{name}"
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default recipe after stages 1-5 on a tiny corpus."""
+    recipe = copy_recipe(RECIPE, tmp_path_factory.mktemp("recipe") / "allinone1")
+    config = tiny_config(recipe)
+    res = run(recipe, "--stop_stage", "5", "--train_config", config,
+              "--local_data_opts", TINY_DATA)
+    assert res.returncode == 0, res.stdout[-6000:]
+    return recipe
+
+
+def test_data_stages_make_dump_and_token_list(prepared: Path) -> None:
+    for dset, n in (("train", 36), ("dev", 6), ("test", 4)):
+        assert len((prepared / "data" / dset / "text").read_text().splitlines()) == n
+        scp = (prepared / "dump" / "raw" / dset / "wav.scp").read_text().splitlines()
+        assert len(scp) == n and all(Path(line.split()[1]).is_file() for line in scp)
+        samples = (prepared / "dump" / "raw" / dset / "utt2num_samples").read_text().split()
+        assert all(16000 * 0.3 < int(s) < 16000 * 8 for s in samples[1::2])
+    tokens = (prepared / "data" / "en_token_list" / "char" / "tokens.txt").read_text().split()
+    assert tokens[:2] == ["<blank>", "<unk>"] and tokens[-1] == "<sos/eos>"
+    assert "<space>" in tokens and {"E", "T"} <= set(tokens)
+    logs = prepared / "exp" / "asr_train_tiny" / "logs"
+    for name in ("stage1_data_prep", "stage3_format", "stage4_filter", "stage5_token_list"):
+        assert (logs / f"{name}.log").stat().st_size > 0, name
+    assert "kept 36 of 36" in (logs / "stage4_filter.log").read_text()
+
+
+def test_stage_before_its_inputs_names_the_missing_file(prepared: Path) -> None:
+    config = "conf/train_tiny.yaml"
+    res = run(prepared, "--stage", "11", "--stop_stage", "11", "--train_config", config)
+    assert res.returncode != 0
+    assert ("stage 11 needs exp/asr_train_tiny/stats/train/feats_stats.npz, which stage 10 "
+            "makes") in res.stdout
+    res = run(prepared, "--stage", "13", "--stop_stage", "13", "--train_config", config,
+              "--subsystems", "d1-w0.5-int4")
+    assert "stage 13 needs exp/asr_train_tiny/extracted/d1-w0.5-int4/config.yaml, which " \
+           "stage 12 makes" in res.stdout
+    assert "stage13_decode.log" in res.stdout  # the failing stage's log is named
+    res = run(prepared, "--stage", "12", "--stop_stage", "12", "--train_config", config)
+    assert "stage 12 needs exp/asr_train_tiny/config.yaml, which stage 11 makes" in res.stdout
+    res = run(prepared, "--stage", "16", "--stop_stage", "16", "--train_config", config)
+    assert "scores.json, which stage 14 makes" in res.stdout
+
+
+def test_bad_options_and_subsystems_are_refused(prepared: Path) -> None:
+    config = "conf/train_tiny.yaml"
+    res = run(prepared, "--stage", "5", "--stop_stage", "5", "--train_config", config,
+              "--subsystems", "d3-w1-fp,d2-w1-int8")
+    assert res.returncode != 0
+    assert "depth 3 (valid: 1, 2)" in res.stdout
+    res = run(prepared, "--stop_stage", "5", "--train_config", config, "--subsystems", "d3-w2")
+    assert "malformed subsystem" in res.stdout
+    res = run(prepared, "--train_config", config, "--nbest_typo", "3")
+    assert "unknown option --nbest_typo" in res.stdout and "inference_nj" in res.stdout
+    res = run(prepared, "--train_config", "conf/missing.yaml")
+    assert "--train_config conf/missing.yaml does not exist" in res.stdout
+    res = run(prepared, "--train_config", config, "--token_type", "word")
+    assert "--token_type must be bpe or char, got 'word'" in res.stdout
+
+
+def test_expdir_from_another_config_is_refused(prepared: Path, tmp_path: Path) -> None:
+    # Same name (so same asr_exp), different content: refused, naming the difference.
+    other = tiny_config(prepared, "other.yaml", max_epoch=3)
+    res = run(prepared, "--stage", "5", "--stop_stage", "5", "--train_config", other,
+              "--asr_tag", "train_tiny")
+    assert res.returncode != 0
+    assert "exp/asr_train_tiny was made with a different configuration" in res.stdout
+    assert "train_config.max_epoch: 1 then, 3 now" in res.stdout
+    res = run(prepared, "--stage", "5", "--stop_stage", "5",
+              "--train_config", "conf/train_tiny.yaml", "--token_type", "bpe")
+    assert "options.token_type: 'char' then, 'bpe' now" in res.stdout
+    foreign = tmp_path / "foreign"
+    (foreign / "asr_train_tiny").mkdir(parents=True)
+    (foreign / "asr_train_tiny" / "model.pth").write_text("x")
+    res = run(prepared, "--stage", "5", "--stop_stage", "5",
+              "--train_config", "conf/train_tiny.yaml", "--expdir", str(foreign))
+    assert "is not empty and has no recipe_config.json" in res.stdout
+
+
+def test_missing_corpus_paths_are_named(tmp_path: Path) -> None:
+    libri = copy_recipe(REPO / "egs2" / "librispeech_100" / "allinone1", tmp_path / "libri")
+    res = run(libri, script="local/data.sh", env={"LIBRISPEECH": ""})
+    assert res.returncode != 0 and "LIBRISPEECH is not set" in res.stdout
+    res = run(libri, "--stop_stage", "1", env={"LIBRISPEECH": str(tmp_path / "nowhere")})
+    assert res.returncode != 0
+    assert f"LibriSpeech root {tmp_path / 'nowhere'} does not exist" in res.stdout
+    assert "db.sh" in res.stdout
+    swbd = copy_recipe(REPO / "egs2" / "swbd" / "allinone1", tmp_path / "swbd")
+    res = run(swbd, script="local/data.sh", env={"SWBD": "", "EVAL2000": ""})
+    assert res.returncode != 0 and "SWBD is not set" in res.stdout
+    res = run(swbd, script="local/data.sh", env={"SWBD": str(tmp_path / "x"), "EVAL2000": "y"})
+    assert f"Switchboard root {tmp_path / 'x'} does not exist" in res.stdout
+
+
+@pytest.mark.slow
+def test_tiny_run_through_every_stage_to_the_report(prepared: Path) -> None:
+    """Stages 10-18 (baselines off, upload as a dry run) on the tiny corpus and model."""
+    subs = "d2-w1-fp d1-w0.5-int4"
+    res = run(prepared, "--stage", "10", "--train_config", "conf/train_tiny.yaml",
+              "--nj", "1", "--inference_nj", "2", "--rtf_utts", "2", "--subsystems", subs,
+              "--skip_upload", "false", timeout=1500)
+    assert res.returncode == 0, res.stdout[-8000:]
+    exp = prepared / "exp" / "asr_train_tiny"
+    md = (exp / "RESULTS.md").read_text()
+    rows = {r["subsystem"]: r for r in json.loads((exp / "results.json").read_text())["rows"]}
+    assert sorted(rows) == ["d1-w0.5-int4", "d2-w1-fp"]
+    for sub, r in rows.items():
+        assert f"| {sub}" in md
+        assert 0 <= r["wer"] <= 300 and 0 <= r["cer"] <= 500 and r["words"] > 0
+        assert 1000 < r["params"] < 1_000_000 and r["bytes"] > 0
+        assert 0 < r["rtf"] < 50 and not math.isnan(r["compression"])
+        hyp = (exp / "decode" / sub / "test" / "text").read_text().splitlines()
+        assert len(hyp) == 4
+        assert (exp / "decode" / sub / "test" / "score_wer" / "result.txt").is_file()
+        assert (exp / "packed" / f"{sub}.zip").stat().st_size > 1000
+    small, big = rows["d1-w0.5-int4"], rows["d2-w1-fp"]
+    assert small["params"] < big["params"] and small["bytes"] < big["bytes"]
+    assert big["compression"] == pytest.approx(1.0) and small["compression"] > 1.2
+    assert (exp / "wer_vs_size.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| d1-w0.5-int4" in res.stdout  # the table is printed at the end
+    for n, name in ((10, "stats"), (11, "train"), (12, "extract"), (13, "decode"),
+                    (14, "score"), (16, "report"), (17, "pack"), (18, "upload")):
+        assert (exp / "logs" / f"stage{n}_{name}.log").is_file()
+
+
+@pytest.mark.slow
+def test_baselines_stage_adds_alone_wer_and_training_time_ratio(prepared: Path) -> None:
+    """Stage 15 after the tiny run above: one subsystem trained alone, then the report."""
+    res = run(prepared, "--stage", "15", "--stop_stage", "16", "--skip_baselines", "false",
+              "--train_config", "conf/train_tiny.yaml", "--nj", "1", "--inference_nj", "1",
+              "--rtf_utts", "0", "--subsystems", "d1-w0.5-int4", timeout=1500)
+    assert res.returncode == 0, res.stdout[-8000:]
+    exp = prepared / "exp" / "asr_train_tiny"
+    alone = yaml.safe_load((exp / "baselines" / "d1-w0.5-int4" / "train_alone.yaml").read_text())
+    assert alone["model_conf"]["sampling"] == "explicit"
+    assert alone["model_conf"]["subsystems"] == ["d1-w0.5-int4"]
+    base = json.loads((exp / "baselines.json").read_text())["d1-w0.5-int4"]
+    assert 0 <= base["wer"] <= 300 and base["train_seconds"] > 0
+    row = json.loads((exp / "results.json").read_text())["rows"][0]
+    assert row["baseline_wer"] == base["wer"]
+    assert "trained one by one" in (exp / "RESULTS.md").read_text()
+
+
+def test_baseline_config_trains_one_path(tmp_path: Path) -> None:
+    from espnet_allinone.bin import recipe_util
+
+    out = tmp_path / "alone.yaml"
+    assert recipe_util.main(["baseline_config", "--config", str(RECIPE / "conf" /
+                             "train_allinone.yaml"), "--subsystem", "d2-w0.5-int4",
+                             "--out", str(out)]) == 0
+    conf = yaml.safe_load(out.read_text())
+    assert conf["model_conf"]["sampling"] == "explicit"
+    assert conf["model_conf"]["subsystems"] == ["d2-w0.5-int4"]
+    assert conf["model_conf"]["valid_subsystems"] == ["d2-w0.5-int4"]
+    assert conf["model_conf"]["distill_weight"] == 0.0
+    assert conf["encoder_conf"] == yaml.safe_load(
+        (RECIPE / "conf" / "train_allinone.yaml").read_text())["encoder_conf"]
+    assert recipe_util.main(["baseline_config", "--config", str(RECIPE / "conf" /
+                             "train_allinone.yaml"), "--subsystem", "d4-w0.5-int8",
+                             "--out", str(out)]) == 2

@@ -1,0 +1,174 @@
+"""Scoring with sclite, the results table, the Pareto front, the plot, bin/report."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from espnet_allinone.bin import report as report_cli
+from espnet_allinone.bin import score as score_cli
+from espnet_allinone.corpus.datadir import write_datadir
+from espnet_allinone.report.results import (
+    Row,
+    fill_compression,
+    pareto_front,
+    to_markdown,
+)
+from espnet_allinone.report.scoring import (
+    char_tokens,
+    edit_errors,
+    parse_rsum,
+    score_dir,
+)
+from espnet_allinone.report.sizes import count_params
+
+
+def _ref_dir(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    rng = random.Random(3)
+    words = ["ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "A", "B", "C", "RED", "GREEN"]
+    text = {f"s{i % 3}-u{i:03d}": " ".join(rng.choice(words) for _ in range(rng.randint(2, 6)))
+            for i in range(12)}
+    d = tmp_path / "ref"
+    write_datadir(d, {u: f"/x/{u}.wav" for u in text}, text, {u: u.split("-")[0] for u in text})
+    return d, text
+
+
+def _corrupt(text: dict[str, str], seed: int) -> dict[str, str]:
+    rng = random.Random(seed)
+    out = {}
+    for u, t in text.items():
+        w = t.split()
+        op = rng.randrange(4)
+        if op == 0:
+            w[0] = "NINE"
+        elif op == 1 and len(w) > 1:
+            w.pop()
+        elif op == 2:
+            w.insert(1, "OH")
+        out[u] = " ".join(w)
+    return out
+
+
+def test_sclite_scores_match_an_independent_edit_distance(tmp_path: Path) -> None:
+    ref_dir, ref = _ref_dir(tmp_path)
+    hyp = _corrupt(ref, 5)
+    hyp.pop(min(hyp))  # a missing hypothesis counts as all deletions
+    hyp_file = tmp_path / "hyp.txt"
+    hyp_file.write_text("".join(f"{u} {t}\n" for u, t in hyp.items()))
+    scores = score_dir(ref_dir, hyp_file, tmp_path / "out")
+    want_w = sum(edit_errors(ref[u].split(), hyp.get(u, "").split()) for u in ref)
+    want_c = sum(edit_errors(char_tokens(ref[u]).split(), char_tokens(hyp.get(u, "")).split())
+                 for u in ref)
+    assert scores["wer"].errors == want_w > 0
+    assert scores["wer"].words == sum(len(t.split()) for t in ref.values())
+    assert scores["cer"].errors == want_c
+    assert scores["wer"].error_rate == pytest.approx(100 * want_w / scores["wer"].words)
+    assert (tmp_path / "out" / "score_wer" / "result.txt").read_text().count("Sum") >= 1
+    assert char_tokens("AB  C") == "A B <space> C"
+
+
+def test_score_cli_writes_scores_json_and_rejects_bad_input(tmp_path: Path, capsys) -> None:
+    ref_dir, ref = _ref_dir(tmp_path)
+    hyp_file = tmp_path / "hyp.txt"
+    hyp_file.write_text("".join(f"{u} {t}\n" for u, t in ref.items()))
+    assert score_cli.main(["--ref_dir", str(ref_dir), "--hyp_text", str(hyp_file),
+                           "--outdir", str(tmp_path / "o")]) == 0
+    scores = json.loads((tmp_path / "o" / "scores.json").read_text())
+    assert scores["wer"]["error_rate"] == 0.0 and scores["cer"]["errors"] == 0
+    hyp_file.write_text("nobody-x HELLO\n")
+    assert score_cli.main(["--ref_dir", str(ref_dir), "--hyp_text", str(hyp_file),
+                           "--outdir", str(tmp_path / "o")]) == 2
+    assert "nobody-x" in capsys.readouterr().err
+    with pytest.raises(RuntimeError, match="no '| Sum |' raw-count row"):
+        parse_rsum("garbage")
+
+
+def test_pareto_front_and_compression() -> None:
+    rows = [Row("d4-w1-fp", 5.0, 2.0, 100, 1000, 4000), Row("d4-w1-int4", 5.5, 2.1, 100, 1000, 600),
+            Row("d2-w1-fp", 9.0, 4.0, 100, 500, 2000), Row("d2-w0.5-int2", 20.0, 9.0, 100, 300, 150),
+            Row("d2-w1-int4", 9.5, 4.2, 100, 500, 700)]
+    front = [r.subsystem for r in pareto_front(rows)]
+    assert front == ["d2-w0.5-int2", "d4-w1-int4", "d4-w1-fp"]
+    how = fill_compression(rows)
+    assert "d4-w1-fp as extracted" in how
+    assert [round(r.compression, 3) for r in rows] == [1.0, 6.667, 2.0, 26.667, 5.714]
+    rows2 = rows[1:]
+    assert "estimated as 4 bytes x 1,000" in fill_compression(rows2)
+    assert rows2[0].compression == pytest.approx(4000 / 600)
+    fill_compression(rows2, float_reference_bytes=6000)
+    assert rows2[0].compression == pytest.approx(10.0)
+    md = to_markdown(rows, "T", ["note one"])
+    lines = [ln for ln in md.splitlines() if ln.startswith("| d")]
+    assert len(lines) == 5 and lines[0].startswith("| d4-w1-fp * | 5.00 | 2.00 |")
+    assert "| d2-w1-fp | 9.00" in md and "- note one" in md
+
+
+def test_count_params_counts_packed_codes_by_their_bits() -> None:
+    sd = {"encoder.w": torch.zeros(4, 8), "encoder.q_codes": torch.zeros(16, dtype=torch.uint8),
+          "encoder.q_scale": torch.zeros(8, 1, dtype=torch.float16),
+          "bn.running_mean": torch.zeros(8), "bn.num_batches_tracked": torch.tensor(0),
+          "normalize.mean": torch.zeros(40)}
+    assert count_params(sd, bits=4) == 32 + 32
+    assert count_params(sd, bits=2) == 32 + 64
+
+
+def _fake_exp(tmp_path: Path, subs: dict[str, tuple[float, int]]) -> Path:
+    """An experiment dir as stages 12-14 leave it: extracted models and scores."""
+    exp = tmp_path / "exp"
+    for sub, (wer, n) in subs.items():
+        d = exp / "extracted" / sub
+        d.mkdir(parents=True)
+        (d / "config.yaml").write_text("encoder: x\n")
+        torch.save({"w": torch.zeros(n)}, d / "model.pth")
+        (d / "extract_info.yaml").write_text(yaml.safe_dump({"bytes": {"full_float": 40000}}))
+        s = exp / "decode" / sub / "test"
+        s.mkdir(parents=True)
+        counts = {"words": 200, "errors": int(wer * 2), "error_rate": wer}
+        (s / "scores.json").write_text(json.dumps({"wer": counts,
+                                                   "cer": {**counts, "error_rate": wer / 2}}))
+    return exp
+
+
+def test_report_cli_writes_results_plot_and_table(tmp_path: Path, capsys) -> None:
+    exp = _fake_exp(tmp_path, {"d2-w1-fp": (8.0, 5000), "d2-w0.5-int4": (12.5, 800),
+                               "d1-w1-fp": (15.0, 3000)})
+    base = tmp_path / "baselines.json"
+    base.write_text(json.dumps({"d2-w1-fp": {"wer": 9.0, "train_seconds": 100},
+                                "d2-w0.5-int4": {"wer": 14.0, "train_seconds": 60},
+                                "d1-w1-fp": {"wer": 16.0, "train_seconds": 40}}))
+    rc = report_cli.main(["--asr_exp", str(exp), "--rtf_utts", "0", "--baselines", str(base),
+                          "--allinone_train_seconds", "80"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "d2-w0.5-int4 *" in out and "d1-w1-fp " in out and "RESULTS.md" in out
+    md = (exp / "RESULTS.md").read_text()
+    rows = json.loads((exp / "results.json").read_text())["rows"]
+    assert [r["subsystem"] for r in rows] == ["d2-w0.5-int4", "d1-w1-fp", "d2-w1-fp"]
+    assert [r["wer"] for r in rows] == [12.5, 15.0, 8.0]
+    assert all(r["params"] > 0 and r["bytes"] > r["params"] * 4 * 0.9 for r in rows)
+    assert rows[0]["compression"] > rows[1]["compression"] > 1.0  # vs the extracted d2-w1-fp
+    assert rows[2]["compression"] == pytest.approx(1.0)
+    assert rows[0]["baseline_wer"] == 14.0 and rows[0]["rtf"] is None
+    assert "ratio 2.50x" in md and "alone WER %" in md
+    png = exp / "wer_vs_size.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_report_cli_names_the_missing_stage(tmp_path: Path, capsys) -> None:
+    exp = _fake_exp(tmp_path, {"d2-w1-fp": (8.0, 50)})
+    assert report_cli.main(["--asr_exp", str(exp), "--rtf_utts", "0",
+                            "--subsystems", "d2-w1-fp d9-w1-fp"]) == 2
+    assert "d9-w1-fp/test/scores.json: made by the scoring stage (14)" in capsys.readouterr().err
+    (exp / "decode" / "d2-w1-fp" / "test" / "scores.json").unlink()
+    assert report_cli.main(["--asr_exp", str(exp), "--rtf_utts", "0"]) == 2
+    assert "scoring stage (14)" in capsys.readouterr().err
+    assert report_cli.main(["--asr_exp", str(tmp_path / "none"), "--rtf_utts", "0"]) == 2
+    assert "decoding stage (13)" in capsys.readouterr().err
+    assert report_cli.main(["--asr_exp", str(exp), "--subsystems", "d2-w1-fp", "--rtf_utts",
+                            "3"]) == 2
+    assert "scoring stage (14)" in capsys.readouterr().err
