@@ -1,0 +1,1 @@
+"""espnet-allinone: one-pass compression of ESPnet speech recognisers."""

@@ -1,0 +1,1 @@
+"""Encoders registered into ESPnet (imported lazily by ``espnet_allinone.registry``)."""
