@@ -1,0 +1,67 @@
+"""Export an extracted model's encoder + CTC head to ONNX for onnxruntime.
+
+    python -m espnet_allinone.bin.export_onnx \\
+        --asr_train_config extracted/d6-w1-int4/config.yaml \\
+        --asr_model_file extracted/d6-w1-int4/model.pth --outdir onnx/d6-w1-int4 [--int8] [--nbits]
+
+writes ``encoder.onnx`` (float), with ``--int8`` also ``encoder.int8.onnx``
+(onnxruntime dynamic int8) and with ``--nbits`` (4-bit models)
+``encoder.q4.onnx`` whose quantised Linear layers are ``MatMulNBits`` nodes
+holding the model's own 4-bit codes and scales. Inputs: ``feats``
+(batch, frames, mel bins, after the model's normalisation) and
+``feats_lengths``; outputs ``encoder_out``, ``encoder_out_lens``,
+``ctc_log_probs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from espnet_allinone.export import fast
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m espnet_allinone.bin.export_onnx",
+                                description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--asr_train_config", type=Path, required=True)
+    p.add_argument("--asr_model_file", type=Path, required=True)
+    p.add_argument("--outdir", type=Path, required=True)
+    p.add_argument("--int8", action="store_true", help="also write encoder.int8.onnx")
+    p.add_argument("--nbits", action="store_true",
+                   help="also write encoder.q4.onnx (4-bit models: MatMulNBits)")
+    args = p.parse_args(argv)
+    from espnet2.tasks.asr import ASRTask
+
+    for f in (args.asr_train_config, args.asr_model_file):
+        if not f.is_file():
+            print(f"export_onnx: error: file not found: {f}", file=sys.stderr)
+            return 2
+    model, train_args = ASRTask.build_model_from_file(
+        args.asr_train_config, args.asr_model_file, "cpu"
+    )
+    model.eval()
+    if model.frontend is not None:
+        input_size = model.frontend.output_size()
+    else:
+        input_size = int(train_args.input_size)
+    path = fast.export_onnx(model, args.outdir / "encoder.onnx", input_size)
+    print(f"wrote {path}")
+    if args.int8:
+        print(f"wrote {fast.quantize_onnx_int8(path, args.outdir / 'encoder.int8.onnx')}")
+    if args.nbits:
+        try:
+            report = fast.onnx_matmul_nbits(model, path, args.outdir / "encoder.q4.onnx")
+        except ValueError as e:
+            print(f"export_onnx: error: {e}", file=sys.stderr)
+            return 2
+        print(f"wrote {report.path}: {report.replaced} MatMulNBits layers"
+              + (f", kept float: {', '.join(report.skipped)}" if report.skipped else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
