@@ -2,6 +2,7 @@
 
 import ast
 import os
+from pathlib import Path
 
 from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
@@ -91,7 +92,7 @@ setup(
         "One training run, many ESPnet ASR models: elastic depth, width and "
         "weight precision in one Conformer, extracted to standalone models."
     ),
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(HERE, "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["espnet_allinone", "espnet_allinone.*"]),

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Iterable, Iterator, Optional, Sequence, Union
 
 FLOAT_BITS = 32
 """Bits of a weight kept in float (the ``fp`` precision)."""
@@ -45,7 +45,7 @@ def precision_name(bits: int) -> str:
     return "fp" if bits == FLOAT_BITS else f"int{bits}"
 
 
-def parse_precision(text: Union[str, int]) -> int:
+def parse_precision(text: str | int) -> int:
     """``"int4"``, ``"4"``, ``4`` -> 4; ``"fp"``, ``"float"``, ``32`` -> 32."""
     if isinstance(text, int) and not isinstance(text, bool):
         bits = text
@@ -92,7 +92,7 @@ class Subsystem:
         precision_name(self.bits)
 
     @classmethod
-    def parse(cls, text: Union[str, "Subsystem"]) -> "Subsystem":
+    def parse(cls, text: str | Subsystem) -> Subsystem:
         """Parse the canonical string (``d6-w0.5-int4``); a Subsystem passes through."""
         if isinstance(text, Subsystem):
             return text
@@ -143,9 +143,9 @@ class SearchSpace:
     _members: frozenset = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        depths = tuple(sorted(set(int(d) for d in self.depths)))
-        widths = tuple(sorted(set(Subsystem(1, w, FLOAT_BITS).width for w in self.widths)))
-        bits = tuple(sorted(set(parse_precision(b) for b in self.bits)))
+        depths = tuple(sorted({int(d) for d in self.depths}))
+        widths = tuple(sorted({Subsystem(1, w, FLOAT_BITS).width for w in self.widths}))
+        bits = tuple(sorted({parse_precision(b) for b in self.bits}))
         if not depths or not widths or not bits:
             raise SubsystemError("a search space needs at least one depth, width and precision")
         for d in depths:
@@ -176,11 +176,11 @@ class SearchSpace:
         linear_units: int,
         attention_heads: int,
         output_size: int,
-        depths: Optional[Sequence[int]] = None,
-        widths: Optional[Sequence[Union[float, str]]] = None,
-        precisions: Optional[Sequence[Union[int, str]]] = None,
+        depths: Sequence[int] | None = None,
+        widths: Sequence[float | str] | None = None,
+        precisions: Sequence[int | str] | None = None,
         elastic_conv: bool = False,
-    ) -> "SearchSpace":
+    ) -> SearchSpace:
         """Build from YAML-style lists; an omitted list means the full size only."""
         return cls(
             depths=tuple(depths or (num_blocks,)),
@@ -212,7 +212,7 @@ class SearchSpace:
     def __len__(self) -> int:
         return len(self._members)
 
-    def validate(self, item: Union[str, Subsystem]) -> Subsystem:
+    def validate(self, item: str | Subsystem) -> Subsystem:
         """Parse and check membership; the error names the bad part and the choices."""
         sub = Subsystem.parse(item)
         problems = []
@@ -235,7 +235,7 @@ class SearchSpace:
             )
         return sub
 
-    def resolve(self, items: Union[str, Iterable[Union[str, Subsystem]]]) -> list[Subsystem]:
+    def resolve(self, items: str | Iterable[str | Subsystem]) -> list[Subsystem]:
         """``"all"``, one string, a comma/space separated string or a list -> subsystems."""
         if isinstance(items, str):
             if items.strip() == "all":

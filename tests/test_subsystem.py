@@ -14,15 +14,15 @@ from espnet_allinone.subsystem import (
 
 
 def paper_space(**overrides) -> SearchSpace:
-    conf = dict(
-        num_blocks=12,
-        linear_units=2048,
-        attention_heads=4,
-        output_size=256,
-        depths=[6, 9, 12],
-        widths=[0.5, 1.0],
-        precisions=["int2", "int4", "int8", "fp"],
-    )
+    conf = {
+        "num_blocks": 12,
+        "linear_units": 2048,
+        "attention_heads": 4,
+        "output_size": 256,
+        "depths": [6, 9, 12],
+        "widths": [0.5, 1.0],
+        "precisions": ["int2", "int4", "int8", "fp"],
+    }
     conf.update(overrides)
     return SearchSpace.from_config(**conf)
 
