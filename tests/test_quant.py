@@ -322,6 +322,77 @@ def test_lsq_scale_gradient_value():
     assert torch.equal(w.grad, torch.tensor([[1.0, 1.0, 0.0, 0.0]]))
 
 
+def reference_fake_quant(q: WeightFakeQuantizer, w, bits, rows=None, cols=None):
+    """The quantiser's forward as plain autograd ops (round with identity gradient,
+    clamp, LSQ-scaled scale and zero point), per element on the full weight."""
+    cfg = q.config
+    lo, hi = qrange(bits, cfg.symmetric)
+    n = {"tensor": OUT * IN, "channel": IN, "group": GS}[cfg.granularity]
+    g = 1.0 / math.sqrt(n * hi)
+
+    def learned(value, p):  # value, with gradient g * d/dvalue to p
+        return value + (p * g - (p * g).detach())
+
+    def per_element(t):  # [OUT or 1, groups] -> [OUT, IN]
+        return t.repeat_interleave(IN // t.shape[1], dim=1).expand(OUT, IN)
+
+    def cut(t):
+        t = t if rows is None else t[rows]
+        return t if cols is None else t[:, :cols]
+
+    sp = getattr(q, f"scale_int{bits}")
+    s = cut(per_element(learned(sp.detach().clamp(2**-20, 65504).half().float(), sp)))
+    x = cut(w) / s
+    r = x.round() + (x - x.detach())
+    if cfg.symmetric:
+        return r.clamp(lo, hi) * s
+    zp = getattr(q, f"zero_point_int{bits}")
+    z = cut(per_element(learned(zp.detach().clamp(0, hi).round(), zp)))
+    return ((r + z).clamp(lo, hi) - z) * s
+
+
+@pytest.mark.parametrize("gran", ["tensor", "channel", "group"])
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+def test_gradients_match_plain_op_reference(symmetric, gran):
+    """Values bit-exact, gradients (weight, scale, zero point) equal to the plain-op form."""
+    cfg = QuantConfig(symmetric=symmetric, granularity=gran, group_size=GS)
+    q = make(cfg, bits=(2, 4, 8))
+    gen = torch.Generator().manual_seed(5)
+    w = rand_weight(seed=4)
+    for bits in (2, 4, 8):
+        q.initialize(w, bits)
+        with torch.no_grad():  # arbitrary learned values: some levels clip
+            sp = getattr(q, f"scale_int{bits}")
+            sp.mul_(torch.rand(sp.shape, generator=gen) * 0.5 + 0.4)
+            if not symmetric:
+                getattr(q, f"zero_point_int{bits}").add_(
+                    torch.randn(sp.shape, generator=gen) * 0.6
+                )
+        for rows, cols in ((None, None), (torch.tensor([9, 0, 4, 5]), 32)):
+            grads = []
+            for fn in (q, lambda *a, **k: reference_fake_quant(q, *a, **k)):
+                w.grad = None
+                q.zero_grad()
+                out = fn(w, bits, rows=rows, cols=cols)
+                gen.manual_seed(bits)
+                (out * torch.randn(out.shape, generator=gen)).sum().backward()
+                grads.append([out.detach(), w.grad] + [p.grad for p in q.parameters()])
+            (out, *new), (ref_out, *ref) = grads
+            assert torch.equal(out, ref_out)
+            assert new[0].eq(0).any() and new[0].ne(0).any()  # clipped and not
+            assert len(new) == len(ref) == 1 + (3 if symmetric else 6)
+            for a, b in zip(new, ref):
+                if b is None:
+                    assert a is None or not a.any()
+                    continue
+                # sums of hundreds of terms that cancel: absolute slack
+                tol = 1e-3 * float(b.abs().max()) + 1e-12
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=tol)
+            assert getattr(q, f"scale_int{bits}").grad.any()
+            if not symmetric:
+                assert getattr(q, f"zero_point_int{bits}").grad.any()
+
+
 def test_learned_scales_reduce_error():
     torch.manual_seed(0)
     q = make(QuantConfig(granularity="channel"), bits=(2,))

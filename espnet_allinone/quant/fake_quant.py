@@ -13,9 +13,11 @@ Grids (b bits, scale s, per tensor / output row / group of input columns):
 
 Scales are kept to float16 values (the packed format stores fp16) and
 clamped to [MIN_SCALE, 65504], so all-zero or constant weights give no NaN or
-inf. Everything is plain tensor ops: the fused ``torch.fake_quantize_*`` ops
-are several times slower on CPU (see ESPNET_NOTES.md), and this runs in every
-training step of every Linear.
+inf. The training path is one small autograd Function (``_FakeQuantSTE``)
+that keeps only a mask and one float tensor for backward: the fused
+``torch.fake_quantize_*`` ops are several times slower on CPU (see
+ESPNET_NOTES.md), plain-op autograd keeps ~10 intermediates, and this runs in
+every training step of every Linear.
 """
 
 from __future__ import annotations
@@ -68,8 +70,8 @@ def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
 
 
 def _levels(w3: Tensor, s3: Tensor, z3: Tensor | None, qmin: int, qmax: int) -> Tensor:
-    """Integer levels (as float) of grouped weights; STE to w, LSQ path to s and z."""
-    r = _round_ste(w3 / s3)
+    """Integer levels (as float) of grouped weights (no gradient path)."""
+    r = (w3 / s3).round()
     if z3 is not None:
         r = r + z3
     return r.clamp(qmin, qmax)
@@ -77,6 +79,61 @@ def _levels(w3: Tensor, s3: Tensor, z3: Tensor | None, qmin: int, qmax: int) -> 
 
 def _dequant(q: Tensor, s3: Tensor, z3: Tensor | None) -> Tensor:
     return q * s3 if z3 is None else (q - z3) * s3
+
+
+class _FakeQuantSTE(torch.autograd.Function):
+    """``_dequant(_levels(w, s, z))`` in one autograd node (zeros as +0.0, like codes).
+
+    Gradients are those of the plain-op form "round with identity gradient,
+    then clamp" (tests/test_quant.py checks them against it), with x = w / s,
+    level r = round(x) + z, in = (qmin <= r <= qmax), q = clamp(r):
+
+    * w: grad where in, else 0 (STE);
+    * s: sum of grad * (q - z - x) where in, grad * (q - z) outside (LSQ);
+    * z: sum of -s * grad outside.
+
+    Saving only ``in`` and the s-gradient factor (instead of autograd's ~10
+    intermediates) makes the training step markedly cheaper. ``track``: grad
+    mode at the call (inside ``forward`` it is always off), so that no_grad
+    calls save nothing.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        w3: Tensor,
+        s3: Tensor,
+        z3: Tensor | None,
+        qmin: int,
+        qmax: int,
+        track: bool,
+    ) -> Tensor:
+        x = w3 / s3
+        # + 0.0 turns round's -0.0 into +0.0, as dequantised integer codes have
+        r = x.round().add_(0.0 if z3 is None else z3)
+        q = r.clamp(qmin, qmax)
+        save = track and any(ctx.needs_input_grad[:3])
+        inside = r.eq_(q) if save else None  # 1.0 where the clamp changed nothing
+        qz = q if z3 is None else q.sub_(z3)
+        if save:
+            # float masks and in-place ops: bool masks, where() and fresh
+            # full-size temporaries are what make this slow on CPU
+            ds = None
+            if ctx.needs_input_grad[1]:
+                ds = torch.addcmul(qz, x, inside, value=-1.0)  # qz - x inside
+            ctx.save_for_backward(inside, ds, s3)
+        return qz.mul_(s3)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        inside, ds, s3 = ctx.saved_tensors
+        need_w, need_s, need_z = ctx.needs_input_grad[:3]
+        gw = grad * inside if need_w or need_z else None
+        gs = (grad * ds).sum_to_size(s3.shape) if need_s else None
+        gz = None
+        if need_z:  # -s * (grad summed outside the range)
+            gz = (gw.sum_to_size(s3.shape) - grad.sum_to_size(s3.shape)) * s3
+        return (gw if need_w else None), gs, gz, None, None, None
 
 
 def _range_qparams(
@@ -442,24 +499,22 @@ class WeightFakeQuantizer(nn.Module):
         zero = None if zero is None else self._slice_qparam(zero, rows, cols)
         return scale, zero
 
-    def _quant_levels(
+    def _slice_and_qparams(
         self,
         weight: Tensor,
         bits: int,
         rows: Tensor | None,
         cols: int | None,
         grad: bool,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """(slice, integer levels [R, G, S], scale [R, G, 1], zero point [R, G, 1])."""
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(slice [R, G, S], scale [R, G, 1], zero point [R, G, 1] or None)."""
         self._ensure_init(weight, bits)
         w = weight if rows is None else weight.index_select(0, rows)
         if cols is not None:
             w = w[:, :cols]
         scale, zero = self._qparams(weight, bits, rows, cols, grad)
-        s3 = scale.unsqueeze(-1)
         z3 = None if zero is None else zero.unsqueeze(-1)
-        qmin, qmax = qrange(bits, self.config.symmetric)
-        return w, _levels(self._group_view(w), s3, z3, qmin, qmax), s3, z3
+        return self._group_view(w), scale.unsqueeze(-1), z3
 
     def forward(
         self,
@@ -479,8 +534,11 @@ class WeightFakeQuantizer(nn.Module):
         if bits == FLOAT_BITS:
             w = weight if rows is None else weight.index_select(0, rows)
             return w if cols is None else w[:, :cols]
-        w, q, s3, z3 = self._quant_levels(weight, bits, rows, cols, grad=True)
-        return _dequant(q, s3, z3).reshape(w.shape).to(weight.dtype)
+        w3, s3, z3 = self._slice_and_qparams(weight, bits, rows, cols, grad=True)
+        qmin, qmax = qrange(bits, self.config.symmetric)
+        track = torch.is_grad_enabled()
+        out = _FakeQuantSTE.apply(w3, s3, z3, qmin, qmax, track)
+        return out.reshape(w3.shape[0], -1).to(weight.dtype)
 
     @torch.no_grad()
     def quantize(
@@ -494,8 +552,9 @@ class WeightFakeQuantizer(nn.Module):
         self._check_weight(weight)
         bits = self._check_bits(bits, allow_float=False)
         rows, cols = self._check_rows(rows), self._check_cols(cols)
-        w, q, s3, z3 = self._quant_levels(weight, bits, rows, cols, grad=False)
-        n_rows, n_cols = w.shape
+        w3, s3, z3 = self._slice_and_qparams(weight, bits, rows, cols, grad=False)
+        q = _levels(w3, s3, z3, *qrange(bits, self.config.symmetric))
+        n_rows, n_cols = w3.shape[0], w3.shape[1] * w3.shape[2]
         symmetric = z3 is None
         return QuantizedWeight(
             codes=q.reshape(n_rows, n_cols).to(
