@@ -36,7 +36,7 @@ skip_upload=true        # skip stage 18
 ngpu=1                  # GPUs per node for training (0: CPU)
 num_nodes=1             # nodes for training (needs a cluster cmd, see cmd.sh)
 nj=4                    # parallel jobs for data formatting and statistics
-inference_nj=4          # parallel decoding jobs per subsystem and test set
+inference_nj=4          # parallel decoding jobs per test set (each decodes every subsystem)
 gpu_inference=false     # decode on GPU
 python=python3          # the python that has espnet-allinone installed
 dumpdir=dump            # formatted data
@@ -316,14 +316,15 @@ extract_from() {
 
 stage_extract() { extract_from "${asr_exp}" "${asr_exp}/extracted" "${subsystem_list}"; }
 
-# decode_one MODEL_DIR DSET OUT_DIR: --inference_nj parallel asr_inference jobs.
-decode_one() {
-    local model_dir="$1" dset="$2" dir="$3" n _nj i parts=() model
-    require "${model_dir}/config.yaml" 12
+# decode_models DSET OUT_ROOT MODEL_DIR...: --inference_nj parallel jobs, each
+# decoding its share of DSET with every model in one process (ESPnet's import
+# costs ~19 s a process); results in OUT_ROOT/<model dir name>/DSET/text.
+decode_models() {
+    local dset="$1" out_root="$2" n _nj i m name parts=()
+    shift 2
+    for m in "$@"; do require "${m}/config.yaml" 12; done
     require "${data_feats}/${dset}/wav.scp" 3
-    model="${model_dir}/model.pth"
-    [ -e "${model}" ] || model=$(ls "${model_dir}"/*.pth | head -n 1)
-    local _logdir="${dir}/logdir"
+    local _logdir="${out_root}/logdir/${dset}"
     rm -rf "${_logdir}"; mkdir -p "${_logdir}"
     n=$(wc -l < "${data_feats}/${dset}/wav.scp")
     _nj=$(( inference_nj < n ? inference_nj : n ))
@@ -334,25 +335,30 @@ decode_one() {
     "${gpu_inference}" && _ngpu=1
     # shellcheck disable=SC2086
     ${decode_cmd} JOB=1:"${_nj}" "${_logdir}/asr_inference.JOB.log" \
-        "${python}" -m espnet_allinone.bin.asr_inference --batch_size 1 --ngpu "${_ngpu}" \
+        "${python}" -m espnet_allinone.bin.asr_inference_multi --batch_size 1 --ngpu "${_ngpu}" \
         --data_path_and_name_and_type "${data_feats}/${dset}/wav.scp,speech,sound" \
-        --key_file "${_logdir}/keys.JOB.scp" --asr_train_config "${model_dir}/config.yaml" \
-        --asr_model_file "${model}" --output_dir "${_logdir}/output.JOB" "${opts[@]}" \
-        ${inference_args} \
+        --key_file "${_logdir}/keys.JOB.scp" --model_dirs "$@" \
+        --output_dir "${_logdir}/output.JOB" "${opts[@]}" ${inference_args} \
         || { echo "ERROR: decoding failed; see ${_logdir}/asr_inference.*.log" >&2; return 1; }
-    for (( i = 1; i <= _nj; i++ )); do cat "${_logdir}/output.${i}/1best_recog/text"; done \
-        | sort > "${dir}/text"
-    [ "$(wc -l < "${dir}/text")" -eq "${n}" ] \
-        || { echo "ERROR: ${dir}/text has $(wc -l < "${dir}/text") of ${n} utterances" >&2; return 1; }
-    echo "decoded ${n} utterances: ${dir}/text"
+    for m in "$@"; do
+        name=$(basename "${m}")
+        mkdir -p "${out_root}/${name}/${dset}"
+        for (( i = 1; i <= _nj; i++ )); do cat "${_logdir}/output.${i}/${name}/1best_recog/text"; done \
+            | sort > "${out_root}/${name}/${dset}/text"
+        [ "$(wc -l < "${out_root}/${name}/${dset}/text")" -eq "${n}" ] || {
+            echo "ERROR: ${out_root}/${name}/${dset}/text has" \
+                 "$(wc -l < "${out_root}/${name}/${dset}/text") of ${n} utterances" >&2
+            return 1
+        }
+    done
+    echo "decoded ${n} utterances of ${dset} with $# model(s) under ${out_root}"
 }
 
 stage_decode() {
-    for sub in ${subsystem_list}; do
-        require "${asr_exp}/extracted/${sub}/config.yaml" 12
-        for dset in ${test_sets}; do
-            decode_one "${asr_exp}/extracted/${sub}" "${dset}" "${asr_exp}/${inference_tag}/${sub}/${dset}"
-        done
+    local dirs=() sub dset
+    for sub in ${subsystem_list}; do dirs+=("${asr_exp}/extracted/${sub}"); done
+    for dset in ${test_sets}; do
+        decode_models "${dset}" "${asr_exp}/${inference_tag}" "${dirs[@]}"
     done
 }
 
@@ -379,9 +385,10 @@ stage_baselines() {
             train_model "${d}" "${d}/train_alone.yaml"
         fi
         extract_from "${d}" "${d}/extracted" "${sub}"
-        decode_one "${d}/extracted/${sub}" "${first_test}" "${d}/${inference_tag}/${first_test}"
+        decode_models "${first_test}" "${d}/${inference_tag}" "${d}/extracted/${sub}"
         "${python}" -m espnet_allinone.bin.score --ref_dir "${data_feats}/${first_test}" \
-            --hyp_text "${d}/${inference_tag}/${first_test}/text" --outdir "${d}/${inference_tag}/${first_test}"
+            --hyp_text "${d}/${inference_tag}/${sub}/${first_test}/text" \
+            --outdir "${d}/${inference_tag}/${sub}/${first_test}"
     done
     "${python}" - "${bdir}" "${inference_tag}" "${first_test}" ${subsystem_list} <<'EOF'
 import json, sys
@@ -389,7 +396,7 @@ from pathlib import Path
 bdir, tag, test, subs = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
 out = {}
 for s in subs:
-    sc = json.loads((bdir / s / tag / test / "scores.json").read_text())
+    sc = json.loads((bdir / s / tag / s / test / "scores.json").read_text())
     out[s] = {"wer": sc["wer"]["error_rate"], "cer": sc["cer"]["error_rate"],
               "train_seconds": float((bdir / s / "train_seconds").read_text())}
 (bdir.parent / "baselines.json").write_text(json.dumps(out, indent=1) + "\n")
