@@ -1,0 +1,374 @@
+"""``model: allinone``: one training step runs several subsystems of one encoder.
+
+Why a model class (and not a Trainer subclass): ESPnet's stock trainer then
+does everything else unchanged -- AMP, DDP, ``accum_grad``, ``grad_clip``,
+``--resume``, n-best averaging, ``best_model_criterion`` -- and DDP sees one
+forward and one backward per step, so the ranks cannot fall out of step.
+The price is memory: the K paths of a step are K encoder graphs held until
+the single backward. Measured (``benchmarks/bench_training.py step``,
+default-recipe encoder d=144 x 4 blocks, batch 16 x 3 s, K=3 paths
+d4-w1-fp + d2-w0.5-int2 + d4-w0.5-int4): the step holds 1.84x the autograd
+graph of the largest single path (0.83x the three single steps' sum) and
+takes 0.70x the time of the three single-path steps, since the frontend and
+the float subsampling run once. A Trainer subclass
+could backward each path separately, but would have to reimplement the
+stock step loop (AMP scaler, DDP loss weighting, accumulation, clipping) and
+keep it in step with ESPnet; DeepSpeed refuses custom trainers.
+
+Per step: the frontend, SpecAug and normalisation run ONCE (every path sees
+the same augmented features); the encoder (switched with
+``encoder.use_subsystem``), CTC and the attention decoder run once per path.
+The sampled paths come from :class:`SubsystemSampler`, seeded from
+``(sampling_seed, step)``; the step counter is the buffer ``sampler_step``,
+so it is saved in every checkpoint and ``--resume`` continues the sequence,
+and every DDP rank draws the same paths (same graph, same stats keys).
+
+Unsampled quantiser scales (bits not drawn this step) get no gradient: DDP
+needs ``unused_parameters: true`` (the ``conf/train_allinone_*`` YAMLs set it).
+
+``model_conf`` options (besides the stock ones):
+
+- ``sampling`` (``sandwich`` | ``all`` | ``random`` | ``explicit``), ``num_random``,
+  ``subsystems`` (the list for ``all``/``explicit``; the pool for the others),
+  ``path_weights`` (one per path of a step; see ``sampling.py`` for the order),
+  ``sampling_seed``;
+- ``distill_weight``, ``distill_temperature``: KL from the largest path (teacher,
+  detached) to every other path, on CTC frame posteriors and attention-decoder
+  token posteriors, weighted like the ASR loss (``ctc_weight``); a positive
+  weight needs the largest subsystem in every step (sandwich, or an all/explicit
+  list containing it). Default 0 (off): at the tiny scale it did not help
+  consistently -- ``benchmarks/bench_training.py run`` (CTC-only 2-block d=48
+  Conformer, depth {1,2} x {int4, fp}, 120 synthetic utterances, sandwich), dev
+  loss with weight 0.5 vs 0: 1-4% lower after 8 epochs, but 0.3-0.9% and 1-5%
+  higher after 20 (two runs). The paper-scale configs turn it on (weight 1.0)
+  as the paper does;
+- ``valid_subsystems``: evaluated every epoch (default: largest, smallest);
+- ``share_input_layer`` (default true): run the float subsampling front once per
+  step; ``sampling_log``: append ``rank= step= paths=`` lines to this file
+  (``{rank}`` is formatted), for checking what each DDP rank ran.
+
+Stats: per path ``loss_<sub>``, ``loss_ctc_<sub>``, ``loss_att_<sub>``,
+``acc_<sub>``, ``kl_<sub>``; ``loss`` is the weighted sum that is optimised.
+In eval mode every subsystem in ``valid_subsystems`` is evaluated with the
+stock loss and its keys get the ``_<sub>`` suffix (``loss_d2-w0.5-int4``,
+``cer_ctc_d4-w1-fp`` ...); the plain keys (``loss``, ``acc``, ``cer_ctc``)
+are those of the largest validated subsystem, so a stock
+``best_model_criterion`` works unchanged and may also name any suffixed key.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from espnet2.asr.espnet_model import ESPnetASRModel, autocast_type
+from espnet2.torch_utils.device_funcs import force_gatherable
+
+from espnet_allinone.subsystem import Subsystem
+from espnet_allinone.train.distill import length_mask, masked_kl
+from espnet_allinone.train.sampling import SubsystemSampler, check_path_weights
+
+_LOG = logging.getLogger(__name__)
+
+
+
+@contextmanager
+def _capture_output(module: torch.nn.Module) -> Iterator[list]:
+    """Record the first output of ``module`` while the block runs (reuses stock loss code)."""
+    seen: list = []
+
+    def hook(_mod, _inp, out):
+        if not seen:
+            seen.append(out)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+class ESPnetAllInOneASRModel(ESPnetASRModel):
+    """ESPnetASRModel whose training step runs several sampled subsystems."""
+
+    def __init__(
+        self,
+        *args: Any,
+        sampling: str = "sandwich",
+        num_random: int = 1,
+        subsystems: str | list[str] | None = None,
+        path_weights: list[float] | None = None,
+        distill_weight: float = 0.0,
+        distill_temperature: float = 1.0,
+        valid_subsystems: str | list[str] | None = None,
+        sampling_seed: int = 0,
+        sampling_log: str | None = None,
+        share_input_layer: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        space = getattr(self.encoder, "space", None)
+        if space is None or not hasattr(self.encoder, "use_subsystem"):
+            raise ValueError(
+                "model: allinone needs an elastic encoder with a search space "
+                f"(encoder: elastic_conformer), got {type(self.encoder).__name__}"
+            )
+        if self.use_transducer_decoder or getattr(self, "use_linear_decoder", False):
+            raise ValueError(
+                "model: allinone trains CTC and/or attention-decoder models; "
+                "a transducer or linear decoder is not supported"
+            )
+        if self.interctc_weight != 0.0:
+            raise ValueError(
+                f"model: allinone does not support interctc_weight "
+                f"(got {self.interctc_weight}); set it to 0.0"
+            )
+        self.space = space
+        self.sampler = SubsystemSampler(
+            space, strategy=sampling, num_random=num_random,
+            subsystems=subsystems, seed=sampling_seed,
+        )
+        self.path_weights = check_path_weights(path_weights, self.sampler.num_paths, sampling)
+        if distill_weight < 0:
+            raise ValueError(f"distill_weight must be >= 0, got {distill_weight}")
+        if distill_temperature <= 0:
+            raise ValueError(f"distill_temperature must be > 0, got {distill_temperature}")
+        if distill_weight > 0 and not self.sampler.always_has_largest:
+            raise ValueError(
+                f"distill_weight {distill_weight} needs a teacher path: the largest "
+                f"subsystem {space.largest} must run every step, but sampling "
+                f"{sampling!r} with subsystems {subsystems!r} does not always include it; "
+                "use sampling sandwich, or list it, or set distill_weight 0"
+            )
+        self.distill_weight = float(distill_weight)
+        self.distill_temperature = float(distill_temperature)
+        self.teacher = space.largest
+        if valid_subsystems is None:
+            valid = [space.largest, space.smallest]
+        else:
+            valid = space.resolve(valid_subsystems)
+        self.valid_subsystems: list[Subsystem] = list(dict.fromkeys(valid))
+        self.sampling_log = sampling_log
+        # The subsampling front (``encoder.embed``) is float and outside the search
+        # space unless the encoder quantises it: then every path computes the same
+        # output, so it runs once per step (a large share of a CPU step).
+        self.share_input_layer = bool(share_input_layer) and not getattr(
+            self.encoder, "quantize_input_layer", False
+        )
+        # The sampler position: in the state dict, hence in every checkpoint.
+        self.register_buffer("sampler_step", torch.zeros((), dtype=torch.long))
+
+    # --- the shared front part ------------------------------------------
+    def _features(
+        self, speech: torch.Tensor, speech_lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frontend + SpecAug + normalisation + pre-encoder: once per step."""
+        with torch.amp.autocast("cuda", enabled=self.autocast_frontend, dtype=autocast_type):
+            feats, feats_lengths = self._extract_feats(speech, speech_lengths)
+            if self.specaug is not None and self.training:
+                feats, feats_lengths = self.specaug(feats, feats_lengths)
+            if self.normalize is not None:
+                feats, feats_lengths = self.normalize(feats, feats_lengths)
+        if self.preencoder is not None:
+            feats, feats_lengths = self.preencoder(feats, feats_lengths)
+        return feats, feats_lengths
+
+    def _encode_features(
+        self, feats: torch.Tensor, feats_lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder (+ post-encoder) of the active subsystem."""
+        if getattr(self.encoder, "interctc_use_conditioning", False):
+            out, out_lens, _ = self.encoder(feats, feats_lengths, ctc=self.ctc)
+        else:
+            out, out_lens, _ = self.encoder(feats, feats_lengths)
+        if isinstance(out, tuple):
+            out = out[0]
+        if self.postencoder is not None:
+            out, out_lens = self.postencoder(out, out_lens)
+        return out, out_lens
+
+    # --- one path ---------------------------------------------------------
+    def _path_loss(
+        self,
+        enc: torch.Tensor,
+        enc_lens: torch.Tensor,
+        text: torch.Tensor,
+        text_lengths: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """Stock CTC/attention loss of one path, its stats and its logits (+ masks)."""
+        stats: dict[str, torch.Tensor] = {}
+        logits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        loss_ctc = loss_att = None
+        if self.ctc_weight != 0.0:
+            with _capture_output(self.ctc.ctc_lo) as seen:
+                loss_ctc, _ = self._calc_ctc_loss(enc, enc_lens, text, text_lengths)
+            logits["ctc"] = (seen[0], length_mask(enc_lens, seen[0].size(1)))
+            stats["loss_ctc"] = loss_ctc.detach()
+        if self.ctc_weight != 1.0:
+            with _capture_output(self.decoder) as seen:
+                loss_att, acc, _, _ = self._calc_att_loss(
+                    enc, enc_lens, text, text_lengths.clone()
+                )
+            dec = seen[0][0]
+            logits["att"] = (dec, length_mask(text_lengths + 1, dec.size(1)))
+            stats["loss_att"] = loss_att.detach()
+            if acc is not None:
+                stats["acc"] = torch.as_tensor(acc)
+        if loss_att is None:
+            loss = loss_ctc
+        elif loss_ctc is None:
+            loss = loss_att
+        else:
+            loss = self.ctc_weight * loss_ctc + (1 - self.ctc_weight) * loss_att
+        return loss, stats, logits
+
+    def _kl(self, teacher: dict, student: dict) -> torch.Tensor:
+        """Distillation loss, weighted across CTC/attention like the ASR loss."""
+        parts = []
+        for key, weight in (("ctc", self.ctc_weight), ("att", 1.0 - self.ctc_weight)):
+            if key in student and weight > 0:
+                t_logits, _ = teacher[key]
+                s_logits, mask = student[key]
+                parts.append(
+                    weight * masked_kl(t_logits, s_logits, mask, self.distill_temperature)
+                )
+        return sum(parts)
+
+    # --- forward ------------------------------------------------------------
+    def next_paths(self) -> list[Subsystem]:
+        """Advance the step counter and return this step's paths (training only)."""
+        step = int(self.sampler_step.item())
+        paths = self.sampler.sample(step)
+        self.sampler_step += 1
+        if self.sampling_log:
+            rank = (
+                torch.distributed.get_rank()
+                if torch.distributed.is_available() and torch.distributed.is_initialized()
+                else 0
+            )
+            path = self.sampling_log.format(rank=rank)
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(f"rank={rank} step={step} paths={','.join(map(str, paths))}\n")
+        _LOG.debug("allinone step %d paths %s", step, ",".join(map(str, paths)))
+        return paths
+
+    def forward(
+        self,
+        speech: torch.Tensor,
+        speech_lengths: torch.Tensor,
+        text: torch.Tensor,
+        text_lengths: torch.Tensor,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """Training: the sampled paths, one backward graph. Eval: ``valid_subsystems``."""
+        if not self.training:
+            return self._forward_valid(speech, speech_lengths, text, text_lengths, **kwargs)
+        batch_size = speech.shape[0]
+        text[text == -1] = self.ignore_id
+        text = text[:, : text_lengths.max()]
+        feats, feats_lengths = self._features(speech, speech_lengths)
+        paths = self.next_paths()
+        stats: dict[str, torch.Tensor] = {}
+        teacher: dict | None = None
+        total = None
+        with self._shared_input_layer():
+            for sub, weight in zip(paths, self.path_weights):
+                with self.encoder.use_subsystem(sub):
+                    enc, enc_lens = self._encode_features(feats, feats_lengths)
+                loss, pstats, logits = self._path_loss(enc, enc_lens, text, text_lengths)
+                if self.distill_weight > 0:
+                    if sub == self.teacher:
+                        teacher = logits
+                    else:
+                        assert teacher is not None, "the teacher path runs first"
+                        kl = self._kl(teacher, logits)
+                        pstats["kl"] = kl.detach()
+                        loss = loss + self.distill_weight * kl
+                pstats["loss"] = loss.detach()
+                for key, value in pstats.items():
+                    stats[f"{key}_{sub}"] = value
+                total = weight * loss if total is None else total + weight * loss
+        stats["loss"] = total.detach()
+        total, stats, weight = force_gatherable((total, stats, batch_size), total.device)
+        return total, stats, weight
+
+    @contextmanager
+    def _shared_input_layer(self) -> Iterator[None]:
+        """Within the block, ``encoder.embed`` computes once and then returns that output
+        again for the same input (the float subsampling front is the same in every path).
+        """
+        embed = getattr(self.encoder, "embed", None)
+        if not self.share_input_layer or embed is None:
+            yield
+            return
+        original = embed.forward
+        cache: dict = {}
+
+        def forward(x: torch.Tensor, *args: Any) -> Any:
+            if cache and cache["x"] is x and len(args) == len(cache["args"]) and all(
+                torch.equal(a, b) for a, b in zip(args, cache["args"])
+            ):
+                return cache["out"]
+            out = original(x, *args)
+            cache.update(x=x, args=args, out=out)
+            return out
+
+        embed.forward = forward
+        try:
+            yield
+        finally:
+            del embed.forward
+
+    def _forward_valid(
+        self,
+        speech: torch.Tensor,
+        speech_lengths: torch.Tensor,
+        text: torch.Tensor,
+        text_lengths: torch.Tensor,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """Stock loss of every validated subsystem, keys suffixed with the subsystem."""
+        stats: dict[str, torch.Tensor] = {}
+        plain_sub = (
+            self.teacher if self.teacher in self.valid_subsystems else self.valid_subsystems[0]
+        )
+        plain: tuple = ()
+        for sub in self.valid_subsystems:
+            with self.encoder.use_subsystem(sub):
+                loss, sub_stats, weight = super().forward(
+                    speech, speech_lengths, text.clone(), text_lengths, **kwargs
+                )
+            for key, value in sub_stats.items():
+                stats[f"{key}_{sub}"] = value
+            if sub == plain_sub:
+                plain = (loss, sub_stats, weight)
+        loss, plain_stats, weight = plain
+        stats.update(plain_stats)
+        return force_gatherable((loss, stats, weight), loss.device)
+
+    def subsystem_paths(self) -> Sequence[Subsystem]:
+        """Every subsystem this configuration can train (for reports)."""
+        return self.sampler.pool
+
+
+def _advertise_stock_options() -> None:
+    """Let ``--print_config`` list the stock model options next to ours.
+
+    ``__init__`` forwards ``*args, **kwargs`` to ``ESPnetASRModel``; ESPnet reads
+    the defaults it prints from the signature, so publish the merged one.
+    """
+    stock = list(inspect.signature(ESPnetASRModel.__init__).parameters.values())
+    ours = [
+        p for p in inspect.signature(ESPnetAllInOneASRModel.__init__).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    ESPnetAllInOneASRModel.__init__.__signature__ = inspect.Signature(stock + ours)
+
+
+_advertise_stock_options()

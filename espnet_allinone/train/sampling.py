@@ -1,0 +1,155 @@
+"""Which subsystems a training step runs: the sampling strategies.
+
+One all-in-one step runs several subsystems ("paths") on the same batch. The
+strategies, chosen in YAML (``model_conf.sampling``):
+
+``sandwich`` (default)
+    the largest and the smallest subsystem plus ``num_random`` others drawn
+    uniformly without replacement (the "sandwich rule": the extremes bound
+    every subsystem in between, the random ones cover the middle).
+``all``
+    every subsystem of ``subsystems`` (or of the whole space) every step.
+``random``
+    ``num_random`` subsystems drawn uniformly without replacement.
+``explicit``
+    the fixed list ``subsystems`` every step, in the given order (the
+    largest subsystem, the distillation teacher, moved to the front).
+
+Every DDP rank must run the same paths (same graph, same stats keys), so the
+draw never touches the global RNG: each step seeds its own
+``torch.Generator`` from ``(seed, step)``, where ``step`` is a counter kept
+by the caller (the model keeps it in a buffer, so it is in the checkpoint
+and ``--resume`` continues the sequence). The teacher for self-distillation
+is the space's largest subsystem; it is always the first path when present.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import torch
+
+from espnet_allinone.subsystem import SearchSpace, Subsystem, SubsystemError
+
+STRATEGIES = ("sandwich", "all", "random", "explicit")
+"""Valid values of ``model_conf.sampling``."""
+
+
+def step_seed(seed: int, step: int) -> int:
+    """A 63-bit seed that depends only on ``(seed, step)`` (same on every host)."""
+    digest = hashlib.blake2b(f"{int(seed)}:{int(step)}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+class SubsystemSampler:
+    """Chooses the paths of each training step, deterministically from the step number."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        strategy: str = "sandwich",
+        num_random: int = 1,
+        subsystems: str | Sequence[str | Subsystem] | None = None,
+        seed: int = 0,
+    ) -> None:
+        if strategy not in STRATEGIES:
+            raise ValueError(
+                f"unknown sampling strategy {strategy!r}; valid: {', '.join(STRATEGIES)}"
+            )
+        if not isinstance(num_random, int) or isinstance(num_random, bool) or num_random < 0:
+            raise ValueError(f"num_random must be an integer >= 0, got {num_random!r}")
+        self.space = space
+        self.strategy = strategy
+        self.seed = int(seed)
+        if strategy == "explicit" and not subsystems:
+            raise ValueError(
+                "sampling 'explicit' needs a list in model_conf.subsystems, "
+                f"e.g. [{space.largest}, {space.smallest}]"
+            )
+        # The pool: where paths come from (validated against the space).
+        pool = space.resolve(subsystems) if subsystems else space.ordered()
+        if strategy == "explicit":  # the given order (path_weights follow it), teacher first
+            pool = sorted(pool, key=lambda s: s != space.largest)
+        else:
+            pool = _largest_first(pool, space)
+        self.pool: list[Subsystem] = pool
+        if strategy == "random":
+            if num_random < 1:
+                raise ValueError("sampling 'random' needs num_random >= 1")
+            if num_random > len(self.pool):
+                raise ValueError(
+                    f"num_random {num_random} exceeds the {len(self.pool)} subsystems "
+                    "to draw from; lower it or use sampling 'all'"
+                )
+        self.num_random = num_random
+
+    # --- the fixed part of each step ------------------------------------
+    @property
+    def fixed(self) -> list[Subsystem]:
+        """Paths run on every step (before any random ones)."""
+        if self.strategy in ("all", "explicit"):
+            return list(self.pool)
+        if self.strategy == "sandwich":
+            big, small = self.space.largest, self.space.smallest
+            return [big] if big == small else [big, small]
+        return []
+
+    @property
+    def num_paths(self) -> int:
+        """How many paths every step runs (the length ``path_weights`` must have)."""
+        if self.strategy == "sandwich":
+            return len(self.fixed) + min(self.num_random, len(self._sandwich_middle()))
+        if self.strategy == "random":
+            return self.num_random
+        return len(self.pool)
+
+    @property
+    def always_has_largest(self) -> bool:
+        """True when every step contains the space's largest subsystem (the teacher)."""
+        return self.space.largest in self.fixed
+
+    def _sandwich_middle(self) -> list[Subsystem]:
+        fixed = set(self.fixed)
+        return [s for s in self.pool if s not in fixed]
+
+    # --- the draw --------------------------------------------------------
+    def sample(self, step: int) -> list[Subsystem]:
+        """The paths of training step ``step``; the same on every process."""
+        if self.strategy in ("all", "explicit"):
+            return list(self.pool)
+        gen = torch.Generator().manual_seed(step_seed(self.seed, step))
+        if self.strategy == "sandwich":
+            middle = self._sandwich_middle()
+            k = min(self.num_random, len(middle))
+            pick = torch.randperm(len(middle), generator=gen)[:k].tolist()
+            return self.fixed + [middle[i] for i in sorted(pick)]
+        pick = torch.randperm(len(self.pool), generator=gen)[: self.num_random].tolist()
+        return [self.pool[i] for i in sorted(pick)]
+
+
+def _largest_first(subs: Sequence[Subsystem], space: SearchSpace) -> list[Subsystem]:
+    """Order paths largest first, so the teacher (if present) runs first."""
+    rank = {s: i for i, s in enumerate(space.ordered())}
+    return sorted(dict.fromkeys(subs), key=lambda s: -rank[s])
+
+
+def check_path_weights(weights: Sequence[float] | None, num_paths: int,
+                       strategy: str) -> list[float]:
+    """``None`` -> all ones; otherwise one non-negative float per path of a step."""
+    if weights is None:
+        return [1.0] * num_paths
+    weights = [float(w) for w in weights]
+    if len(weights) != num_paths:
+        raise ValueError(
+            f"path_weights has {len(weights)} entries but sampling {strategy!r} runs "
+            f"{num_paths} paths per step; give exactly {num_paths} weights "
+            "in path order (sandwich: largest, smallest, then the random ones; all: largest "
+            "first; explicit: as listed, the largest subsystem moved to the front)"
+        )
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"path_weights must be >= 0 with a positive sum, got {weights}")
+    return weights
+
+
+__all__ = ["STRATEGIES", "SubsystemError", "SubsystemSampler", "check_path_weights", "step_seed"]

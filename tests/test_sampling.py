@@ -1,0 +1,127 @@
+"""Subsystem sampling: determinism, coverage, strategies, path weights, bad input."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+
+from espnet_allinone.subsystem import SearchSpace, Subsystem, SubsystemError
+from espnet_allinone.train.sampling import (
+    STRATEGIES,
+    SubsystemSampler,
+    check_path_weights,
+    step_seed,
+)
+
+
+@pytest.fixture
+def space() -> SearchSpace:
+    # 3 depths x 2 widths x 4 precisions = 24 subsystems.
+    return SearchSpace.from_config(
+        num_blocks=12, linear_units=2048, attention_heads=4, output_size=256,
+        depths=[6, 9, 12], widths=[0.5, 1.0], precisions=["int2", "int4", "int8", "fp"],
+    )
+
+
+def test_step_seed_is_stable_and_distinct() -> None:
+    # A pinned value: the same on every host and Python (no hash randomisation).
+    assert step_seed(0, 0) == step_seed(0, 0)
+    assert len({step_seed(s, t) for s in range(3) for t in range(100)}) == 300
+    assert 0 <= step_seed(123, 456) < 2**63
+
+
+def test_sandwich_has_extremes_and_is_deterministic(space: SearchSpace) -> None:
+    a = SubsystemSampler(space, "sandwich", num_random=2, seed=7)
+    b = SubsystemSampler(space, "sandwich", num_random=2, seed=7)
+    for step in range(50):
+        paths = a.sample(step)
+        assert paths == b.sample(step)
+        assert paths[0] == Subsystem.parse("d12-w1-fp") == space.largest
+        assert paths[1] == Subsystem.parse("d6-w0.5-int2") == space.smallest
+        assert len(paths) == len(set(paths)) == 4 == a.num_paths
+        assert all(p in space for p in paths)
+    # Re-asking for an old step gives the same answer (no hidden state).
+    assert a.sample(3) == b.sample(3)
+
+
+def test_sandwich_covers_every_middle_subsystem_uniformly(space: SearchSpace) -> None:
+    sampler = SubsystemSampler(space, "sandwich", num_random=1, seed=0)
+    counts = collections.Counter(sampler.sample(step)[2] for step in range(4400))
+    assert set(counts) == set(space.ordered()) - {space.largest, space.smallest}
+    # 22 middle subsystems, 200 expected each; 4-sigma band.
+    assert all(140 < c < 260 for c in counts.values()), counts
+
+
+def test_seed_and_step_change_the_draw(space: SearchSpace) -> None:
+    s0 = SubsystemSampler(space, "random", num_random=3, seed=0)
+    s1 = SubsystemSampler(space, "random", num_random=3, seed=1)
+    seq0 = [tuple(s0.sample(t)) for t in range(30)]
+    seq1 = [tuple(s1.sample(t)) for t in range(30)]
+    assert seq0 != seq1
+    assert len(set(seq0)) > 20  # steps differ from each other
+
+
+def test_random_draws_k_distinct(space: SearchSpace) -> None:
+    sampler = SubsystemSampler(space, "random", num_random=5, seed=3)
+    seen = set()
+    for step in range(200):
+        paths = sampler.sample(step)
+        assert len(paths) == len(set(paths)) == 5
+        seen.update(paths)
+    assert seen == set(space.ordered())
+    assert not sampler.always_has_largest
+
+
+def test_all_and_explicit(space: SearchSpace) -> None:
+    every = SubsystemSampler(space, "all")
+    assert every.sample(0) == every.sample(99)
+    assert len(every.sample(0)) == 24 == every.num_paths
+    assert every.sample(0)[0] == space.largest  # teacher first
+    listed = SubsystemSampler(space, "all", subsystems="d6-w0.5-int4,d12-w1-fp")
+    assert [str(s) for s in listed.sample(5)] == ["d12-w1-fp", "d6-w0.5-int4"]
+    explicit = SubsystemSampler(space, "explicit", subsystems=["d9-w1-int8", "d6-w1-fp"])
+    assert [str(s) for s in explicit.sample(0)] == ["d9-w1-int8", "d6-w1-fp"]
+    assert not explicit.always_has_largest
+    teacher_last = SubsystemSampler(space, "explicit", subsystems=["d6-w1-fp", "d12-w1-fp"])
+    assert [str(s) for s in teacher_last.sample(0)] == ["d12-w1-fp", "d6-w1-fp"]
+    assert teacher_last.always_has_largest
+
+
+def test_single_subsystem_space() -> None:
+    tiny = SearchSpace.from_config(num_blocks=2, linear_units=8, attention_heads=2, output_size=8)
+    sampler = SubsystemSampler(tiny, "sandwich", num_random=3)
+    assert [str(s) for s in sampler.sample(0)] == ["d2-w1-fp"]
+    assert sampler.num_paths == 1
+
+
+def test_unknown_strategy_lists_valid(space: SearchSpace) -> None:
+    with pytest.raises(ValueError, match="unknown sampling strategy 'sandwhich'") as e:
+        SubsystemSampler(space, "sandwhich")
+    for name in STRATEGIES:
+        assert name in str(e.value)
+
+
+def test_explicit_outside_space_names_bad_part(space: SearchSpace) -> None:
+    with pytest.raises(SubsystemError, match=r"depth 3 \(valid: 6, 9, 12\)"):
+        SubsystemSampler(space, "explicit", subsystems=["d3-w1-fp"])
+    with pytest.raises(SubsystemError, match="malformed subsystem"):
+        SubsystemSampler(space, "explicit", subsystems=["12-1-fp"])
+    with pytest.raises(ValueError, match="needs a list in model_conf.subsystems"):
+        SubsystemSampler(space, "explicit")
+
+
+def test_random_bad_counts(space: SearchSpace) -> None:
+    with pytest.raises(ValueError, match="num_random 30 exceeds the 24"):
+        SubsystemSampler(space, "random", num_random=30)
+    with pytest.raises(ValueError, match="num_random must be an integer >= 0"):
+        SubsystemSampler(space, "sandwich", num_random=-1)
+
+
+def test_path_weights(space: SearchSpace) -> None:
+    assert check_path_weights(None, 3, "sandwich") == [1.0, 1.0, 1.0]
+    assert check_path_weights([1, 0.5, 0.5], 3, "sandwich") == [1.0, 0.5, 0.5]
+    with pytest.raises(ValueError, match="path_weights has 2 entries but sampling 'sandwich' runs 3"):
+        check_path_weights([1.0, 1.0], 3, "sandwich")
+    with pytest.raises(ValueError, match="must be >= 0"):
+        check_path_weights([1.0, -1.0], 2, "all")

@@ -1,0 +1,118 @@
+"""Tiny end-to-end all-in-one training through stock ESPnet (collect stats + train + resume).
+
+One subprocess (one ``import espnet2.tasks.asr``) runs ``ASRTask.main`` three
+times: stats collection, epoch 1, then ``--resume true`` to epoch 2. Checks:
+every validated subsystem's dev loss is lower than at initialisation; the
+trainer's own validation reports per-subsystem keys (and they agree with an
+independent evaluation); per-path training losses are in the reporter; a
+``best_model_criterion`` naming a subsystem key produces its best/averaged
+files; ``--resume`` continues the sampler's step sequence.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from espnet_allinone.subsystem import SearchSpace
+from espnet_allinone.train.sampling import SubsystemSampler
+
+ROOT = Path(__file__).resolve().parents[1]
+# Tiny models on a shared CPU: one thread per process avoids OpenMP oversubscription.
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+CONF = ROOT / "conf" / "train_allinone_tiny.yaml"
+
+SCRIPT = r"""
+import json, sys
+from pathlib import Path
+import torch
+from espnet2.tasks.asr import ASRTask
+from espnet2.train.reporter import Reporter
+from espnet_allinone.train import espnet_run as R
+
+data, work, conf = map(Path, sys.argv[1:4])
+tok = R.char_token_list([data / "train" / "text", data / "dev" / "text"], work / "tokens.txt")
+ASRTask.main(cmd=R.collect_stats_args(conf, data, tok, work / "stats"))
+log = work / "paths.{rank}.log"
+extra = ["--model_conf", json.dumps({"sampling_log": str(log)}), "--batch_size", "4",
+         "--accum_grad", "2", "--seed", "0", "--keep_nbest_models", "1"]
+exp = work / "exp"
+ASRTask.main(cmd=R.train_args(conf, data, tok, work / "stats", exp, *extra, "--max_epoch", "1"))
+steps_run1 = len((work / "paths.0.log").read_text().splitlines())
+ASRTask.main(cmd=R.train_args(conf, data, tok, work / "stats", exp, *extra, "--max_epoch", "2",
+                              "--resume", "true"))
+ckpt = torch.load(exp / "checkpoint.pth", map_location="cpu", weights_only=False)
+torch.save(ckpt["model"], work / "last.pth")
+rep = Reporter()
+rep.load_state_dict(ckpt["reporter"])
+subs = ["d2-w1-fp", "d1-w0.5-int4"]
+keys_valid = ["loss", "acc", "cer_ctc"] + [f"{k}_{s}" for s in subs for k in ("loss", "acc", "cer_ctc")]
+keys_train = [f"{k}_{s}" for s in subs for k in ("loss", "loss_ctc", "loss_att", "acc")]
+keys_train += ["kl_d1-w0.5-int4"]
+out = {
+    "steps_run1": steps_run1,
+    "epoch": ckpt["reporter"]["epoch"],
+    "valid": {k: rep.get_value("valid", k, 2) for k in keys_valid},
+    "train": {k: rep.get_value("train", k, 2) for k in keys_train},
+    "init": R.validation_losses(exp / "config.yaml", None, data / "dev", seed=0),
+    "trained": R.validation_losses(exp / "config.yaml", work / "last.pth", data / "dev"),
+    "files": sorted(p.name for p in exp.iterdir()),
+}
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_tiny_training_end_to_end(tiny_corpus: Path, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tiny_corpus), str(tmp_path), str(CONF)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False, env=ONE_THREAD,
+    )
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-2000:] + proc.stderr[-5000:]
+    out = json.loads(lines[0][7:])
+    assert out["epoch"] == 2
+
+    # Every validated subsystem learned something (fresh model, same config, same seed).
+    for key, init in out["init"].items():
+        assert out["trained"][key] < 0.8 * init, (key, init, out["trained"][key])
+    assert set(out["init"]) == {"loss_d2-w1-fp", "loss_d1-w0.5-int4"}
+
+    # The trainer's validation reports per-subsystem keys, matching our own evaluation,
+    # and the plain keys are those of the largest subsystem.
+    valid = out["valid"]
+    for key, value in out["trained"].items():
+        assert abs(valid[key] - value) < 1e-3 * max(1.0, value), (key, valid[key], value)
+    assert valid["loss"] == valid["loss_d2-w1-fp"]
+    assert valid["acc"] == valid["acc_d2-w1-fp"]
+    assert 0.0 <= valid["cer_ctc_d1-w0.5-int4"] <= 1.5
+    # Per-path training stats (subsystem string in the key), distillation KL included.
+    assert all(isinstance(v, float) and v > 0 for v in out["train"].values()), out["train"]
+    assert out["train"]["kl_d1-w0.5-int4"] > 0
+
+    # best_model_criterion may name a subsystem key: its best and averaged models exist.
+    files = set(out["files"])
+    assert {"valid.loss.best.pth", "valid.loss_d1-w0.5-int4.best.pth",
+            "valid.loss.ave.pth", "valid.loss_d1-w0.5-int4.ave.pth"} <= files, files
+
+    # --resume continued the sampler's sequence (steps 0..2n-1, each drawn as sample(step)).
+    lines = (tmp_path / "paths.0.log").read_text().splitlines()
+    n = out["steps_run1"]
+    assert n == 9  # 36 utterances, batches of 4
+    steps = [int(re.search(r"step=(\d+)", x).group(1)) for x in lines]
+    assert steps == list(range(2 * n)), steps
+    enc = yaml.safe_load(CONF.read_text())["encoder_conf"]
+    space = SearchSpace.from_config(
+        num_blocks=enc["num_blocks"], linear_units=enc["linear_units"],
+        attention_heads=enc["attention_heads"], output_size=enc["output_size"],
+        depths=enc["depths"], widths=enc["widths"], precisions=enc["precisions"],
+    )
+    sampler = SubsystemSampler(space, "sandwich", num_random=1, seed=0)
+    for step, line in enumerate(lines):
+        want = ",".join(map(str, sampler.sample(step)))
+        assert line == f"rank=0 step={step} paths={want}"
