@@ -147,7 +147,6 @@ def test_missing_corpus_paths_are_named(tmp_path: Path) -> None:
     assert f"Switchboard root {tmp_path / 'x'} does not exist" in res.stdout
 
 
-@pytest.mark.slow
 def test_tiny_run_through_every_stage_to_the_report(prepared: Path) -> None:
     """Stages 10-18 (baselines off, upload as a dry run) on the tiny corpus and model."""
     subs = "d2-w1-fp d1-w0.5-int4"
@@ -178,7 +177,6 @@ def test_tiny_run_through_every_stage_to_the_report(prepared: Path) -> None:
         assert (exp / "logs" / f"stage{n}_{name}.log").is_file()
 
 
-@pytest.mark.slow
 def test_baselines_stage_adds_alone_wer_and_training_time_ratio(prepared: Path) -> None:
     """Stage 15 after the tiny run above: one subsystem trained alone, then the report."""
     res = run(prepared, "--stage", "15", "--stop_stage", "16", "--skip_baselines", "false",
