@@ -18,10 +18,11 @@ def plot_wer_vs_size(rows: list[Row], path: Path, title: str = "") -> Path:
     front = pareto_front(rows)
     front_names = {r.subsystem for r in front}
     xs = [r.bytes / 1e6 for r in rows]
-    ax.scatter(xs, [r.wer for r in rows], c=["C3" if r.subsystem in front_names else "C0"
-                                              for r in rows], zorder=3, label="all-in-one")
-    ax.plot([r.bytes / 1e6 for r in front], [r.wer for r in front], "C3--", zorder=2,
-            label="Pareto front")
+    behind = [r for r in rows if r.subsystem not in front_names]
+    ax.scatter([r.bytes / 1e6 for r in behind], [r.wer for r in behind], c="C0", zorder=3,
+               label="all-in-one subsystem")
+    ax.plot([r.bytes / 1e6 for r in front], [r.wer for r in front], "C3o--", zorder=3,
+            label="on the Pareto front")
     for r, x in zip(rows, xs):
         ax.annotate(r.subsystem, (x, r.wer), textcoords="offset points", xytext=(4, 4),
                     fontsize=7)
