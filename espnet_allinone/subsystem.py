@@ -116,6 +116,11 @@ class Subsystem:
     def precision(self) -> str:
         return precision_name(self.bits)
 
+    @property
+    def size_key(self) -> tuple:
+        """Sort key, smallest first: depth x width x bits, then each part."""
+        return (self.depth * self.width * self.bits, self.depth, self.width, self.bits)
+
     def __str__(self) -> str:
         return f"d{self.depth}-w{_format_width(self.width)}-{self.precision}"
 
@@ -266,7 +271,4 @@ class SearchSpace:
 
     def ordered(self) -> list[Subsystem]:
         """Every member, smallest first (by depth x width x bits, then each)."""
-        return sorted(
-            self._members,
-            key=lambda s: (s.depth * s.width * s.bits, s.depth, s.width, s.bits),
-        )
+        return sorted(self._members, key=lambda s: s.size_key)

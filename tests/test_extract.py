@@ -11,6 +11,7 @@ import hashlib
 
 import pytest
 import torch
+import yaml
 
 from espnet_allinone.export import extract as extract_mod
 from espnet_allinone.export.extract import ExtractionError, Extractor, probe_input
@@ -75,6 +76,10 @@ def test_extracted_models_equal_the_allinone_model(toy):
         # physically cut: exactly the subsystem's parameters, no more
         n_params = sum(p.numel() for p in model.encoder.parameters())
         assert n_params == allinone.encoder.num_params(sub), sub
+        # the recorded parameter count (read by the report) is the model's
+        total = sum(p.numel() for p in model.parameters())
+        info = yaml.safe_load((result.directory / extract_mod.INFO_NAME).read_text())
+        assert result.params == info["params"] == total, sub
 
 
 def test_encoder_choice_and_files(toy):

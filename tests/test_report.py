@@ -25,7 +25,7 @@ from espnet_allinone.report.scoring import (
     parse_rsum,
     score_dir,
 )
-from espnet_allinone.report.sizes import count_params
+from espnet_allinone.report.sizes import subsystem_size
 
 
 def _ref_dir(tmp_path: Path) -> tuple[Path, dict[str, str]]:
@@ -108,13 +108,15 @@ def test_pareto_front_and_compression() -> None:
     assert "| d2-w1-fp | 9.00" in md and "- note one" in md
 
 
-def test_count_params_counts_packed_codes_by_their_bits() -> None:
-    sd = {"encoder.w": torch.zeros(4, 8), "encoder.q_codes": torch.zeros(16, dtype=torch.uint8),
-          "encoder.q_scale": torch.zeros(8, 1, dtype=torch.float16),
-          "bn.running_mean": torch.zeros(8), "bn.num_batches_tracked": torch.tensor(0),
-          "normalize.mean": torch.zeros(40)}
-    assert count_params(sd, bits=4) == 32 + 32
-    assert count_params(sd, bits=2) == 32 + 64
+def test_subsystem_size_reads_extractions_exact_params(tmp_path: Path) -> None:
+    d = tmp_path / "d2-w0.5-int4"
+    d.mkdir()
+    (d / "config.yaml").write_text("encoder: x\n")
+    torch.save({"w": torch.zeros(100)}, d / "model.pth")
+    with pytest.raises(FileNotFoundError, match=r"extract_info.yaml .*stage \(12\)"):
+        subsystem_size(d)
+    (d / "extract_info.yaml").write_text(yaml.safe_dump({"params": 1234}))
+    assert subsystem_size(d) == (1234, (d / "model.pth").stat().st_size)
 
 
 def _fake_exp(tmp_path: Path, subs: dict[str, tuple[float, int]]) -> Path:
@@ -125,7 +127,8 @@ def _fake_exp(tmp_path: Path, subs: dict[str, tuple[float, int]]) -> Path:
         d.mkdir(parents=True)
         (d / "config.yaml").write_text("encoder: x\n")
         torch.save({"w": torch.zeros(n)}, d / "model.pth")
-        (d / "extract_info.yaml").write_text(yaml.safe_dump({"bytes": {"full_float": 40000}}))
+        (d / "extract_info.yaml").write_text(
+            yaml.safe_dump({"params": n, "bytes": {"full_float": 40000}}))
         s = exp / "decode" / sub / "test"
         s.mkdir(parents=True)
         counts = {"words": 200, "errors": int(wer * 2), "error_rate": wer}

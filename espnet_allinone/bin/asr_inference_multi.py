@@ -23,17 +23,7 @@ import sys
 from pathlib import Path
 
 from espnet_allinone.registry import register
-
-
-def model_file(model_dir: Path) -> Path:
-    """The weights of an extracted (or trained) model directory."""
-    preferred = model_dir / "model.pth"
-    if preferred.is_file():
-        return preferred
-    candidates = sorted(model_dir.glob("*.pth"))
-    if not candidates:
-        raise FileNotFoundError(f"no model.pth (or any *.pth) in {model_dir}")
-    return candidates[0]
+from espnet_allinone.report.sizes import model_files
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
                 [
                     *rest,
                     "--asr_train_config", str(model_dir / "config.yaml"),
-                    "--asr_model_file", str(model_file(model_dir)),
+                    "--asr_model_file", str(model_files(model_dir)[1]),
                     "--output_dir", str(args.output_dir / model_dir.name),
                 ]
             )

@@ -57,8 +57,7 @@ def _subsystems(args: argparse.Namespace, decode_dir: Path) -> list[str]:
         raise ReportError(f"no decoded subsystem under {decode_dir}: made by the decoding "
                           "stage (13) and scored by stage 14")
     subs = [Subsystem.parse(n) for n in names]
-    return [str(s) for s in sorted(subs, key=lambda s: (s.depth * s.width * s.bits, s.depth,
-                                                         s.width, s.bits))]
+    return [str(s) for s in sorted(subs, key=lambda s: s.size_key)]
 
 
 def full_float_bytes(extracted: Path, rows: list[Row]) -> int | None:
@@ -81,7 +80,7 @@ def build_rows(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
         sub_dir = extracted / name
         if not sub_dir.is_dir():
             raise ReportError(f"missing {sub_dir}: made by the extraction stage (12)")
-        params, nbytes = subsystem_size(sub_dir, Subsystem.parse(name))
+        params, nbytes = subsystem_size(sub_dir)
         rows.append(Row(name, scores["wer"]["error_rate"], scores["cer"]["error_rate"],
                         scores["wer"]["words"], params, nbytes))
     notes = [f"test set `{args.test_set}`: {rows[0].words} words; WER/CER by sclite",

@@ -43,6 +43,7 @@ class ExtractResult:
     subsystem: Subsystem
     directory: Path
     encoder: str
+    params: int
     disk_bytes: int
     exact_bytes: int
     full_float_bytes: int
@@ -77,9 +78,10 @@ class Extractor:
             "model_sha256": sha256_file(self.model_path),
         }
         enc_params = {id(p) for p in self.encoder.parameters()}
-        self.rest_bytes = 4 * sum(
+        self.rest_params = sum(
             p.numel() for p in self.model.parameters() if id(p) not in enc_params
         )
+        self.rest_bytes = 4 * self.rest_params
         self.full_float_bytes = 4 * sum(
             p.numel() for n, p in self.model.named_parameters() if "weight_quantizer" not in n
         )
@@ -124,6 +126,7 @@ class Extractor:
                 subsystem=sub,
                 directory=final,
                 encoder=name,
+                params=self.encoder.num_params(sub) + self.rest_params,
                 disk_bytes=disk,
                 exact_bytes=self.exact_bytes(sub, None if use_packed else target),
                 full_float_bytes=self.full_float_bytes,
@@ -132,6 +135,7 @@ class Extractor:
             info = {
                 **fingerprint,
                 "encoder": name,
+                "params": result.params,
                 "bytes": {
                     "model_file": disk,
                     "exact": result.exact_bytes,

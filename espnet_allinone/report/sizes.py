@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from espnet_allinone.subsystem import Subsystem
+import yaml
 
-_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
-_PACKED = ("_codes", "_scale", "_zero_point")
+from espnet_allinone.export.extract import INFO_NAME
 
 
 def model_files(sub_dir: Path) -> tuple[Path, Path]:
@@ -24,28 +23,17 @@ def model_files(sub_dir: Path) -> tuple[Path, Path]:
     return config, model
 
 
-def count_params(state_dict: dict, bits: int) -> int:
-    """Weights a model holds: float tensors count their elements, a packed
-    ``<name>_codes`` tensor counts its codes (8 / bits a byte); scales, zero
-    points and batch-norm statistics are not parameters."""
-    total = 0
-    for name, t in state_dict.items():
-        if name.endswith(_BUFFERS) or name.endswith(("_scale", "_zero_point")) \
-                or name.startswith("normalize."):
-            continue
-        if name.endswith("_codes"):
-            total += t.numel() * 8 // bits
-        elif t.is_floating_point():
-            total += t.numel()
-    return total
+def subsystem_size(sub_dir: Path) -> tuple[int, int]:
+    """``(parameters, bytes on disk of the model file)``.
 
-
-def subsystem_size(sub_dir: Path, sub: Subsystem) -> tuple[int, int]:
-    """``(parameters, bytes on disk of the model file)``."""
-    import torch
-
+    The parameter count is the exact one extraction computed from the
+    subsystem (``extract_info.yaml``); it is not re-derived from packed tensors.
+    """
     _, model = model_files(sub_dir)
-    state = torch.load(model, map_location="cpu", weights_only=False)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    return count_params(state, sub.bits), model.stat().st_size
+    info_path = sub_dir / INFO_NAME
+    info = yaml.safe_load(info_path.read_text()) if info_path.is_file() else None
+    if not isinstance(info, dict) or "params" not in info:
+        raise FileNotFoundError(
+            f"{info_path} with a 'params' entry is missing: made by the extraction stage (12)"
+        )
+    return int(info["params"]), model.stat().st_size

@@ -255,7 +255,8 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             with open(path, "a", encoding="utf-8") as f:
                 f.write(f"rank={rank} step={step} paths={','.join(map(str, paths))}\n")
-        _LOG.debug("allinone step %d paths %s", step, ",".join(map(str, paths)))
+        if _LOG.isEnabledFor(logging.DEBUG):  # no string building in the training step
+            _LOG.debug("allinone step %d paths %s", step, ",".join(map(str, paths)))
         return paths
 
     def forward(
