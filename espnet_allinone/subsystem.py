@@ -6,64 +6,51 @@ one (YAML, command lines, ``exp/`` directory names, report rows, zoo names)::
     d6-w0.5-int4     6 blocks, half width, 4-bit weights
     d12-w1-fp        12 blocks, full width, float weights
 
-``d`` is the depth (a prefix of the block stack), ``w`` the width fraction
-applied to the FFN units and attention heads (head size fixed; also to the
-conv-module channels when the space says so) and the last part the weight
-precision (``int2``, ``int4``, ``int8`` or ``fp``). The string is short,
-readable and safe as a directory name. This module knows nothing of ESPnet
-or torch, so every layer above can import it.
+The string is a sequence of named *parts* (:data:`PARTS`), each with its own
+parse, format, validation and order. ``d`` is the depth (logical blocks),
+``w`` the width fraction of the FFN units and attention heads (head size
+fixed; also of the conv-module channels when the space says so) and the last
+part the weight precision (``int2``, ``int4``, ``int8`` or ``fp``). A later
+part can be added as an optional suffix with a default that is left out of
+the string, so no existing name changes. This module knows nothing of ESPnet
+or torch, so every layer above can import it. What a subsystem *is* inside a
+model (which blocks, heads, units, bits) is the encoder's architecture record,
+:class:`espnet_allinone.arch.SubnetArch`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import Any
 
-FLOAT_BITS = 32
-"""Bits of a weight kept in float (the ``fp`` precision)."""
+from espnet_allinone.precision import (
+    FLOAT_BITS,
+    SUPPORTED_BITS,
+    PrecisionError,
+    parse_precision,
+    precision_name,
+)
 
-SUPPORTED_BITS = (2, 4, 8, FLOAT_BITS)
-"""Weight precisions a subsystem may have; 32 means float."""
-
-_PATTERN = re.compile(r"^d(?P<depth>\d+)-w(?P<width>\d+(?:\.\d+)?)-(?P<prec>int\d+|fp)$")
+__all__ = [
+    "FLOAT_BITS",
+    "PARTS",
+    "SUPPORTED_BITS",
+    "SearchSpace",
+    "Subsystem",
+    "SubsystemError",
+    "SubsystemPart",
+    "parse_precision",
+    "precision_name",
+]
 
 
 class SubsystemError(ValueError):
     """A subsystem string or value that is malformed or outside its space."""
-
-
-def precision_name(bits: int) -> str:
-    """``4`` -> ``"int4"``, ``32`` -> ``"fp"``."""
-    if bits not in SUPPORTED_BITS:
-        raise SubsystemError(
-            f"unsupported weight precision {bits!r} bits; valid: "
-            + ", ".join(precision_name(b) for b in SUPPORTED_BITS)
-        )
-    return "fp" if bits == FLOAT_BITS else f"int{bits}"
-
-
-def parse_precision(text: str | int) -> int:
-    """``"int4"``, ``"4"``, ``4`` -> 4; ``"fp"``, ``"float"``, ``32`` -> 32."""
-    if isinstance(text, int) and not isinstance(text, bool):
-        bits = text
-    else:
-        word = str(text).strip().lower()
-        if word in ("fp", "float", "fp32", "float32"):
-            bits = FLOAT_BITS
-        elif re.fullmatch(r"(int)?\d+", word):
-            bits = int(word.removeprefix("int"))
-        else:
-            raise SubsystemError(
-                f"unknown weight precision {text!r}; valid: int2, int4, int8, fp"
-            )
-    if bits not in SUPPORTED_BITS:
-        raise SubsystemError(
-            f"unsupported weight precision {text!r}; valid: int2, int4, int8, fp"
-        )
-    return bits
 
 
 def _format_width(width: Fraction) -> str:
@@ -74,22 +61,90 @@ def _format_width(width: Fraction) -> str:
     return text
 
 
-@dataclass(frozen=True, order=False)
+def _depth(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise SubsystemError(f"depth must be a positive integer, got {value!r}")
+    return value
+
+
+def _width(value: Any) -> Fraction:
+    try:
+        width = Fraction(str(value)) if isinstance(value, float | str) else Fraction(value)
+    except (TypeError, ValueError):
+        raise SubsystemError(f"width must be a number in (0, 1], got {value!r}") from None
+    if not 0 < width <= 1:
+        raise SubsystemError(f"width must be in (0, 1], got {value!r}")
+    return width
+
+
+def _bits(value: Any) -> int:
+    try:
+        return parse_precision(value)
+    except PrecisionError as e:
+        raise SubsystemError(str(e)) from None
+
+
+_REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class SubsystemPart:
+    """One named part of the subsystem string.
+
+    ``field`` is the Subsystem attribute, ``prefix`` + ``pattern`` its text,
+    ``parse``/``format`` convert text and value, ``check`` normalises and
+    validates a value (raising SubsystemError), ``choices`` names the search
+    space attribute holding the valid values. A part with a ``default`` is
+    optional: left out of the string when equal to it.
+    """
+
+    field: str
+    prefix: str
+    pattern: str
+    parse: Callable[[str], Any]
+    format: Callable[[Any], str]
+    check: Callable[[Any], Any]
+    choices: str
+    label: str
+    default: Any = _REQUIRED
+
+    @property
+    def optional(self) -> bool:
+        return self.default is not _REQUIRED
+
+    def regex(self) -> str:
+        body = f"{re.escape(self.prefix)}(?P<{self.field}>{self.pattern})"
+        return f"(?:-{body})?" if self.optional else body
+
+
+PARTS: tuple[SubsystemPart, ...] = (
+    SubsystemPart("depth", "d", r"\d+", int, str, _depth, "depths", "depth"),
+    SubsystemPart("width", "w", r"\d+(?:\.\d+)?", Fraction, _format_width, _width, "widths",
+                  "width"),
+    SubsystemPart("bits", "", r"int\d+|fp", _bits, precision_name, _bits, "bits",
+                  "precision"),
+)
+"""The parts of the string, in order (optional parts, with defaults, come last)."""
+
+_PATTERN = re.compile(
+    "^" + PARTS[0].regex() + "".join(
+        ("-" + p.regex()) if not p.optional else p.regex() for p in PARTS[1:]
+    ) + "$"
+)
+_SPELLING = "-".join(f"{p.prefix}<{p.label}>" for p in PARTS if not p.optional)
+
+
+@dataclass(frozen=True)
 class Subsystem:
-    """One nested system: depth (blocks), width fraction, weight bits."""
+    """One nested system: depth (logical blocks), width fraction, weight bits."""
 
     depth: int
     width: Fraction
     bits: int
 
     def __post_init__(self) -> None:
-        if not isinstance(self.depth, int) or isinstance(self.depth, bool) or self.depth < 1:
-            raise SubsystemError(f"depth must be a positive integer, got {self.depth!r}")
-        width = Fraction(str(self.width)) if isinstance(self.width, float) else Fraction(self.width)
-        if not 0 < width <= 1:
-            raise SubsystemError(f"width must be in (0, 1], got {self.width!r}")
-        object.__setattr__(self, "width", width)
-        precision_name(self.bits)
+        for part in PARTS:
+            object.__setattr__(self, part.field, part.check(getattr(self, part.field)))
 
     @classmethod
     def parse(cls, text: str | Subsystem) -> Subsystem:
@@ -99,14 +154,23 @@ class Subsystem:
         match = _PATTERN.match(str(text).strip())
         if match is None:
             raise SubsystemError(
-                f"malformed subsystem {text!r}; expected d<depth>-w<width>-<precision>, "
+                f"malformed subsystem {text!r}; expected {_SPELLING}, "
                 "e.g. d12-w1-fp or d6-w0.5-int4 (precision: int2, int4, int8, fp)"
             )
-        return cls(
-            depth=int(match["depth"]),
-            width=Fraction(match["width"]),
-            bits=parse_precision(match["prec"]),
-        )
+        values = {
+            p.field: p.parse(match[p.field]) for p in PARTS if match[p.field] is not None
+        }
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Subsystem:
+        """This subsystem with some parts changed (``sub.replace(bits=32)``)."""
+        if "bits" in changes:
+            changes["bits"] = _bits(changes["bits"])
+        return dataclasses.replace(self, **changes)
+
+    def with_precision(self, precision: str | int) -> Subsystem:
+        """The same subsystem at another precision (``"fp"``: its float twin)."""
+        return self.replace(bits=precision)
 
     @property
     def is_float(self) -> bool:
@@ -117,12 +181,18 @@ class Subsystem:
         return precision_name(self.bits)
 
     @property
-    def size_key(self) -> tuple:
-        """Sort key, smallest first: depth x width x bits, then each part."""
-        return (self.depth * self.width * self.bits, self.depth, self.width, self.bits)
+    def canonical_key(self) -> tuple:
+        """Deterministic order of the parts (depth, width, precision, ...)."""
+        return tuple(getattr(self, p.field) for p in PARTS)
 
     def __str__(self) -> str:
-        return f"d{self.depth}-w{_format_width(self.width)}-{self.precision}"
+        out = []
+        for part in PARTS:
+            value = getattr(self, part.field)
+            if part.optional and value == part.default:
+                continue
+            out.append(f"{part.prefix}{part.format(value)}")
+        return "-".join(out)
 
     def __repr__(self) -> str:
         return f"Subsystem('{self}')"
@@ -132,9 +202,11 @@ class Subsystem:
 class SearchSpace:
     """The subsystems one all-in-one model is trained to contain.
 
-    Every combination of ``depths`` x ``widths`` x ``bits`` is a member. The
-    width fraction must give whole numbers of FFN units and attention heads
-    (and conv channels when ``elastic_conv``) for the full-size dimensions.
+    Every combination of the parts' choices (``depths`` x ``widths`` x
+    ``bits``) is a member. The width fraction must give whole numbers of FFN
+    units and attention heads (and conv channels when ``elastic_conv``) for
+    the full-size dimensions. ``depths`` may exceed ``num_blocks`` only when
+    the encoder unfolds its blocks (``max_depth``).
     """
 
     depths: tuple[int, ...]
@@ -145,19 +217,19 @@ class SearchSpace:
     attention_heads: int
     output_size: int
     elastic_conv: bool = False
+    max_depth: int | None = None
     _members: frozenset = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        depths = tuple(sorted({int(d) for d in self.depths}))
-        widths = tuple(sorted({Subsystem(1, w, FLOAT_BITS).width for w in self.widths}))
-        bits = tuple(sorted({parse_precision(b) for b in self.bits}))
+        depths = tuple(sorted({_depth(int(d)) for d in self.depths}))
+        widths = tuple(sorted({_width(w) for w in self.widths}))
+        bits = tuple(sorted({_bits(b) for b in self.bits}))
         if not depths or not widths or not bits:
             raise SubsystemError("a search space needs at least one depth, width and precision")
+        top = self.max_depth or self.num_blocks
         for d in depths:
-            if not 1 <= d <= self.num_blocks:
-                raise SubsystemError(
-                    f"depth {d} outside the model's 1..{self.num_blocks} blocks"
-                )
+            if not 1 <= d <= top:
+                raise SubsystemError(f"depth {d} outside the model's 1..{top} blocks")
         for w in widths:
             for name, full in self._width_dims():
                 if (w * full).denominator != 1:
@@ -168,34 +240,34 @@ class SearchSpace:
         object.__setattr__(self, "depths", depths)
         object.__setattr__(self, "widths", widths)
         object.__setattr__(self, "bits", bits)
-        members = frozenset(
-            Subsystem(d, w, b) for d, w, b in itertools.product(depths, widths, bits)
-        )
+        choices = [getattr(self, p.choices) for p in PARTS]
+        members = frozenset(Subsystem(*combo) for combo in itertools.product(*choices))
         object.__setattr__(self, "_members", members)
 
     @classmethod
-    def from_config(
-        cls,
-        *,
-        num_blocks: int,
-        linear_units: int,
-        attention_heads: int,
-        output_size: int,
-        depths: Sequence[int] | None = None,
-        widths: Sequence[float | str] | None = None,
-        precisions: Sequence[int | str] | None = None,
-        elastic_conv: bool = False,
-    ) -> SearchSpace:
-        """Build from YAML-style lists; an omitted list means the full size only."""
+    def from_encoder_conf(cls, conf: Mapping[str, Any]) -> SearchSpace:
+        """The space an elastic encoder's ``encoder_conf`` defines.
+
+        ``conf`` holds the model dimensions (``num_blocks``, ``linear_units``,
+        ``attention_heads``, ``output_size``; the encoder fills its defaults in
+        first, see ``ElasticConformerEncoder.search_space``) and the space
+        lists ``depths``, ``widths``, ``precisions``, ``elastic_conv``; an
+        omitted list means the full size only.
+        """
+        missing = [k for k in ("num_blocks", "linear_units", "attention_heads", "output_size")
+                   if k not in conf]
+        if missing:
+            raise SubsystemError(f"encoder_conf lacks {', '.join(missing)} to build a search space")
+        num_blocks = int(conf["num_blocks"])
         return cls(
-            depths=tuple(depths or (num_blocks,)),
-            widths=tuple(Fraction(str(w)) for w in (widths or (1,))),
-            bits=tuple(parse_precision(p) for p in (precisions or ("fp",))),
+            depths=tuple(conf.get("depths") or (num_blocks,)),
+            widths=tuple(_width(w) for w in (conf.get("widths") or (1,))),
+            bits=tuple(_bits(p) for p in (conf.get("precisions") or ("fp",))),
             num_blocks=num_blocks,
-            linear_units=linear_units,
-            attention_heads=attention_heads,
-            output_size=output_size,
-            elastic_conv=elastic_conv,
+            linear_units=int(conf["linear_units"]),
+            attention_heads=int(conf["attention_heads"]),
+            output_size=int(conf["output_size"]),
+            elastic_conv=bool(conf.get("elastic_conv", False)),
         )
 
     def _width_dims(self) -> list[tuple[str, int]]:
@@ -212,7 +284,7 @@ class SearchSpace:
             return False
 
     def __iter__(self) -> Iterator[Subsystem]:
-        return iter(self.ordered())
+        return iter(self.members())
 
     def __len__(self) -> int:
         return len(self._members)
@@ -221,22 +293,16 @@ class SearchSpace:
         """Parse and check membership; the error names the bad part and the choices."""
         sub = Subsystem.parse(item)
         problems = []
-        if sub.depth not in self.depths:
-            problems.append(f"depth {sub.depth} (valid: {', '.join(map(str, self.depths))})")
-        if sub.width not in self.widths:
-            problems.append(
-                f"width {_format_width(sub.width)} "
-                f"(valid: {', '.join(_format_width(w) for w in self.widths)})"
-            )
-        if sub.bits not in self.bits:
-            problems.append(
-                f"precision {sub.precision} "
-                f"(valid: {', '.join(precision_name(b) for b in self.bits)})"
-            )
+        for part in PARTS:
+            value, valid = getattr(sub, part.field), getattr(self, part.choices)
+            if value not in valid:
+                problems.append(
+                    f"{part.label} {part.format(value)} "
+                    f"(valid: {', '.join(part.format(v) for v in valid)})"
+                )
         if problems:
             raise SubsystemError(
-                f"subsystem {item} is not in this model's search space: "
-                + "; ".join(problems)
+                f"subsystem {item} is not in this model's search space: " + "; ".join(problems)
             )
         return sub
 
@@ -244,7 +310,7 @@ class SearchSpace:
         """``"all"``, one string, a comma/space separated string or a list -> subsystems."""
         if isinstance(items, str):
             if items.strip() == "all":
-                return self.ordered()
+                return self.members()
             items = [t for t in re.split(r"[,\s]+", items) if t]
         subs = [self.validate(t) for t in items]
         if not subs:
@@ -263,12 +329,20 @@ class SearchSpace:
 
     @property
     def largest(self) -> Subsystem:
-        return Subsystem(self.depths[-1], self.widths[-1], self.bits[-1])
+        return Subsystem(*(getattr(self, p.choices)[-1] for p in PARTS))
 
     @property
     def smallest(self) -> Subsystem:
-        return Subsystem(self.depths[0], self.widths[0], self.bits[0])
+        return Subsystem(*(getattr(self, p.choices)[0] for p in PARTS))
 
-    def ordered(self) -> list[Subsystem]:
-        """Every member, smallest first (by depth x width x bits, then each)."""
-        return sorted(self._members, key=lambda s: s.size_key)
+    def members(self) -> list[Subsystem]:
+        """Every member in the canonical order (depth, then width, then precision)."""
+        return sorted(self._members, key=lambda s: s.canonical_key)
+
+    def ordered(self, nbytes: Callable[[Subsystem], int] | None = None) -> list[Subsystem]:
+        """Every member smallest first by exact bytes (``nbytes(sub)``, e.g. the
+        encoder's ``storage_bytes``), ties broken by depth, then width; without
+        ``nbytes`` the canonical order."""
+        if nbytes is None:
+            return self.members()
+        return sorted(self._members, key=lambda s: (nbytes(s), s.depth, s.width, s.bits))

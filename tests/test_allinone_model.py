@@ -156,13 +156,15 @@ def test_training_step_runs_sampled_paths_once_each() -> None:
     CountingMVN.calls = 0
     loss, stats, weight = model(**batch())
     assert CountingMVN.calls == 1  # frontend/normalise once, not per path
-    paths = model.sampler.sample(0)
-    assert [str(p) for p in paths[:2]] == ["d2-w1-fp", "d1-w0.5-int4"]
-    assert len(paths) == 3
-    per_path = [stats[f"loss_{p}"] for p in paths]
+    drawn = model.sampler.draw(0)
+    assert [str(p) for p in drawn.fixed] == ["d2-w1-fp", "d1-w0.5-int4"]
+    assert len(drawn.random) == 1 and drawn.paths == model.sampler.sample(0)
+    # fixed paths under their own keys, the random one under "_random" keys only
+    per_path = [stats[f"loss_{p}"] for p in drawn.fixed] + [stats["loss_random"]]
     assert torch.allclose(stats["loss"], sum(per_path))
-    assert {f"loss_ctc_{p}" for p in paths} <= set(stats)
-    assert {f"acc_{p}" for p in paths} <= set(stats)
+    for key in ("loss", "loss_ctc", "acc"):
+        assert {f"{key}_{p}" for p in drawn.fixed} | {f"{key}_random"} <= set(stats)
+        assert f"{key}_{drawn.random[0]}" not in stats
     assert int(weight) == 3
     assert int(model.sampler_step) == 1
     # The encoder is back on its default subsystem after the step.
@@ -265,20 +267,44 @@ def test_default_valid_subsystems_are_largest_and_smallest() -> None:
     assert [str(s) for s in model.valid_subsystems] == ["d2-w1-fp", "d1-w0.5-int4"]
 
 
-def test_sampler_step_is_in_the_checkpoint_and_resumes() -> None:
+def test_sampler_step_is_in_the_checkpoint_and_resumes(tmp_path) -> None:
     model = build(sampling="random", num_random=2)
     model.train()
     for _ in range(3):
         model(**batch())
     state = model.state_dict()
     assert int(state["sampler_step"]) == 3
-    resumed = build(sampling="random", num_random=2, seed=1)
+    log = tmp_path / "paths.{rank}.log"
+    resumed = build(sampling="random", num_random=2, seed=1, sampling_log=str(log))
     resumed.load_state_dict(state)
     resumed.train()
     _, stats, _ = resumed(**batch())
-    want = {f"loss_{s}" for s in model.sampler.sample(3)}
-    assert {k for k in stats if k.startswith("loss_d")} == want
+    want = ",".join(map(str, model.sampler.sample(3)))
+    assert (tmp_path / "paths.0.log").read_text() == f"rank=0 step=3 paths={want}\n"
+    # every path of "random" is drawn: one averaged key per stat, no per-subsystem keys
+    assert {k for k in stats if k.startswith("loss")} == {
+        "loss", "loss_random", "loss_ctc_random", "loss_att_random"}
     assert int(resumed.sampler_step) == 4
+
+
+def test_random_paths_are_averaged_and_every_key_is_reported_every_step() -> None:
+    """ESPnet logs nan for a key missing from a log window: the keys never change."""
+    model = build(sampling="sandwich", num_random=2)
+    model.train()
+    keys = set()
+    for step in range(6):
+        _, stats, _ = model(**batch())
+        assert all(torch.isfinite(v).all() for v in stats.values()), stats
+        keys = keys or set(stats)
+        assert set(stats) == keys, step
+    random = model.sampler.draw(5).random
+    assert len(random) == 2
+    ref = build(sampling="explicit", subsystems=[str(s) for s in random])
+    ref.load_state_dict(model.state_dict())
+    ref.train()
+    _, ref_stats, _ = ref(**batch())
+    want = (ref_stats[f"loss_{random[0]}"] + ref_stats[f"loss_{random[1]}"]) / 2
+    assert torch.allclose(stats["loss_random"], want, atol=1e-5)
 
 
 def test_sampling_log_records_rank_step_paths(tmp_path) -> None:

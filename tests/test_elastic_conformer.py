@@ -303,7 +303,7 @@ def test_bad_subsystem_names_the_value_and_the_choices(sub, message):
          "divide in_features 16")),
         ({"widths": [0.25, 1], "precisions": ["int4"],
               "quant_conf": {"granularity": "group", "group_size": 8}},
-         ValueError, r"subsystem d2-w0\.25-int4: block 0: .* not a multiple of quant group_size 8"),
+         ValueError, r"subsystem d2-w0\.25-int4: physical block 0: .* not a multiple of quant group_size 8"),
         ({"precisions": ["int4"], "quant_conf": {"bitz": 3}}, QuantConfigError,
          "unknown quant_conf key.*bitz; valid keys: symmetric"),
         ({"num_block": 3}, TypeError,

@@ -1,4 +1,4 @@
-"""Bit packing of codes into uint8 and the state_dict form of a QuantizedWeight."""
+"""Bit packing of codes into uint8 and the packed state_dict form of a QuantizedWeight."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from espnet_allinone.quant import (
-    SERIALIZED_SUFFIXES,
     QuantConfig,
     WeightFakeQuantizer,
+    from_state,
     pack_codes,
     packed_numel,
-    quantized_from_tensors,
-    quantized_to_tensors,
+    to_state,
     unpack_codes,
 )
+from espnet_allinone.quant.packed_format import SUFFIXES, PackedFormatError
 
 
 def random_codes(n: int, bits: int, signed: bool, seed: int = 0) -> torch.Tensor:
@@ -96,8 +96,8 @@ def test_serialised_weight_round_trip_and_exact_size(cfg, bits):
     w = torch.randn(out_f, in_f) * 0.1
     rows, cols = torch.tensor([9, 1, 4]), 32
     qw = q.quantize(w, bits, rows=rows, cols=cols)
-    tensors = quantized_to_tensors(qw, prefix="weight_")
-    expected_keys = {f"weight_{s}" for s in SERIALIZED_SUFFIXES}
+    tensors = to_state(qw, "weight")
+    expected_keys = {f"weight_{s}" for s in SUFFIXES}
     if cfg.symmetric:
         expected_keys.discard("weight_zero_point")
     assert set(tensors) == expected_keys
@@ -113,7 +113,7 @@ def test_serialised_weight_round_trip_and_exact_size(cfg, bits):
     buf = io.BytesIO()
     torch.save(tensors, buf)
     buf.seek(0)
-    back = quantized_from_tensors(torch.load(buf), prefix="weight_")
+    back = from_state(torch.load(buf), "weight")
     assert torch.equal(back.codes, qw.codes) and back.codes.dtype == qw.codes.dtype
     assert torch.equal(back.scale, qw.scale)
     assert (
@@ -136,27 +136,27 @@ def test_storage_bits_with_padding_rounds_up_to_whole_bytes():
     q = WeightFakeQuantizer(3, 5, (2,), QuantConfig(granularity="channel"))
     w = torch.randn(3, 5)
     qw = q.quantize(w, 2)  # 15 codes x 2 bits = 30 bits -> 4 bytes
-    tensors = quantized_to_tensors(qw)
+    tensors = to_state(qw, "weight")
     assert tensors["weight_codes"].numel() == 4
     assert q.storage_bits(3, 5, 2) == 30 + 3 * 16
-    assert torch.equal(quantized_from_tensors(tensors).dequantize(), q(w, 2))
+    assert torch.equal(from_state(tensors, "weight").dequantize(), q(w, 2))
 
 
 def test_deserialise_errors():
     q = WeightFakeQuantizer(4, 8, (4,), QuantConfig(symmetric=False))
-    tensors = quantized_to_tensors(q.quantize(torch.randn(4, 8), 4), prefix="w.")
-    del tensors["w.scale"]
+    tensors = to_state(q.quantize(torch.randn(4, 8), 4), "w")
+    del tensors["w_scale"]
     with pytest.raises(
-        KeyError,
-        match="packed weight is missing w.scale; expected keys "
-        "w.codes, w.scale, w.zero_point, w.shape, w.bits",
+        PackedFormatError,
+        match="packed weight is missing w_scale; expected keys "
+        "w_codes, w_scale, w_zero_point, w_shape, w_bits",
     ):
-        quantized_from_tensors(tensors, prefix="w.")
-    tensors = quantized_to_tensors(q.quantize(torch.randn(4, 8), 4))
+        from_state(tensors, "w")
+    tensors = to_state(q.quantize(torch.randn(4, 8), 4), "weight")
     tensors["weight_scale"] = torch.ones(4, 3, dtype=torch.float16)
     with pytest.raises(
-        ValueError,
+        PackedFormatError,
         match=r"weight_scale has shape \[4, 3\], which does not split "
         "8 columns",
     ):
-        quantized_from_tensors(tensors)
+        from_state(tensors, "weight")

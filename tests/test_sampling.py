@@ -88,6 +88,21 @@ def test_all_and_explicit(space: SearchSpace) -> None:
     assert teacher_last.always_has_largest
 
 
+def test_draw_tells_fixed_from_random_paths(space: SearchSpace) -> None:
+    """The model reports fixed paths per subsystem and random ones aggregated."""
+    sandwich = SubsystemSampler(space, "sandwich", num_random=2, seed=7)
+    for step in range(20):
+        drawn = sandwich.draw(step)
+        assert drawn.fixed == (space.largest, space.smallest)
+        assert len(drawn.random) == 2 and not set(drawn.random) & set(drawn.fixed)
+        assert drawn.paths == sandwich.sample(step)
+    assert len({sandwich.draw(t).random for t in range(20)}) > 5  # they do vary
+    every = SubsystemSampler(space, "all").draw(3)
+    assert every.random == () and len(every.fixed) == 24
+    random = SubsystemSampler(space, "random", num_random=3).draw(3)
+    assert random.fixed == () and len(random.random) == 3
+
+
 def test_single_subsystem_space() -> None:
     tiny = SearchSpace.from_config(num_blocks=2, linear_units=8, attention_heads=2, output_size=8)
     sampler = SubsystemSampler(tiny, "sandwich", num_random=3)

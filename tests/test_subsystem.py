@@ -4,6 +4,7 @@ from fractions import Fraction
 
 import pytest
 
+from espnet_allinone.precision import PrecisionError
 from espnet_allinone.subsystem import (
     FLOAT_BITS,
     SearchSpace,
@@ -24,7 +25,7 @@ def paper_space(**overrides) -> SearchSpace:
         "precisions": ["int2", "int4", "int8", "fp"],
     }
     conf.update(overrides)
-    return SearchSpace.from_config(**conf)
+    return SearchSpace.from_encoder_conf(conf)
 
 
 @pytest.mark.parametrize(
@@ -76,19 +77,29 @@ def test_precision_words():
     assert parse_precision("fp") == FLOAT_BITS
     assert parse_precision("float") == FLOAT_BITS
     assert parse_precision(8) == 8
-    with pytest.raises(SubsystemError, match="valid: int2, int4, int8, fp"):
+    with pytest.raises(PrecisionError, match="valid: int2, int4, int8, fp"):
         parse_precision(3)
 
 
-def test_space_enumerates_every_combination_smallest_first():
+def test_space_enumerates_every_combination_in_canonical_order():
     space = paper_space()
-    subs = space.ordered()
+    subs = space.members()
     assert len(subs) == len(space) == 3 * 2 * 4
     assert len(set(subs)) == len(subs)
     assert subs[0] == space.smallest == Subsystem.parse("d6-w0.5-int2")
     assert subs[-1] == space.largest == Subsystem.parse("d12-w1-fp")
-    cost = [s.depth * s.width * s.bits for s in subs]
-    assert cost == sorted(cost)
+    assert [s.canonical_key for s in subs] == sorted(s.canonical_key for s in subs)
+
+
+def test_size_order_is_by_bytes_then_depth_then_width():
+    space = paper_space()
+    nbytes = {s: (s.depth * s.width * (4 if s.is_float else s.bits)) for s in space}
+    subs = space.ordered(nbytes.get)
+    keys = [(nbytes[s], s.depth, s.width) for s in subs]
+    assert keys == sorted(keys)
+    # ties (d6-w1-int2 == d12-w0.5-int2 == d6-w0.5-int4 bytes) broken by depth, then width
+    tied = [str(s) for s in subs if nbytes[s] == 12]
+    assert tied == ["d6-w0.5-int4", "d6-w1-int2", "d12-w0.5-int2"]
 
 
 def test_validate_names_bad_part_and_choices():
@@ -107,7 +118,7 @@ def test_validate_names_bad_part_and_choices():
 
 def test_resolve_all_lists_and_strings():
     space = paper_space()
-    assert space.resolve("all") == space.ordered()
+    assert space.resolve("all") == space.members()
     assert space.resolve("d6-w0.5-int2, d12-w1-fp") == [
         Subsystem.parse("d6-w0.5-int2"),
         Subsystem.parse("d12-w1-fp"),

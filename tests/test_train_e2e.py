@@ -6,12 +6,15 @@ every validated subsystem's dev loss is lower than at initialisation; the
 trainer's own validation reports per-subsystem keys (and they agree with an
 independent evaluation); per-path training losses are in the reporter; a
 ``best_model_criterion`` naming a subsystem key produces its best/averaged
-files; ``--resume`` continues the sampler's step sequence.
+files; ``--resume`` continues the sampler's step sequence; the training log (every
+2 steps) and the per-epoch stats hold no ``nan`` (random paths are reported
+under ``*_random`` keys, so every key is present in every log window).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -41,7 +44,7 @@ tok = R.char_token_list([data / "train" / "text", data / "dev" / "text"], work /
 ASRTask.main(cmd=R.collect_stats_args(conf, data, tok, work / "stats"))
 log = work / "paths.{rank}.log"
 extra = ["--model_conf", json.dumps({"sampling_log": str(log)}), "--batch_size", "4",
-         "--accum_grad", "2", "--seed", "0", "--keep_nbest_models", "1"]
+         "--accum_grad", "2", "--seed", "0", "--keep_nbest_models", "1", "--log_interval", "2"]
 exp = work / "exp"
 ASRTask.main(cmd=R.train_args(conf, data, tok, work / "stats", exp, *extra, "--max_epoch", "1"))
 steps_run1 = len((work / "paths.0.log").read_text().splitlines())
@@ -63,6 +66,9 @@ out = {
     "init": R.validation_losses(exp / "config.yaml", None, data / "dev", seed=0),
     "trained": R.validation_losses(exp / "config.yaml", work / "last.pth", data / "dev"),
     "files": sorted(p.name for p in exp.iterdir()),
+    "epoch_stats": {f"{k}/{k2}/{e}": float(v) for e in (1, 2) for k, k2 in rep.get_all_keys(e)
+                    if k in ("train", "valid")
+                    and isinstance(v := rep.get_value(k, k2, e), (int, float))},
 }
 print("RESULT " + json.dumps(out))
 """
@@ -94,6 +100,17 @@ def test_tiny_training_end_to_end(tiny_corpus: Path, tmp_path: Path) -> None:
     # Per-path training stats (subsystem string in the key), distillation KL included.
     assert all(isinstance(v, float) and v > 0 for v in out["train"].values()), out["train"]
     assert out["train"]["kl_d1-w0.5-int4"] > 0
+
+    # A healthy run logs no nan: not per epoch, not in any 2-step log window (ESPnet
+    # prints nan for a key missing from a window); the random path is "loss_random".
+    epoch_stats = out["epoch_stats"]
+    assert {"train/loss_random/1", "train/loss_ctc_random/2", "train/kl_random/2"} <= set(
+        epoch_stats), sorted(epoch_stats)
+    assert not any(k.startswith("train/loss_d1-w1") for k in epoch_stats)  # random: aggregated
+    assert not [k for k, v in epoch_stats.items() if math.isnan(v)], epoch_stats
+    windows = [x for x in proc.stderr.splitlines() if re.search(r"epoch:train:\d+-\d+batch:", x)]
+    assert len(windows) >= 4, proc.stderr[-3000:]
+    assert all("loss_random=" in x and "nan" not in x for x in windows), windows
 
     # best_model_criterion may name a subsystem key: its best and averaged models exist.
     files = set(out["files"])

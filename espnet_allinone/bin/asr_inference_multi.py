@@ -20,49 +20,87 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-from espnet_allinone.registry import register
+from espnet_allinone.export.model_io import LoadError, load_checkpoint, load_config
 from espnet_allinone.report.sizes import model_files
 
 
-def main(argv: list[str] | None = None) -> None:
-    ours = argparse.ArgumentParser(add_help=False)
-    ours.add_argument("--model_dirs", nargs="+", required=True, type=Path)
-    ours.add_argument("--output_dir", required=True, type=Path)
-    args, rest = ours.parse_known_args(argv)
+class MultiInferenceError(ValueError):
+    """Arguments this wrapper refuses; the message says what to change."""
+
+
+def get_parser() -> argparse.ArgumentParser:
+    """Our options; every other one goes to ESPnet's asr_inference parser unchanged."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--model_dirs", nargs="+", required=True, type=Path)
+    p.add_argument("--output_dir", required=True, type=Path)
+    p.add_argument("--config", type=Path, default=None, help="decoding YAML (asr_inference's)")
+    return p
+
+
+def check_models(model_dirs: Sequence[Path], rest: Sequence[str]) -> list[Path]:
+    """Every model's files read before decoding starts; returns each model file.
+
+    A bad file is found here, named in one line, before any output is written
+    (ESPnet would fail on it mid-run with a traceback).
+    """
     for flag in ("--asr_train_config", "--asr_model_file", "--model_tag"):
         if flag in rest:
-            raise SystemExit(f"{flag} is set per model from --model_dirs; remove it")
-    dirs = [d for d in args.model_dirs if not (d / "config.yaml").is_file()]
-    if dirs:
-        raise SystemExit(
-            "not a model directory (no config.yaml): " + ", ".join(map(str, dirs))
+            raise MultiInferenceError(f"{flag} is set per model from --model_dirs; remove it")
+    missing = [d for d in model_dirs if not (d / "config.yaml").is_file()]
+    if missing:
+        raise MultiInferenceError(
+            "not a model directory (no config.yaml): " + ", ".join(map(str, missing))
             + "; extraction (allinone.sh stage 12) makes them"
         )
-    names = [d.name for d in args.model_dirs]
+    names = [d.name for d in model_dirs]
     if len(set(names)) != len(names):
-        raise SystemExit(f"--model_dirs names must differ (outputs go by name): {names}")
+        raise MultiInferenceError(f"--model_dirs names must differ (outputs go by name): {names}")
+    model_paths = []
+    for model_dir in model_dirs:
+        config, model = model_files(model_dir)
+        load_config(config, required=("token_list", "encoder"))
+        load_checkpoint(model)
+        model_paths.append(model)
+    return model_paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, rest = get_parser().parse_known_args(argv)
+    try:
+        if args.config is not None:
+            load_config(args.config)
+            rest = ["--config", str(args.config), *rest]
+        model_paths = check_models(args.model_dirs, rest)
+    except (LoadError, MultiInferenceError, FileNotFoundError) as e:
+        print(f"asr_inference_multi: error: {e}", file=sys.stderr)
+        return 2
+
+    from espnet_allinone.registry import register
 
     register()
-    from espnet2.bin.asr_inference import get_parser, inference
+    from espnet2.bin.asr_inference import get_parser as espnet_parser
+    from espnet2.bin.asr_inference import inference
 
-    parser = get_parser()
-    for model_dir in args.model_dirs:
+    parser = espnet_parser()
+    for model_dir, model in zip(args.model_dirs, model_paths):
         print(f"decoding with {model_dir}", file=sys.stderr, flush=True)
         kwargs = vars(
             parser.parse_args(
                 [
                     *rest,
                     "--asr_train_config", str(model_dir / "config.yaml"),
-                    "--asr_model_file", str(model_files(model_dir)[1]),
+                    "--asr_model_file", str(model),
                     "--output_dir", str(args.output_dir / model_dir.name),
                 ]
             )
         )
         kwargs.pop("config", None)
         inference(**kwargs)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

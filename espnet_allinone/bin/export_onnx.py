@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from espnet_allinone.export import fast
+from espnet_allinone.export import fast, model_io
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,20 +34,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--nbits", action="store_true",
                    help="also write encoder.q4.onnx (4-bit models: MatMulNBits)")
     args = p.parse_args(argv)
-    from espnet2.tasks.asr import ASRTask
-
-    for f in (args.asr_train_config, args.asr_model_file):
-        if not f.is_file():
-            print(f"export_onnx: error: file not found: {f}", file=sys.stderr)
-            return 2
-    model, train_args = ASRTask.build_model_from_file(
-        args.asr_train_config, args.asr_model_file, "cpu"
-    )
-    model.eval()
+    try:
+        model, config = model_io.load_asr_model(args.asr_train_config, args.asr_model_file)
+    except (model_io.LoadError, model_io.CheckpointMismatchError) as e:
+        print(f"export_onnx: error: {e}", file=sys.stderr)
+        return 2
     if model.frontend is not None:
         input_size = model.frontend.output_size()
     else:
-        input_size = int(train_args.input_size)
+        input_size = int(config["input_size"])
     path = fast.export_onnx(model, args.outdir / "encoder.onnx", input_size)
     print(f"wrote {path}")
     if args.int8:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from espnet_allinone.export.extract import ExtractionError, extract_all
-from espnet_allinone.export.model_io import CheckpointMismatchError
+from espnet_allinone.export.model_io import CheckpointMismatchError, LoadError
 from espnet_allinone.subsystem import SubsystemError
 
 
@@ -63,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             verify=not args.no_verify,
             progress=not args.no_progress,
         )
-    except (SubsystemError, ExtractionError, CheckpointMismatchError, FileNotFoundError) as e:
+    except (LoadError, SubsystemError, ExtractionError, CheckpointMismatchError,
+            FileNotFoundError) as e:
         print(f"extract: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -16,12 +16,20 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from espnet_allinone.export.extract import INFO_NAME
+from espnet_allinone.export.model_io import (
+    LoadError,
+    load_checkpoint,
+    load_config,
+    load_yaml,
+)
 from espnet_allinone.export.zoo import (
     ZooError,
     extracted_dirs,
     pack_extracted,
     read_results,
 )
+from espnet_allinone.report.sizes import model_files
 from espnet_allinone.subsystem import Subsystem, SubsystemError
 
 
@@ -43,17 +51,29 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_inputs(dirs: Sequence[Path], results: Path | None) -> None:
+    """Read every file packing copies before writing any zip (a bad one is named at once)."""
+    if results is not None:
+        load_yaml(results)
+    for directory in dirs:
+        config, model = model_files(directory)
+        load_config(directory / INFO_NAME, required=("subsystem",))
+        load_config(config, required=("token_list", "encoder"))
+        load_checkpoint(model)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     try:
-        results = read_results(args.results)
         dirs = extracted_dirs(args.extracted_dir, " ".join(args.subsystems))
+        check_inputs(dirs, args.results)
+        results = read_results(args.results)
         for directory in dirs:
             sub = str(Subsystem.parse(directory.name))
             repo_id = args.repo_id_template.format(subsystem=sub) if args.repo_id_template else None
             path = pack_extracted(directory, args.outdir, results.get(sub), repo_id)
             print(f"{sub}: {path} ({path.stat().st_size:,} bytes)")
-    except (ZooError, SubsystemError, FileNotFoundError) as e:
+    except (LoadError, ZooError, SubsystemError, FileNotFoundError) as e:
         print(f"pack: error: {e}", file=sys.stderr)
         return 2
     return 0

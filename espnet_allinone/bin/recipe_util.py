@@ -4,6 +4,8 @@
     python -m espnet_allinone.bin.recipe_util guard --asr_exp E --config C [--option k=v ...]
     python -m espnet_allinone.bin.recipe_util baseline_config --config C --subsystem S --out Y
     python -m espnet_allinone.bin.recipe_util spm_train --input F --vocab_size N --model_prefix P
+    python -m espnet_allinone.bin.recipe_util baselines_summary --baselines_dir D \
+        --inference_tag decode --test_set test --out baselines.json --subsystems S [S ...]
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from espnet_allinone.export.model_io import LoadError, load_config, load_yaml
 from espnet_allinone.subsystem import SearchSpace, SubsystemError
 
 FINGERPRINT = "recipe_config.json"
@@ -28,10 +31,9 @@ class RecipeError(RuntimeError):
     """A recipe input that is wrong; the message says what to do."""
 
 
-def load_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise RecipeError(f"config {path} does not exist")
-    return yaml.safe_load(path.read_text()) or {}
+def read_config(path: Path) -> dict:
+    """A recipe YAML as a mapping; a bad file raises LoadError naming it (one line)."""
+    return load_config(path)
 
 
 def space_of(config: dict) -> SearchSpace:
@@ -47,7 +49,7 @@ def space_of(config: dict) -> SearchSpace:
 
 def resolve_subsystems(config_path: Path, subsystems: str) -> list[str]:
     """Canonical strings of ``subsystems`` ("all" or a list) in the config's space."""
-    space = space_of(load_yaml(config_path))
+    space = space_of(read_config(config_path))
     try:
         return [str(s) for s in space.resolve(subsystems)]
     except SubsystemError as e:
@@ -57,7 +59,7 @@ def resolve_subsystems(config_path: Path, subsystems: str) -> list[str]:
 
 def guard(asr_exp: Path, config_path: Path, options: list[str]) -> str:
     """Refuse an experiment dir made with another config; stamp a new or empty one."""
-    wanted = {"train_config": load_yaml(config_path), "options": dict(
+    wanted = {"train_config": read_config(config_path), "options": dict(
         o.split("=", 1) for o in options)}
     stamp = asr_exp / FINGERPRINT
     if stamp.is_file():
@@ -90,7 +92,7 @@ def _diff(a: object, b: object, path: str = "") -> list[str]:
 
 def baseline_config(config_path: Path, subsystem: str, out: Path) -> None:
     """The same config training only ``subsystem`` (explicit sampling, one path)."""
-    config = load_yaml(config_path)
+    config = read_config(config_path)
     sub = resolve_subsystems(config_path, subsystem)
     if len(sub) != 1:
         raise RecipeError(f"baseline_config takes one subsystem, got {subsystem!r}")
@@ -104,6 +106,32 @@ def baseline_config(config_path: Path, subsystem: str, out: Path) -> None:
     config["model_conf"] = mc
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def baselines_summary(baselines_dir: Path, inference_tag: str, test_set: str,
+                      subsystems: Sequence[str]) -> dict[str, dict[str, float]]:
+    """WER, CER and training seconds of each subsystem trained alone (stage 15's output).
+
+    Reads ``<baselines_dir>/<sub>/<inference_tag>/<sub>/<test_set>/scores.json`` and
+    ``<baselines_dir>/<sub>/train_seconds``; a missing one is named with the stage
+    that makes it.
+    """
+    out = {}
+    for sub in subsystems:
+        scores_path = baselines_dir / sub / inference_tag / sub / test_set / "scores.json"
+        seconds_path = baselines_dir / sub / "train_seconds"
+        for path in (scores_path, seconds_path):
+            if not path.is_file():
+                raise RecipeError(f"missing {path}: the baselines stage (15) makes it for {sub}")
+        scores = load_yaml(scores_path)  # JSON is YAML; a bad file is named
+        try:
+            out[sub] = {"wer": float(scores["wer"]["error_rate"]),
+                        "cer": float(scores["cer"]["error_rate"]),
+                        "train_seconds": float(seconds_path.read_text())}
+        except (KeyError, TypeError, ValueError) as e:
+            raise RecipeError(f"{scores_path} or {seconds_path} is not as the scoring and "
+                              f"training steps write them ({type(e).__name__}: {e})") from None
+    return out
 
 
 def spm_train(input_file: Path, vocab_size: int, model_type: str, model_prefix: Path,
@@ -139,6 +167,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--model_type", default="unigram")
     t.add_argument("--model_prefix", type=Path, required=True)
     t.add_argument("--character_coverage", type=float, default=1.0)
+    m = sub.add_parser("baselines_summary", help="baselines.json from the baselines stage")
+    m.add_argument("--baselines_dir", type=Path, required=True)
+    m.add_argument("--inference_tag", default="decode")
+    m.add_argument("--test_set", required=True)
+    m.add_argument("--subsystems", nargs="+", required=True)
+    m.add_argument("--out", type=Path, required=True, help="where the JSON goes")
     args = p.parse_args(argv)
     try:
         if args.command == "subsystems":
@@ -147,10 +181,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             guard(args.asr_exp, args.config, args.option)
         elif args.command == "baseline_config":
             baseline_config(args.config, args.subsystem, args.out)
+        elif args.command == "baselines_summary":
+            summary = baselines_summary(args.baselines_dir, args.inference_tag, args.test_set,
+                                        args.subsystems)
+            text = json.dumps(summary, indent=1) + "\n"
+            args.out.write_text(text)
+            print(text, end="")
         else:
             spm_train(args.input, args.vocab_size, args.model_type, args.model_prefix,
                       args.character_coverage)
-    except (RecipeError, SubsystemError) as e:
+    except (LoadError, RecipeError, SubsystemError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

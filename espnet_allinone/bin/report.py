@@ -12,11 +12,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
-
 from espnet_allinone.corpus.datadir import read_table
+from espnet_allinone.export.extract import INFO_NAME
+from espnet_allinone.export.model_io import (
+    LoadError,
+    load_checkpoint,
+    load_config,
+    load_yaml,
+)
 from espnet_allinone.report.plot import plot_wer_vs_size
 from espnet_allinone.report.results import (
+    SCORES_FILE,
     ReportError,
     Row,
     fill_compression,
@@ -65,7 +71,7 @@ def full_float_bytes(extracted: Path, rows: list[Row]) -> int | None:
     for r in rows:
         info = extracted / r.subsystem / "extract_info.yaml"
         if info.is_file():
-            value = (yaml.safe_load(info.read_text()) or {}).get("bytes", {}).get("full_float")
+            value = (load_config(info).get("bytes") or {}).get("full_float")
             if value:
                 return int(value)
     return None
@@ -124,13 +130,33 @@ def add_rtf(rows: list[Row], args: argparse.Namespace, notes: list[str]) -> None
                  "utterances after one warm-up, ESPnet Speech2Text with the inference config")
 
 
+def check_inputs(args: argparse.Namespace) -> None:
+    """Read every file the report uses before writing anything; a bad one is named at once."""
+    decode_dir = args.decode_dir or args.asr_exp / "decode"
+    extracted = args.extracted_dir or args.asr_exp / "extracted"
+    for extra in (args.inference_config, args.baselines):
+        if extra is not None and extra.is_file():
+            load_yaml(extra)  # JSON is YAML
+    for name in _subsystems(args, decode_dir):
+        scores = decode_dir / name / args.test_set / SCORES_FILE
+        if scores.is_file():
+            load_yaml(scores)
+        if (extracted / name).is_dir():
+            config, model = model_files(extracted / name)
+            load_config(config, required=("token_list", "encoder"))
+            if (extracted / name / INFO_NAME).is_file():
+                load_config(extracted / name / INFO_NAME)
+            load_checkpoint(model)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     outdir = args.outdir or args.asr_exp
     try:
+        check_inputs(args)
         rows, notes = build_rows(args)
         add_rtf(rows, args, notes)
-    except (ReportError, SubsystemError, FileNotFoundError) as e:
+    except (LoadError, ReportError, SubsystemError, FileNotFoundError) as e:
         print(f"report: error: {e}", file=sys.stderr)
         return 2
     title = args.title or f"Results: {args.asr_exp.name}"

@@ -1,36 +1,40 @@
-"""Elastic multi-head attention: the first h heads, head size fixed.
+"""Elastic multi-head attention: a set of heads, head size fixed.
 
 A mixin for ESPnet's ``MultiHeadedAttention`` and its relative-position
 variants (legacy and latest). Concrete classes are declared next to the
 encoder that imports ESPnet (``class X(ElasticAttentionMixin, Stock): pass``)
-so this package stays torch-only. With h heads active, ``linear_q/k/v`` and
-``linear_pos`` keep their first ``h * d_k`` output rows, ``linear_out`` its
-first ``h * d_k`` input columns, ``pos_bias_u/v`` their first h rows. At all
-heads the stock forward runs unchanged.
+so this package stays torch-only. With a head set active (the first h heads,
+or any index set for a pruned block), ``linear_q/k/v`` and ``linear_pos``
+keep those heads' output rows, ``linear_out`` their input columns, and the
+per-head parameters ``pos_bias_u/v`` their rows. ESPnet's own forward runs in
+every case: it reads ``self.h`` and the per-head parameters, and this mixin
+answers those reads with the active heads' rows (``__getattr__``), so no
+part of ESPnet's attention is copied here.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from espnet_allinone.elastic.layers import (
-    FLOAT_BITS,
-    ElasticWeightMixin,
-    convert_weight_layer,
-)
+from espnet_allinone.elastic.layers import convert_weight_layer
+from espnet_allinone.precision import FLOAT_BITS
 
-_IN_PROJECTIONS = ("linear_q", "linear_k", "linear_v", "linear_pos")
+IN_PROJECTIONS = ("linear_q", "linear_k", "linear_v", "linear_pos")
+OUT_PROJECTION = "linear_out"
+HEAD_PARAMETERS = ("pos_bias_u", "pos_bias_v")
+"""Parameters with one row per head."""
 
 
 class ElasticAttentionMixin:
-    """Slices whole heads of a stock ESPnet attention module."""
+    """Selects whole heads of a stock ESPnet attention module."""
 
     h: int
     d_k: int
     full_heads: int
+    head_index: tuple[int, ...]
 
     @classmethod
     def convert(cls, module: nn.Module) -> nn.Module:
@@ -42,66 +46,73 @@ class ElasticAttentionMixin:
             raise ValueError("elastic attention does not support use_sdpa=True")
         module.__class__ = cls
         module.full_heads = module.h
-        for name in (*_IN_PROJECTIONS, "linear_out"):
+        module.head_index = tuple(range(module.h))
+        module._head_rows = None
+        for name in (*IN_PROJECTIONS, OUT_PROJECTION):
             if getattr(module, name, None) is not None:
                 convert_weight_layer(getattr(module, name))
         return module
 
+    def __getattr__(self, name: str):
+        value = super().__getattr__(name)
+        if name in HEAD_PARAMETERS and self.__dict__.get("_head_rows") is not None:
+            return value.index_select(0, self._head_rows.to(value.device))
+        return value
+
+    def set_active(self, heads: int | Sequence[int] | None = None,
+                   bits: int = FLOAT_BITS) -> None:
+        """Keep ``heads`` (None: all; h: the first h; or an index set) at ``bits``."""
+        if heads is None:
+            index = tuple(range(self.full_heads))
+        elif isinstance(heads, int) and not isinstance(heads, bool):
+            if not 1 <= heads <= self.full_heads:
+                raise ValueError(f"attention heads {heads} outside 1..{self.full_heads}")
+            index = tuple(range(heads))
+        else:
+            index = tuple(int(i) for i in heads)
+            bad = [i for i in index if not 0 <= i < self.full_heads]
+            if not index or bad or len(set(index)) != len(index):
+                raise ValueError(
+                    f"attention head set {list(index)} invalid; valid: distinct heads "
+                    f"0..{self.full_heads - 1}"
+                )
+        rows = [h * self.d_k + j for h in index for j in range(self.d_k)]
+        for name in IN_PROJECTIONS:
+            if name in self._modules:
+                self._modules[name].set_active(out=rows, bits=bits)
+        self._modules[OUT_PROJECTION].set_active(in_=rows, bits=bits)
+        self.head_index = index
+        self.h = len(index)
+        prefix = index == tuple(range(len(index)))
+        self._head_rows = None if prefix and len(index) == self.full_heads else torch.tensor(index)
+
     @property
-    def is_relative(self) -> bool:
-        return hasattr(self, "pos_bias_u")
+    def head_parameter_names(self) -> list[str]:
+        return [n for n in HEAD_PARAMETERS if n in self._parameters]
 
-    def weight_layers(self) -> list[ElasticWeightMixin]:
-        return [getattr(self, n) for n in (*_IN_PROJECTIONS, "linear_out") if hasattr(self, n)]
-
-    def set_active(self, heads: int | None = None, bits: int = FLOAT_BITS) -> None:
-        heads = self.full_heads if heads is None else int(heads)
-        if not 1 <= heads <= self.full_heads:
-            raise ValueError(f"attention heads {heads} outside 1..{self.full_heads}")
-        width = heads * self.d_k
-        for name in _IN_PROJECTIONS:
-            if hasattr(self, name):
-                getattr(self, name).set_active(out=width, bits=bits)
-        self.linear_out.set_active(in_=width, bits=bits)
-        self.h = heads
-
-    def forward(self, *args, **kwargs):
-        if self.h == self.full_heads or not self.is_relative:
-            return super().forward(*args, **kwargs)
-        return self._forward_relative(*args, **kwargs)
-
-    def _forward_relative(self, query, key, value, pos_emb, mask):
-        """ESPnet's relative-position attention with the bias rows of the active heads."""
-        q, k, v = self.forward_qkv(query, key, value)
-        q = q.transpose(1, 2)  # (batch, time1, head, d_k)
-        p = self.linear_pos(pos_emb).view(pos_emb.size(0), -1, self.h, self.d_k)
-        p = p.transpose(1, 2)
-        q_with_bias_u = (q + self.pos_bias_u[: self.h]).transpose(1, 2)
-        q_with_bias_v = (q + self.pos_bias_v[: self.h]).transpose(1, 2)
-        matrix_ac = torch.matmul(q_with_bias_u, k.transpose(-2, -1))
-        matrix_bd = self.rel_shift(torch.matmul(q_with_bias_v, p.transpose(-2, -1)))
-        scores = (matrix_ac + matrix_bd) / math.sqrt(self.d_k)
-        return self.forward_attention(v, scores, mask)
+    @torch.no_grad()
+    def static_head_parameters(self) -> dict[str, torch.Tensor]:
+        """The per-head parameters of the active heads (what an extracted block holds)."""
+        return {n: getattr(self, n).detach().clone().contiguous()
+                for n in self.head_parameter_names}
 
     def active_own_sizes(self) -> list[tuple[int, int]]:
-        """pos_bias_u/v rows of the active heads (the linears count themselves)."""
-        if not self.is_relative:
-            return []
+        """The per-head parameters' active rows (the linears count themselves)."""
         n = self.h * self.d_k
-        return [(n, FLOAT_BITS * n), (n, FLOAT_BITS * n)]
+        return [(n, FLOAT_BITS * n) for _ in self.head_parameter_names]
 
     @torch.no_grad()
     def permute_heads(self, order: torch.Tensor) -> None:
         """Reorder heads (function-preserving)."""
         order = order.to(self.linear_q.weight.device)
         rows = (order[:, None] * self.d_k + torch.arange(self.d_k, device=order.device)).reshape(-1)
-        for name in _IN_PROJECTIONS:
-            if hasattr(self, name):
-                getattr(self, name).permute_out(rows)
-        self.linear_out.permute_in(rows)
-        if self.is_relative:
-            self.pos_bias_u.copy_(self.pos_bias_u[order])
-            self.pos_bias_v.copy_(self.pos_bias_v[order])
+        for name in IN_PROJECTIONS:
+            if name in self._modules:
+                self._modules[name].permute_out(rows)
+        self._modules[OUT_PROJECTION].permute_in(rows)
+        for name in self.head_parameter_names:
+            param = self._parameters[name]
+            param.copy_(param[order])
 
     def head_importance(self) -> torch.Tensor:
         """Per head: norm of its value rows times norm of its output columns."""

@@ -1,14 +1,19 @@
 """ElasticLinear and ElasticConv1d: one master weight, many active slices.
 
-A layer runs with its first ``active_out`` output rows (or, for the GLU
-pointwise conv, the first ``active_out`` rows of each half) and its first
-``active_in`` input features, at ``bits`` weight precision. At full size and
-float it runs exactly the stock ``nn.Linear`` / ``nn.Conv1d`` forward (no
-slicing, no copy), so a float model is as fast as the stock one.
+A layer runs with a set of its output rows (or, for the GLU pointwise conv,
+the same rows of each half) and a set of its input features, at ``bits``
+weight precision. A set is a prefix length (uniform width: the first k) or
+any index list (a pruned layer). At full size and float it runs exactly the
+stock ``nn.Linear`` / ``nn.Conv1d`` forward (no slicing, no copy), so a float
+model is as fast as the stock one.
 
 Quantisation is optional: ``enable_quantization`` adds a ``weight_quantizer``
 child (``espnet_allinone.quant.WeightFakeQuantizer``) that fake-quantises the
 active slice of the master weight on the active bit-width's grid.
+
+``static_twin()`` returns what the active slice is on its own: a plain
+``nn.Linear`` / ``nn.Conv1d`` (float) or a ``QuantizedLayer`` (codes, scales,
+zero points and the float bias), which extraction stores as it is.
 """
 
 from __future__ import annotations
@@ -20,11 +25,38 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-FLOAT_BITS = 32
+from espnet_allinone.precision import FLOAT_BITS
+from espnet_allinone.quant.packed_format import QuantizedLayer
+
+Units = int | Sequence[int] | None
+"""An active set: None (all), a prefix length, or an index list."""
+
+
+def _as_index(units: Units, full: int, what: str) -> tuple[int, ...]:
+    """Normalise an active set to an index tuple (checked against ``full``)."""
+    if units is None:
+        return tuple(range(full))
+    if isinstance(units, int) and not isinstance(units, bool):
+        if not 1 <= units <= full:
+            raise ValueError(f"active {what} {units} outside 1..{full}")
+        return tuple(range(units))
+    index = tuple(int(i) for i in units)
+    if not index:
+        raise ValueError(f"active {what}: empty index set")
+    bad = [i for i in index if not 0 <= i < full]
+    if bad:
+        raise ValueError(f"active {what} index {bad[0]} outside 0..{full - 1}")
+    if len(set(index)) != len(index):
+        raise ValueError(f"active {what}: repeated index in {list(index)}")
+    return index
+
+
+def _is_prefix(index: tuple[int, ...]) -> bool:
+    return index == tuple(range(len(index)))
 
 
 class ElasticWeightMixin:
-    """Shared slicing, quantisation, permutation and size logic.
+    """Shared slicing, quantisation, permutation, size and export logic.
 
     Subclasses define the 2-D view of the weight (``rows x cols``) and the
     forward. ``cols_per_in`` is the number of weight columns one input
@@ -35,8 +67,8 @@ class ElasticWeightMixin:
     bias: nn.Parameter | None
     full_out: int
     full_in: int
-    active_out: int
-    active_in: int
+    out_index: tuple[int, ...]
+    in_index: tuple[int, ...]
     bits: int
     split_halves: bool
     quantize_bits: tuple
@@ -44,12 +76,12 @@ class ElasticWeightMixin:
     def _setup_elastic(self, full_out: int, full_in: int, split_halves: bool = False) -> None:
         self.full_out = full_out
         self.full_in = full_in
-        self.active_out = full_out
-        self.active_in = full_in
+        self.out_index = tuple(range(full_out))
+        self.in_index = tuple(range(full_in))
         self.bits = FLOAT_BITS
         self.split_halves = split_halves
         self.quantize_bits = ()
-        self._row_cache: dict = {}
+        self._index_cache: dict = {}
 
     # --- configuration ------------------------------------------------------
     @property
@@ -60,41 +92,53 @@ class ElasticWeightMixin:
     def rows_full(self) -> int:
         return self.weight.shape[0]
 
-    def set_active(
-        self,
-        out: int | None = None,
-        in_: int | None = None,
-        bits: int = FLOAT_BITS,
-    ) -> None:
-        """Select the active output/input sizes (None: full) and weight bits."""
-        out = self.full_out if out is None else int(out)
-        in_ = self.full_in if in_ is None else int(in_)
-        if not 1 <= out <= self.full_out:
-            raise ValueError(f"{type(self).__name__}: active out {out} outside 1..{self.full_out}")
-        if not 1 <= in_ <= self.full_in:
-            raise ValueError(f"{type(self).__name__}: active in {in_} outside 1..{self.full_in}")
+    @property
+    def active_out(self) -> int:
+        return len(self.out_index)
+
+    @property
+    def active_in(self) -> int:
+        return len(self.in_index)
+
+    def set_active(self, out: Units = None, in_: Units = None, bits: int = FLOAT_BITS) -> None:
+        """Select the active output/input units (None: all; k: the first k; or
+        an index list) and the weight bits."""
+        name = type(self).__name__
+        try:
+            out_index = _as_index(out, self.full_out, "out")
+            in_index = _as_index(in_, self.full_in, "in")
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
         if bits != FLOAT_BITS and bits not in self.quantize_bits:
             valid = ", ".join(str(b) for b in (*self.quantize_bits, FLOAT_BITS))
-            raise ValueError(
-                f"{type(self).__name__}: unsupported weight bits {bits}; valid: {valid}"
-            )
-        previous = (self.active_out, self.active_in, self.bits)
-        self.active_out, self.active_in, self.bits = out, in_, int(bits)
-        if self.bits != FLOAT_BITS:
+            raise ValueError(f"{name}: unsupported weight bits {bits}; valid: {valid}")
+        if bits != FLOAT_BITS:
             quantizer = self.weight_quantizer
-            if quantizer.config.granularity == "group" and self._n_cols() % quantizer.group_size:
-                self.active_out, self.active_in, self.bits = previous
+            group = quantizer.group_size
+            n_cols = self._n_cols_for(len(in_index))
+            if quantizer.config.granularity == "group" and n_cols % group:
                 raise ValueError(
-                    f"{type(self).__name__}: {in_} active inputs give {self._n_cols_for(in_)} "
-                    f"weight columns, not a multiple of quant group_size "
-                    f"{quantizer.group_size}; choose widths whose sizes are multiples of it"
+                    f"{name}: {len(in_index)} active inputs give {n_cols} weight columns, "
+                    f"not a multiple of quant group_size {group}; choose widths whose sizes "
+                    "are multiples of it"
                 )
+        previous = (self.out_index, self.in_index, self.bits)
+        self.out_index, self.in_index, self.bits = out_index, in_index, int(bits)
+        cols = self._col_index() if bits != FLOAT_BITS else None
+        if isinstance(cols, torch.Tensor):
+            try:
+                self.weight_quantizer._check_cols(cols)  # whole groups, or a clear error
+            except ValueError as e:
+                self.out_index, self.in_index, self.bits = previous
+                raise ValueError(f"{name}: {e}") from None
 
     @property
     def is_full(self) -> bool:
         return (
             self.active_out == self.full_out
             and self.active_in == self.full_in
+            and _is_prefix(self.out_index)
+            and _is_prefix(self.in_index)
             and self.bits == FLOAT_BITS
         )
 
@@ -131,39 +175,79 @@ class ElasticWeightMixin:
     def _n_cols_for(self, active_in: int) -> int:
         return active_in * self.cols_per_in
 
-    def _row_index(self) -> torch.Tensor | None:
-        """Row indices of the active slice (None: all rows)."""
-        if self.active_out == self.full_out:
-            return None
-        key = (self.active_out, self.weight.device)
-        index = self._row_cache.get(key)
+    def _cached(self, key: tuple, make) -> torch.Tensor:
+        key = (*key, self.weight.device)
+        index = self._index_cache.get(key)
         if index is None:
-            first = torch.arange(self.active_out, device=self.weight.device)
-            index = torch.cat([first, first + self.full_out]) if self.split_halves else first
-            self._row_cache[key] = index
+            index = self._index_cache[key] = make()
         return index
 
-    def _slice_rows(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.active_out == self.full_out:
+    def _row_index(self) -> torch.Tensor | None:
+        """Weight rows of the active outputs (None: all rows, in order)."""
+        if self.active_out == self.full_out and _is_prefix(self.out_index):
+            return None
+
+        def make() -> torch.Tensor:
+            first = torch.tensor(self.out_index, dtype=torch.long, device=self.weight.device)
+            return torch.cat([first, first + self.full_out]) if self.split_halves else first
+
+        return self._cached(("rows", self.out_index), make)
+
+    def _col_index(self) -> int | torch.Tensor | None:
+        """Weight columns of the active inputs: None (all), a prefix length, or indices."""
+        n_cols = self._n_cols()
+        if _is_prefix(self.in_index) or self._n_cols_for(1) == self.weight[0].numel():
+            return None if n_cols == self.weight[0].numel() else n_cols
+
+        def make() -> torch.Tensor:
+            per = self.cols_per_in
+            base = torch.tensor(self.in_index, dtype=torch.long, device=self.weight.device)
+            return (base[:, None] * per + torch.arange(per, device=base.device)).reshape(-1)
+
+        return self._cached(("cols", self.in_index), make)
+
+    def _select_rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        rows = self._row_index()
+        if rows is None:
             return tensor
-        if self.split_halves:
-            return torch.cat(
-                [tensor[: self.active_out], tensor[self.full_out : self.full_out + self.active_out]]
-            )
-        return tensor[: self.active_out]
+        if _is_prefix(self.out_index) and not self.split_halves:
+            return tensor[: self.active_out]
+        return tensor.index_select(0, rows)
 
     def active_weight_2d(self) -> torch.Tensor:
         """The active (fake-quantised when bits < 32) weight as rows x cols."""
         weight = self.weight.reshape(self.rows_full, -1)
-        n_cols = self._n_cols()
+        cols = self._col_index()
         if self.bits != FLOAT_BITS:
-            cols = None if n_cols == weight.shape[1] else n_cols
             return self.weight_quantizer(weight, self.bits, self._row_index(), cols)
-        weight = self._slice_rows(weight)
-        return weight if n_cols == weight.shape[1] else weight[:, :n_cols]
+        weight = self._select_rows(weight)
+        if cols is None:
+            return weight
+        return weight.index_select(1, cols) if isinstance(cols, torch.Tensor) else weight[:, :cols]
 
     def active_bias(self) -> torch.Tensor | None:
-        return None if self.bias is None else self._slice_rows(self.bias)
+        return None if self.bias is None else self._select_rows(self.bias)
+
+    def active_weight_shape(self) -> tuple[int, ...]:
+        """Shape of the active weight as its own layer would hold it."""
+        return (self._n_rows(), self._n_cols())
+
+    # --- export -----------------------------------------------------------------
+    @torch.no_grad()
+    def static_twin(self) -> nn.Module | QuantizedLayer:
+        """The active slice on its own: a plain layer (float) or its quantised record."""
+        bias = self.active_bias()
+        bias = None if bias is None else bias.detach().clone().contiguous()
+        if self.bits != FLOAT_BITS:
+            full = self.weight.reshape(self.rows_full, -1)
+            qw = self.weight_quantizer.quantize(full, self.bits, self._row_index(),
+                                                self._col_index())
+            return QuantizedLayer(qw, bias, self.active_weight_shape(), self._kind)
+        twin = self._plain_twin()
+        twin.weight.copy_(self.active_weight_2d().reshape(twin.weight.shape))
+        if bias is not None:
+            twin.bias.copy_(bias)
+        return twin
 
     # --- sizes ------------------------------------------------------------------
     def active_own_sizes(self) -> list[tuple[int, int]]:
@@ -208,7 +292,9 @@ class ElasticWeightMixin:
 
 
 class ElasticLinear(ElasticWeightMixin, nn.Linear):
-    """``nn.Linear`` with an active output/input prefix and weight precision."""
+    """``nn.Linear`` with an active output/input set and weight precision."""
+
+    _kind = "linear"
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, **kw) -> None:
         super().__init__(in_features, out_features, bias=bias, **kw)
@@ -223,6 +309,10 @@ class ElasticLinear(ElasticWeightMixin, nn.Linear):
         module._setup_elastic(module.out_features, module.in_features)
         return module
 
+    def _plain_twin(self) -> nn.Linear:
+        rows, cols = self.active_weight_shape()
+        return nn.Linear(cols, rows, bias=self.bias is not None)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_full:
             return F.linear(x, self.weight, self.bias)
@@ -233,11 +323,13 @@ class ElasticLinear(ElasticWeightMixin, nn.Linear):
 class ElasticConv1d(ElasticWeightMixin, nn.Conv1d):
     """``nn.Conv1d`` (dense or depthwise) with active channels and precision.
 
-    Dense: ``active_out`` output and ``active_in`` input channels. Depthwise
-    (``groups == in == out``): ``active_out`` channels, ``active_in`` ignored.
-    ``split_halves``: output rows are two halves (GLU input); keep the first
-    ``active_out`` of each.
+    Dense: the active output and input channels. Depthwise (``groups == in ==
+    out``): the active channels, the input set ignored (it follows the
+    output). ``split_halves``: output rows are two halves (GLU input); keep the
+    same rows of each.
     """
+
+    _kind = "conv1d"
 
     @classmethod
     def convert(cls, module: nn.Conv1d, split_halves: bool = False) -> ElasticConv1d:
@@ -267,7 +359,17 @@ class ElasticConv1d(ElasticWeightMixin, nn.Conv1d):
     def _n_cols_for(self, active_in: int) -> int:
         return self.kernel_size[0] if self.depthwise else active_in * self.kernel_size[0]
 
-    def set_active(self, out=None, in_=None, bits: int = FLOAT_BITS) -> None:
+    def active_weight_shape(self) -> tuple[int, ...]:
+        kernel = self.kernel_size[0]
+        return (self._n_rows(), self._n_cols() // kernel, kernel)
+
+    def _plain_twin(self) -> nn.Conv1d:
+        rows, ins, kernel = self.active_weight_shape()
+        groups = rows if self.depthwise else 1
+        return nn.Conv1d(ins * groups, rows, kernel, stride=self.stride, padding=self.padding,
+                         dilation=self.dilation, groups=groups, bias=self.bias is not None)
+
+    def set_active(self, out: Units = None, in_: Units = None, bits: int = FLOAT_BITS) -> None:
         if self.depthwise:
             in_ = None
         super().set_active(out, in_, bits)

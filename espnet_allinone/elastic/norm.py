@@ -1,4 +1,4 @@
-"""ElasticBatchNorm1d: BatchNorm over the first k channels, statistics per width.
+"""ElasticBatchNorm1d: BatchNorm over the active channels, statistics per width.
 
 Running statistics of a channel depend on which other channels were active
 upstream, so each active width keeps its own running mean/variance. The full
@@ -7,18 +7,19 @@ width uses the stock buffer names (``running_mean``, ``running_var``,
 state_dict keys; a narrower width k adds ``running_mean_c{k}``,
 ``running_var_c{k}`` and ``num_batches_tracked_c{k}``. The affine weight and
 bias are shared (first k entries). Training at one width never touches
-another width's statistics.
+another width's statistics. A channel set that is not a prepared prefix (a
+pruned conv module) uses the full width's statistics at its channels.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-FLOAT_BITS = 32
+from espnet_allinone.precision import FLOAT_BITS
 
 
 class ElasticBatchNorm1d(nn.BatchNorm1d):
@@ -31,6 +32,8 @@ class ElasticBatchNorm1d(nn.BatchNorm1d):
             raise TypeError(f"expected torch.nn.BatchNorm1d, got {type(module).__name__}")
         module.__class__ = cls
         module.active_channels = module.num_features
+        module.active_index = tuple(range(module.num_features))
+        module._index_tensor = None
         module.widths = tuple(sorted({int(w) for w in widths} | {module.num_features}))
         for width in module.widths:
             if not 1 <= width <= module.num_features:
@@ -44,13 +47,26 @@ class ElasticBatchNorm1d(nn.BatchNorm1d):
                 )
         return module
 
-    def set_active(self, channels: int) -> None:
-        if channels not in self.widths:
-            raise ValueError(
-                f"BatchNorm width {channels} not prepared; valid: "
-                + ", ".join(map(str, self.widths))
-            )
-        self.active_channels = int(channels)
+    def set_active(self, channels: int | Sequence[int]) -> None:
+        """The first ``channels`` (a prepared width) or an index set of channels."""
+        if isinstance(channels, int) and not isinstance(channels, bool):
+            if channels not in self.widths:
+                raise ValueError(
+                    f"BatchNorm width {channels} not prepared; valid: "
+                    + ", ".join(map(str, self.widths))
+                )
+            index = tuple(range(channels))
+        else:
+            index = tuple(int(c) for c in channels)
+            bad = [c for c in index if not 0 <= c < self.num_features]
+            if not index or bad or len(set(index)) != len(index):
+                raise ValueError(
+                    f"BatchNorm channel set {list(index)} invalid; valid: distinct indices "
+                    f"in 0..{self.num_features - 1}"
+                )
+        self.active_index = index
+        self.active_channels = len(index)
+        self._index_tensor = None if index == tuple(range(len(index))) else torch.tensor(index)
 
     def stats(self, channels: int) -> tuple:
         """(running_mean, running_var, num_batches_tracked) kept for ``channels``."""
@@ -62,26 +78,60 @@ class ElasticBatchNorm1d(nn.BatchNorm1d):
             getattr(self, f"num_batches_tracked_c{channels}"),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def active_stats(self) -> tuple:
+        """(mean, var, count) of the active channels: the width's own statistics for a
+        prepared prefix, else the full width's at the active channels."""
         k = self.active_channels
-        if k == self.num_features:
+        if self._index_tensor is None and k in self.widths:
+            return self.stats(k)
+        mean, var, count = self.stats(self.num_features)
+        if self._index_tensor is None:
+            return mean[:k], var[:k], count
+        index = self._index_tensor.to(mean.device)
+        return mean.index_select(0, index), var.index_select(0, index), count
+
+    def _affine(self) -> tuple:
+        if self.weight is None:
+            return None, None
+        if self._index_tensor is None:
+            k = self.active_channels
+            return self.weight[:k], self.bias[:k]
+        index = self._index_tensor.to(self.weight.device)
+        return self.weight.index_select(0, index), self.bias.index_select(0, index)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.active_channels == self.num_features and self._index_tensor is None:
             return super().forward(x)
-        mean, var, count = self.stats(k) if self.track_running_stats else (None, None, None)
+        mean, var, count = self.active_stats() if self.track_running_stats else (None,) * 3
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
             count.add_(1)
             factor = 1.0 / float(count) if self.momentum is None else self.momentum
         use_batch_stats = self.training or mean is None
-        return F.batch_norm(
-            x,
-            mean,
-            var,
-            None if self.weight is None else self.weight[:k],
-            None if self.bias is None else self.bias[:k],
-            use_batch_stats,
-            factor,
-            self.eps,
-        )
+        weight, bias = self._affine()
+        out = F.batch_norm(x, mean, var, weight, bias, use_batch_stats, factor, self.eps)
+        if self.training and mean is not None and self._index_tensor is not None:
+            with torch.no_grad():  # index_select copied the statistics: write them back
+                index = self._index_tensor.to(mean.device)
+                self.running_mean.index_copy_(0, index, mean)
+                self.running_var.index_copy_(0, index, var)
+        return out
+
+    @torch.no_grad()
+    def static_twin(self) -> nn.BatchNorm1d:
+        """A plain ``nn.BatchNorm1d`` of the active channels with their statistics."""
+        twin = nn.BatchNorm1d(self.active_channels, eps=self.eps, momentum=self.momentum,
+                              affine=self.affine, track_running_stats=self.track_running_stats)
+        if self.affine:
+            weight, bias = self._affine()
+            twin.weight.copy_(weight)
+            twin.bias.copy_(bias)
+        if self.track_running_stats:
+            mean, var, count = self.active_stats()
+            twin.running_mean.copy_(mean)
+            twin.running_var.copy_(var)
+            twin.num_batches_tracked.copy_(count)
+        return twin
 
     def active_own_sizes(self) -> list[tuple[int, int]]:
         """(parameters, storage bits): affine weight/bias plus the width's statistics."""

@@ -1,26 +1,28 @@
-"""ElasticLayerStack: a block stack that runs only its first ``depth`` blocks.
+"""ElasticLayerStack: a block stack that runs a schedule of its blocks.
 
 A mixin for a sequential block stack such as ESPnet's ``MultiSequential``
 (``encoders`` of a Conformer); the concrete class is declared where ESPnet is
 imported (``class ElasticMultiSequential(ElasticLayerStack, MultiSequential)``).
-Iterating yields the active blocks only, so ESPnet's own encoder forward
-(which enumerates ``self.encoders``, also for intermediate CTC) runs the
-prefix unchanged, and stochastic depth (inside each block) and layer drop
-(``MultiSequential.forward``) keep their semantics. ``len()``, indexing and
-``state_dict`` still see every block.
+The schedule lists the physical block each logical position runs: the first
+``depth`` blocks for a depth prefix, or seed blocks again when blocks are
+shared (unfolding). Iterating yields the scheduled blocks, so ESPnet's own
+encoder forward (which enumerates ``self.encoders``, also for intermediate
+CTC) runs them unchanged, and stochastic depth (inside each block) and layer
+drop (``MultiSequential.forward``) keep their semantics. ``len()``, indexing
+and ``state_dict`` still see every physical block once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from torch import nn
 
 
 class ElasticLayerStack:
-    """Depth-prefix behaviour for an ``nn.Sequential`` subclass."""
+    """Block-schedule behaviour for an ``nn.Sequential`` subclass."""
 
-    depth: int
+    schedule: tuple[int, ...]
     _modules: dict
 
     @classmethod
@@ -30,21 +32,34 @@ class ElasticLayerStack:
         if type(stack) is not stock:
             raise TypeError(f"{cls.__name__} converts {stock.__name__}, got {type(stack).__name__}")
         stack.__class__ = cls
-        stack.depth = len(stack._modules)
+        stack.schedule = tuple(range(len(stack._modules)))
         return stack
 
     @property
     def num_blocks(self) -> int:
         return len(self._modules)
 
-    def set_depth(self, depth: int) -> None:
-        if not 1 <= depth <= self.num_blocks:
-            raise ValueError(f"depth {depth} outside 1..{self.num_blocks} blocks")
-        self.depth = int(depth)
+    @property
+    def depth(self) -> int:
+        """Logical blocks run."""
+        return len(self.schedule)
+
+    def set_schedule(self, schedule: Sequence[int]) -> None:
+        """Run the physical blocks ``schedule`` in order (``range(d)``: a depth prefix)."""
+        schedule = tuple(int(i) for i in schedule)
+        bad = [i for i in schedule if not 0 <= i < self.num_blocks]
+        if not schedule or bad:
+            raise ValueError(
+                f"block schedule {list(schedule)} invalid; valid: a non-empty list of "
+                f"blocks 0..{self.num_blocks - 1}"
+            )
+        self.schedule = schedule
 
     def __iter__(self) -> Iterator[nn.Module]:
-        return iter(list(self._modules.values())[: self.depth])
+        blocks = list(self._modules.values())
+        return iter([blocks[i] for i in self.schedule])
 
     def inactive_children(self) -> list[nn.Module]:
-        """Blocks beyond the active depth (skipped by size accounting)."""
-        return list(self._modules.values())[self.depth :]
+        """Blocks the schedule does not run (skipped by size accounting)."""
+        used = set(self.schedule)
+        return [b for i, b in enumerate(self._modules.values()) if i not in used]

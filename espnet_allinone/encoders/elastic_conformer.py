@@ -6,9 +6,10 @@ run by ESPnet's ``forward``) whose blocks are converted in place to elastic
 layers with the same parameter names, so a float model's ``state_dict``
 equals a stock Conformer's and loads either way.
 
-What a subsystem ``d<depth>-w<width>-<precision>`` changes:
+A subsystem ``d<depth>-w<width>-<precision>`` resolves (``resolve``) to an
+architecture record, :class:`~espnet_allinone.arch.SubnetArch`:
 
-* depth: only the first ``depth`` blocks run (``ElasticLayerStack``);
+* depth: the first ``depth`` blocks run (the block schedule ``0..depth-1``);
 * width: the first ``width * linear_units`` FFN units and ``width *
   attention_heads`` heads (head size fixed), and with ``elastic_conv: true``
   the first ``width * output_size`` conv-module channels (the conv
@@ -21,6 +22,10 @@ What a subsystem ``d<depth>-w<width>-<precision>`` changes:
   :class:`~espnet_allinone.quant.QuantConfig`). A depthwise conv row holds
   only ``cnn_module_kernel`` weights, so with ``granularity: group`` it uses
   one scale per channel unless the group size divides the kernel.
+
+``apply_arch`` runs any record that fits the model, also a non-uniform one
+(per-block heads, units and channels as index sets): that is what pruning
+and unfolding build on.
 
 What stays float: the subsampling front (``embed``), all LayerNorms and the
 conv BatchNorm, every bias, ``pos_bias_u/v`` and everything outside the
@@ -35,9 +40,8 @@ training from a float checkpoint to make those the most important ones.
 from __future__ import annotations
 
 import contextlib
-import difflib
-import inspect
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 from espnet.nets.pytorch_backend.transformer.attention import (
@@ -49,18 +53,29 @@ from espnet.nets.pytorch_backend.transformer.repeat import MultiSequential
 from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 from torch import nn
 
+from espnet_allinone.arch import ArchError, BlockArch, SubnetArch, prefix
 from espnet_allinone.elastic import (
     ElasticAttentionMixin,
-    ElasticBatchNorm1d,
-    ElasticConv1d,
     ElasticLayerStack,
     ElasticLinear,
     active_size,
-    convert_weight_layer,
+)
+from espnet_allinone.elastic.family import (
+    apply_block,
+    block_limits,
+    make_block_elastic,
+    reorder_block,
 )
 from espnet_allinone.elastic.layers import ElasticWeightMixin
+from espnet_allinone.encoders.conformer_family import CONFORMER
+from espnet_allinone.encoders.options import (
+    RejectUnknownOptions,
+    publish_signature,
+    stock_defaults,
+)
+from espnet_allinone.precision import FLOAT_BITS
 from espnet_allinone.quant.config import QuantConfig
-from espnet_allinone.subsystem import FLOAT_BITS, SearchSpace, Subsystem
+from espnet_allinone.subsystem import SearchSpace, Subsystem
 
 
 class ElasticMultiHeadedAttention(ElasticAttentionMixin, MultiHeadedAttention):
@@ -78,7 +93,7 @@ class ElasticLegacyRelPositionMultiHeadedAttention(
 
 
 class ElasticMultiSequential(ElasticLayerStack, MultiSequential):
-    """ESPnet's block stack running its first ``depth`` blocks."""
+    """ESPnet's block stack running a schedule of its blocks."""
 
 
 _ATTENTION = {
@@ -88,23 +103,18 @@ _ATTENTION = {
 }
 
 
-class _RejectUnknownOptions:
-    """Fail on an unknown ``encoder_conf`` key with the valid keys (before building)."""
-
-    def __new__(cls, *args, **kwargs):
-        valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-        unknown = [k for k in kwargs if k not in valid]
-        if unknown:
-            hints = {k: difflib.get_close_matches(k, valid, n=1) for k in unknown}
-            hint = "".join(f" ('{k}': did you mean '{m[0]}'?)" for k, m in hints.items() if m)
-            raise TypeError(
-                f"unknown encoder_conf key(s) {', '.join(map(repr, unknown))} for "
-                f"{cls.__name__}{hint}; valid keys: {', '.join(valid)}"
-            )
-        return super().__new__(cls)
+def convert_attention(module: nn.Module) -> nn.Module:
+    """ESPnet attention -> its elastic class, in place."""
+    elastic = _ATTENTION.get(type(module))
+    if elastic is None:
+        raise ValueError(
+            f"attention {type(module).__name__} cannot be made elastic; "
+            f"valid: {', '.join(c.__name__ for c in _ATTENTION)}"
+        )
+    return elastic.convert(module)
 
 
-class ElasticConformerEncoder(_RejectUnknownOptions, ConformerEncoder):
+class ElasticConformerEncoder(RejectUnknownOptions, ConformerEncoder):
     """Conformer encoder with elastic depth, width and weight precision.
 
     Every stock ``ConformerEncoder`` option keeps its meaning and default. The
@@ -116,124 +126,51 @@ class ElasticConformerEncoder(_RejectUnknownOptions, ConformerEncoder):
     module docstring for what is quantised and what stays float.
     """
 
+    family = CONFORMER
+
     def __init__(
         self,
         input_size: int,
-        output_size: int = 256,
-        attention_heads: int = 4,
-        linear_units: int = 2048,
-        num_blocks: int = 6,
-        dropout_rate: float = 0.1,
-        positional_dropout_rate: float = 0.1,
-        attention_dropout_rate: float = 0.0,
-        input_layer: str | None = "conv2d",
-        normalize_before: bool = True,
-        concat_after: bool = False,
-        positionwise_layer_type: str = "linear",
-        positionwise_conv_kernel_size: int = 3,
-        macaron_style: bool = False,
-        rel_pos_type: str = "legacy",
-        pos_enc_layer_type: str = "rel_pos",
-        selfattention_layer_type: str = "rel_selfattn",
-        activation_type: str = "swish",
-        use_cnn_module: bool = True,
-        zero_triu: bool = False,
-        cnn_module_kernel: int = 31,
-        padding_idx: int = -1,
-        interctc_layer_idx: list[int] = [],  # noqa: B006 - the stock default, shown by --print_config
-        interctc_use_conditioning: bool = False,
-        ctc_trim: bool = False,
-        stochastic_depth_rate: float | list[float] = 0.0,
-        layer_drop_rate: float = 0.0,
-        max_pos_emb_len: int = 5000,
-        qk_norm: bool = False,
-        use_flash_attn: bool = True,
+        *,
         depths: list[int] | None = None,
         widths: list[float | str] | None = None,
         precisions: list[int | str] | None = None,
         elastic_conv: bool = False,
         quant_conf: dict | None = None,
         quantize_input_layer: bool = False,
+        **stock_options: Any,
     ):
-        space = SearchSpace.from_config(
-            num_blocks=num_blocks,
-            linear_units=linear_units,
-            attention_heads=attention_heads,
-            output_size=output_size,
-            depths=depths,
-            widths=widths,
-            precisions=precisions,
-            elastic_conv=elastic_conv,
-        )
-        if elastic_conv and not use_cnn_module:
+        space = self.search_space({**stock_options, "depths": depths, "widths": widths,
+                                   "precisions": precisions, "elastic_conv": elastic_conv})
+        if elastic_conv and not stock_options.get("use_cnn_module", True):
             raise ValueError("elastic_conv: true needs use_cnn_module: true")
         quant_config = QuantConfig.from_dict(quant_conf)
-        super().__init__(
-            input_size=input_size,
-            output_size=output_size,
-            attention_heads=attention_heads,
-            linear_units=linear_units,
-            num_blocks=num_blocks,
-            dropout_rate=dropout_rate,
-            positional_dropout_rate=positional_dropout_rate,
-            attention_dropout_rate=attention_dropout_rate,
-            input_layer=input_layer,
-            normalize_before=normalize_before,
-            concat_after=concat_after,
-            positionwise_layer_type=positionwise_layer_type,
-            positionwise_conv_kernel_size=positionwise_conv_kernel_size,
-            macaron_style=macaron_style,
-            rel_pos_type=rel_pos_type,
-            pos_enc_layer_type=pos_enc_layer_type,
-            selfattention_layer_type=selfattention_layer_type,
-            activation_type=activation_type,
-            use_cnn_module=use_cnn_module,
-            zero_triu=zero_triu,
-            cnn_module_kernel=cnn_module_kernel,
-            padding_idx=padding_idx,
-            interctc_layer_idx=interctc_layer_idx,
-            interctc_use_conditioning=interctc_use_conditioning,
-            ctc_trim=ctc_trim,
-            stochastic_depth_rate=stochastic_depth_rate,
-            layer_drop_rate=layer_drop_rate,
-            max_pos_emb_len=max_pos_emb_len,
-            qk_norm=qk_norm,
-            use_flash_attn=use_flash_attn,
-        )
+        super().__init__(input_size=input_size, **stock_options)
         self.space = space
         self.quant_config = quant_config
         self.quantize_input_layer = quantize_input_layer
         self._make_elastic()
+        self._archs: dict[Subsystem, SubnetArch] = {}
         self._active: Subsystem = space.largest
-        for sub in space.ordered():  # every member must be reachable (e.g. group sizes)
-            self._configure(sub)
+        self._active_arch: SubnetArch | None = None
+        for sub in space.members():  # every member must be reachable (e.g. group sizes)
+            self.set_subsystem(sub)
         self.set_subsystem(space.largest)
+
+    @classmethod
+    def search_space(cls, encoder_conf: Mapping[str, Any]) -> SearchSpace:
+        """The space an ``encoder_conf`` defines, ESPnet's defaults filled in."""
+        conf = {**stock_defaults(ConformerEncoder), **{
+            k: v for k, v in encoder_conf.items() if v is not None}}
+        return SearchSpace.from_encoder_conf(conf)
 
     # --- construction -----------------------------------------------------
     def _make_elastic(self) -> None:
         ElasticMultiSequential.convert(self.encoders)
         conv_widths = sorted({int(w * self.space.output_size) for w in self.space.widths})
         for block in self.blocks:
-            attention = _ATTENTION.get(type(block.self_attn))
-            if attention is None:
-                raise ValueError(
-                    f"attention {type(block.self_attn).__name__} cannot be made elastic; "
-                    f"valid: {', '.join(c.__name__ for c in _ATTENTION)}"
-                )
-            attention.convert(block.self_attn)
-            for ff in self._feed_forwards(block):
-                convert_weight_layer(ff.w_1)
-                convert_weight_layer(ff.w_2)
-            if block.conv_module is not None:
-                conv = block.conv_module
-                ElasticConv1d.convert(conv.pointwise_conv1, split_halves=True)
-                ElasticConv1d.convert(conv.depthwise_conv)
-                ElasticBatchNorm1d.convert(
-                    conv.norm, conv_widths if self.space.elastic_conv else ()
-                )
-                ElasticConv1d.convert(conv.pointwise_conv2)
-            if block.concat_after:
-                convert_weight_layer(block.concat_linear)
+            make_block_elastic(block, self.family, convert_attention,
+                               conv_widths if self.space.elastic_conv else ())
         self._input_layers = []
         if self.quantize_input_layer:
             for module in self.embed.modules():
@@ -249,38 +186,65 @@ class ElasticConformerEncoder(_RejectUnknownOptions, ConformerEncoder):
 
     @property
     def blocks(self) -> list[nn.Module]:
-        """Every block (active or not)."""
+        """Every physical block (active or not)."""
         return list(self.encoders._modules.values())
 
-    @staticmethod
-    def _feed_forwards(block: nn.Module) -> list[nn.Module]:
-        return [ff for ff in (block.feed_forward, block.feed_forward_macaron) if ff is not None]
+    # --- architecture records -------------------------------------------
+    def resolve(self, sub: str | Subsystem) -> SubnetArch:
+        """The architecture record of ``sub`` (validated against the space)."""
+        sub = self.space.validate(sub)
+        arch = self._archs.get(sub)
+        if arch is None:
+            space = self.space
+            heads = prefix(space.heads(sub))
+            units = prefix(space.ffn_units(sub))
+            channels = prefix(space.conv_channels(sub))
+            blocks = []
+            for i in range(sub.depth):
+                block = self.blocks[i]
+                n_ffn = len(self.family.feed_forwards_of(block))
+                has_conv = self.family.conv_of(block) is not None
+                blocks.append(BlockArch(physical=i, heads=heads, ffn_units=(units,) * n_ffn,
+                                        conv_channels=channels if has_conv else None,
+                                        bits=sub.bits))
+            front = sub.bits if self.quantize_input_layer else FLOAT_BITS
+            arch = self._archs[sub] = SubnetArch(tuple(blocks), front_bits=front)
+        return arch
 
-    def _configure(self, sub: Subsystem) -> None:
-        units, heads = self.space.ffn_units(sub), self.space.heads(sub)
-        channels, bits = self.space.conv_channels(sub), sub.bits
+    def check_arch(self, arch: SubnetArch) -> None:
+        """Raise ArchError naming the first entry of ``arch`` that does not fit."""
+        bits = self.space.bits
+        arch.check([block_limits(b, self.family, bits) for b in self.blocks])
+        if arch.front_bits != FLOAT_BITS and not self._input_layers:
+            raise ArchError(f"front at {arch.front_bits} bits, but this encoder's front is "
+                            "float (quantize_input_layer: false)")
+
+    def apply_arch(self, arch: SubnetArch) -> None:
+        """Run ``arch`` (any record that fits the model, uniform or not)."""
+        self.check_arch(arch)
+        for block in arch.stored_blocks():
+            try:
+                apply_block(self.blocks[block.physical], self.family, block)
+            except ValueError as err:
+                raise ArchError(f"physical block {block.physical}: {err}") from None
+        for layer in self._input_layers:
+            layer.set_active(bits=arch.front_bits)
+        self.encoders.set_schedule(arch.schedule)
+        self._active_arch = arch
+
+    @property
+    def active_arch(self) -> SubnetArch:
+        return self._active_arch
+
+    @contextlib.contextmanager
+    def use_arch(self, arch: SubnetArch) -> Iterator[SubnetArch]:
+        """Run a block with ``arch`` active; the previous subsystem comes back after."""
+        previous = self._active
         try:
-            for i, block in enumerate(self.blocks):
-                where = f"block {i}"
-                block.self_attn.set_active(heads=heads, bits=bits)
-                for ff in self._feed_forwards(block):
-                    ff.w_1.set_active(out=units, bits=bits)
-                    ff.w_2.set_active(in_=units, bits=bits)
-                if block.conv_module is not None:
-                    conv = block.conv_module
-                    conv.pointwise_conv1.set_active(out=channels, bits=bits)
-                    conv.depthwise_conv.set_active(out=channels, bits=bits)
-                    conv.norm.set_active(channels)
-                    conv.pointwise_conv2.set_active(in_=channels, bits=bits)
-                if block.concat_after:
-                    block.concat_linear.set_active(bits=bits)
-            where = "embed"
-            for layer in self._input_layers:
-                layer.set_active(bits=bits)
-        except ValueError as err:
-            raise ValueError(f"subsystem {sub}: {where}: {err}") from None
-        self.encoders.set_depth(sub.depth)
-        self._active = sub
+            self.apply_arch(arch)
+            yield arch
+        finally:
+            self._force(previous)
 
     # --- the active subsystem -----------------------------------------------
     @property
@@ -290,9 +254,17 @@ class ElasticConformerEncoder(_RejectUnknownOptions, ConformerEncoder):
     def set_subsystem(self, sub: str | Subsystem) -> Subsystem:
         """Switch to ``sub`` (validated against the search space); returns it."""
         sub = self.space.validate(sub)
-        if sub != self._active or self.encoders.depth != sub.depth:
-            self._configure(sub)
+        if sub != self._active or self._active_arch is not self._archs.get(sub):
+            self._force(sub)
         return sub
+
+    def _force(self, sub: Subsystem) -> None:
+        arch = self.resolve(sub)
+        try:
+            self.apply_arch(arch)
+        except ArchError as err:
+            raise ValueError(f"subsystem {sub}: {err}") from None
+        self._active = sub
 
     @contextlib.contextmanager
     def use_subsystem(self, sub: str | Subsystem) -> Iterator[Subsystem]:
@@ -303,19 +275,29 @@ class ElasticConformerEncoder(_RejectUnknownOptions, ConformerEncoder):
         finally:
             self.set_subsystem(previous)
 
-    def _sized(self, sub):
-        return self.use_subsystem(sub) if sub is not None else contextlib.nullcontext()
+    # --- sizes ------------------------------------------------------------------
+    def _sized(self, sub: str | Subsystem | SubnetArch | None):
+        if sub is None:
+            return contextlib.nullcontext()
+        if isinstance(sub, SubnetArch):
+            return self.use_arch(sub)
+        return self.use_subsystem(sub)
 
-    def num_params(self, sub: str | Subsystem | None = None) -> int:
-        """Exact parameters of ``sub`` (default: the active one), encoder only."""
+    def num_params(self, sub: str | Subsystem | SubnetArch | None = None) -> int:
+        """Exact parameters of ``sub`` (a subsystem or a record; default: the active
+        one), encoder only; shared blocks count once."""
         with self._sized(sub):
             return active_size(self).params
 
-    def storage_bytes(self, sub: str | Subsystem | None = None) -> int:
+    def storage_bytes(self, sub: str | Subsystem | SubnetArch | None = None) -> int:
         """Exact bytes of ``sub``'s encoder: quantised weights packed (codes, fp16
         scales, zero points), every other parameter and BatchNorm statistic 4 bytes."""
         with self._sized(sub):
             return active_size(self).bytes
+
+    def ordered_subsystems(self) -> list[Subsystem]:
+        """Every subsystem, smallest exact bytes first (ties: depth, then width)."""
+        return self.space.ordered(self.storage_bytes)
 
     # --- importance ---------------------------------------------------------
     @torch.no_grad()
@@ -327,29 +309,7 @@ class ElasticConformerEncoder(_RejectUnknownOptions, ConformerEncoder):
         width; narrower widths then keep the most important units.
         """
         for block in self.blocks:
-            attn = block.self_attn
-            attn.permute_heads(torch.argsort(attn.head_importance(), descending=True))
-            for ff in self._feed_forwards(block):
-                score = _out_norms(ff.w_1.weight) * _in_norms(ff.w_2.weight)
-                order = torch.argsort(score, descending=True)
-                ff.w_1.permute_out(order)
-                ff.w_2.permute_in(order)
-            if block.conv_module is not None and self.space.elastic_conv:
-                conv = block.conv_module
-                gain = conv.norm.weight.abs() / (conv.norm.running_var + conv.norm.eps).sqrt()
-                score = _out_norms(conv.depthwise_conv.weight) * gain
-                order = torch.argsort(score * _in_norms(conv.pointwise_conv2.weight), descending=True)
-                conv.pointwise_conv1.permute_out(order)
-                conv.depthwise_conv.permute_out(order)
-                conv.norm.permute(order)
-                conv.pointwise_conv2.permute_in(order)
+            reorder_block(block, self.family, self.space.elastic_conv)
 
 
-def _out_norms(weight: torch.Tensor) -> torch.Tensor:
-    """L2 norm of each output row ([out, in] or [out, in, k])."""
-    return weight.reshape(weight.shape[0], -1).norm(dim=1)
-
-
-def _in_norms(weight: torch.Tensor) -> torch.Tensor:
-    """L2 norm of each input column (with its kernel taps)."""
-    return weight.transpose(0, 1).reshape(weight.shape[1], -1).norm(dim=1)
+publish_signature(ElasticConformerEncoder, ConformerEncoder)

@@ -7,10 +7,11 @@
   out, dynamic batch and time) for onnxruntime; the STFT/mel frontend and the
   normalisation stay in PyTorch (``features``).
 * ``quantize_onnx_int8``: onnxruntime's dynamic int8 quantisation of that graph.
-* ``onnx_matmul_nbits``: a 4-bit extracted model's quantised Linear layers as
-  onnxruntime ``MatMulNBits`` nodes holding the model's own codes and scales,
-  so the 4-bit weights run exactly (no re-quantisation). Layers whose group
-  size onnxruntime cannot take (a power of two >= 16) stay float.
+* ``onnx_matmul_nbits``: a low-bit (2/4/8) extracted model's quantised Linear
+  layers as onnxruntime ``MatMulNBits`` nodes holding the model's own codes
+  and scales, so the low-bit weights run exactly (no re-quantisation); see
+  :mod:`espnet_allinone.export.onnx_lowbit`. The whole pipeline (numpy front
+  end, CTC search, reuse of the exported files) is :mod:`espnet_allinone.deploy`.
 """
 
 from __future__ import annotations
@@ -23,9 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from espnet_allinone.export import packed_format
-from espnet_allinone.quant.packing import pack_codes
 
 
 def int8_dynamic(model: torch.nn.Module) -> torch.nn.Module:
@@ -105,85 +103,25 @@ class NBitsReport:
     skipped: list[str]
 
 
-def onnx_matmul_nbits(model: torch.nn.Module, src: Path, dst: Path) -> NBitsReport:
-    """Replace the float MatMuls of 4-bit quantised Linear layers by MatMulNBits.
+def onnx_matmul_nbits(model: torch.nn.Module, src: Path, dst: Path,
+                      policy: str = "nbits") -> NBitsReport:
+    """Replace the float MatMuls of quantised Linear layers by MatMulNBits (2/4/8 bits).
 
     The B input of each MatMul is matched by value against the dequantised
-    weight of every packed Linear layer of ``model.encoder``; codes and scales
-    come from the packed model itself, so the result is the 4-bit model's.
+    packed weights of ``model`` (a low-bit ``packed_conformer`` model); codes
+    and scales come from the packed model itself, so the result is exact.
+    ``policy`` as in :func:`espnet_allinone.export.onnx_lowbit.map_low_bit`.
     """
-    import onnx
-    from onnx import helper, numpy_helper
+    from espnet_allinone.export import onnx_lowbit
 
-    encoder = model.encoder
-    if getattr(encoder, "weight_bits", 32) != 4:
+    state = model.state_dict()
+    if not any(k.endswith("_codes") for k in state):
         raise ValueError(
-            "MatMulNBits export needs a 4-bit packed_conformer model, got "
-            f"{type(encoder).__name__} with {getattr(encoder, 'weight_bits', 32)}-bit weights"
+            "MatMulNBits export needs a low-bit packed_conformer model, got "
+            f"{type(model.encoder).__name__} with float weights"
         )
-    modules = dict(encoder.named_modules())
-    by_value: dict[bytes, tuple[str, object]] = {}
-    skipped = []
-    for name in encoder.quantized_weights:
-        module = modules[name.rsplit(".", 1)[0]]
-        if not isinstance(module, torch.nn.Linear):
-            continue  # convolutions stay Conv nodes
-        entries = {k[len(name):]: v for k, v in encoder._packed.items() if k.startswith(name + "_")}
-        qw = packed_format.to_quantized(entries)
-        if qw.group_size < 16 or qw.group_size & (qw.group_size - 1):
-            skipped.append(f"{name} (group size {qw.group_size})")
-            continue
-        key = module.weight.detach().t().contiguous().numpy().astype(np.float32).tobytes()
-        by_value[key] = (name, qw)
-    graph_model = onnx.load(str(src))
-    graph = graph_model.graph
-    inits = {init.name: init for init in graph.initializer}
-    replaced = 0
-    new_nodes = []
-    used = []
-    for node in graph.node:
-        b = node.input[1] if node.op_type == "MatMul" and len(node.input) == 2 else None
-        if b in inits:
-            array = numpy_helper.to_array(inits[b])
-            match = by_value.get(array.astype(np.float32).tobytes()) if array.ndim == 2 else None
-            if match is not None:
-                name, qw = match
-                n_out, k_in = qw.shape
-                blocks = k_in // qw.group_size
-                prefix = f"{b}_q4"
-                codes = qw.codes.to(torch.int16) + (0 if qw.zero_point is not None else 8)
-                packed = pack_codes(codes, 4).reshape(n_out, blocks, qw.group_size // 2)
-                scales = qw.scale.float().expand(n_out, blocks).contiguous()
-                inputs = [node.input[0], prefix + "_B", prefix + "_scales"]
-                graph.initializer.extend([
-                    numpy_helper.from_array(packed.numpy(), prefix + "_B"),
-                    numpy_helper.from_array(scales.numpy(), prefix + "_scales"),
-                ])
-                if qw.zero_point is not None:
-                    zp = qw.zero_point.to(torch.int16).expand(n_out, blocks)
-                    if blocks % 2:
-                        zp = torch.cat([zp, torch.zeros(n_out, 1, dtype=torch.int16)], dim=1)
-                    graph.initializer.append(numpy_helper.from_array(
-                        pack_codes(zp, 4).numpy(), prefix + "_zp"))
-                    inputs.append(prefix + "_zp")
-                new_nodes.append(helper.make_node(
-                    "MatMulNBits", inputs, list(node.output), name=(node.name or b) + "_q4",
-                    domain="com.microsoft", K=k_in, N=n_out, bits=4, block_size=qw.group_size,
-                ))
-                used.append(b)
-                replaced += 1
-                continue
-        new_nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    still_used = {i for node in graph.node for i in node.input}
-    keep = [init for init in graph.initializer if init.name not in used or init.name in still_used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
-    if not any(op.domain == "com.microsoft" for op in graph_model.opset_import):
-        graph_model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    onnx.save(graph_model, str(dst))
-    return NBitsReport(Path(dst), replaced, skipped)
+    report = onnx_lowbit.map_low_bit(state, Path(src), Path(dst), policy)
+    return NBitsReport(report.path, report.replaced, report.kept_float)
 
 
 class OnnxEncoder:

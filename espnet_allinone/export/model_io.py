@@ -1,4 +1,9 @@
-"""Build an ESPnet ASR model from a config and load a checkpoint into it, strictly.
+"""Load checkpoints and configs with one-line errors; build + strictly load a model.
+
+Every entry point that reads a ``.pth`` or a YAML goes through
+:func:`load_checkpoint` / :func:`load_config`, so a wrong file is reported the
+same way everywhere: one line naming the file and what is wrong with it
+(:class:`LoadError`), never torch's or PyYAML's traceback.
 
 ESPnet's own ``build_model_from_file`` loads with ``strict=False``, so a
 config and a checkpoint that do not belong together give a half-initialised
@@ -10,30 +15,141 @@ from __future__ import annotations
 
 import argparse
 import copy
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 
+if TYPE_CHECKING:  # torch is imported where it is used: recipe helpers load configs only
+    import torch
+
 PathLike = str | Path
+
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's (zip) format starts like every zip file
+
+
+class LoadError(ValueError):
+    """A checkpoint or config file that cannot be used; ``str()`` is one line naming it."""
+
+    def __init__(self, path: PathLike, message: str) -> None:
+        self.path = Path(path)
+        super().__init__(message)
+
+
+class CheckpointError(LoadError):
+    """A file that is not a readable PyTorch state_dict."""
+
+
+class ConfigError(LoadError):
+    """A file that is not a readable YAML config, or lacks a key the reader needs."""
+
+
+ASR_CONFIG_KEYS = ("token_list", "encoder", "model")
+"""Keys of an ESPnet ASR ``config.yaml`` a model cannot be built without."""
 
 
 class CheckpointMismatchError(RuntimeError):
     """A checkpoint whose keys or shapes do not match the model its config builds."""
 
 
-def read_config(path: PathLike) -> dict[str, Any]:
-    """An ESPnet ``config.yaml`` as a dict (clear error if missing or not a mapping)."""
-    path = Path(path)
+def _first_line(text: str, limit: int = 160) -> str:
+    """The first sentence of an error message's first line, shortened (one line)."""
+    line = next((x.strip() for x in text.splitlines() if x.strip()), "")
+    line = line.split(". ", 1)[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _check_file(path: Path, error: type[LoadError]) -> None:
+    if not path.exists():
+        raise error(path, f"{path} does not exist")
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    with path.open(encoding="utf-8") as f:
-        config = yaml.safe_load(f)
+        raise error(path, f"{path} is not a file")
+
+
+def _torch_load_reason(exc: BaseException) -> str:
+    """What torch.load said, in one line (its weights-only message hides the cause mid-text)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    if isinstance(exc, EOFError) and not text.strip():
+        text = "unexpected end of file"
+    return f"torch.load: {_first_line(text) or type(exc).__name__}"
+
+
+def load_checkpoint(path: PathLike) -> dict[str, torch.Tensor]:
+    """A model ``state_dict`` saved with ``torch.save`` (weights only, on the CPU).
+
+    Raises :class:`CheckpointError` naming the file when it is missing, not a
+    PyTorch file, damaged (e.g. truncated), or holds something else than a
+    mapping of parameter names to tensors.
+    """
+    import torch
+
+    path = Path(path)
+    _check_file(path, CheckpointError)
+    try:
+        with warnings.catch_warnings():  # torch warns before raising; the error says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- any failure to unpickle is "not a checkpoint"
+        with path.open("rb") as f:
+            is_zip = f.read(4) == _ZIP_MAGIC
+        what = "is a damaged PyTorch checkpoint (truncated? " if is_zip else \
+            "is not a PyTorch checkpoint ("
+        raise CheckpointError(path, f"{path} {what}{_torch_load_reason(e)})") from None
+    if isinstance(state, dict) and "module" in state and not isinstance(state["module"], torch.Tensor):
+        state = state["module"]  # DeepSpeed checkpoints, as ESPnet accepts them
+    if not isinstance(state, dict):
+        raise CheckpointError(path, f"{path} holds a {type(state).__name__}, "
+                                    "not a model state_dict")
+    others = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if others:
+        raise CheckpointError(
+            path, f"{path} is not a model state_dict (non-tensor entries: "
+            + ", ".join(map(str, others[:4])) + (", ..." if len(others) > 4 else "")
+            + "); give a model file such as valid.loss.ave.pth or <N>epoch.pth"
+        )
+    return state
+
+
+def load_config(path: PathLike, required: Iterable[str] = ()) -> dict[str, Any]:
+    """A YAML mapping (an ESPnet ``config.yaml``, a decoding config ...).
+
+    Raises :class:`ConfigError` naming the file when it is missing, not YAML
+    (with the line and column), not a mapping, or lacks one of ``required``.
+    """
+    path = Path(path)
+    config = load_yaml(path)
     if not isinstance(config, dict):
-        raise TypeError(f"{path} is not an ESPnet config (expected a YAML mapping)")
+        kind = "empty" if config is None else f"a {type(config).__name__}"
+        raise ConfigError(path, f"{path} is not a YAML mapping (it is {kind})")
+    for key in required:
+        if key not in config:
+            raise ConfigError(path, f"{path}: missing key {key!r}")
     return config
+
+
+def load_yaml(path: PathLike) -> Any:
+    """Any YAML (or JSON) document; :class:`ConfigError` naming the file and line if unreadable."""
+    path = Path(path)
+    _check_file(path, ConfigError)
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(path, f"{path} is not a text (YAML) file") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(path, f"{path} is not valid YAML: {_yaml_reason(e)}") from None
+
+
+def _yaml_reason(e: yaml.YAMLError) -> str:
+    """``line 3, column 7: mapping values are not allowed here`` (1-based, as editors count)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or _first_line(str(e))
+    if mark is None:
+        return problem
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
 def build_asr_model(config: Mapping[str, Any]) -> torch.nn.Module:
@@ -47,18 +163,6 @@ def build_asr_model(config: Mapping[str, Any]) -> torch.nn.Module:
     model = ASRTask.build_model(args)
     model.eval()
     return model
-
-
-def load_state_dict_file(path: PathLike) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "module" in state and not isinstance(state["module"], torch.Tensor):
-        state = state["module"]  # DeepSpeed checkpoints, as ESPnet accepts them
-    if not isinstance(state, dict):
-        raise TypeError(f"{path} does not hold a state_dict")
-    return state
 
 
 def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
@@ -84,11 +188,32 @@ def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], what:
 
 
 def load_asr_model(config_path: PathLike, model_path: PathLike) -> tuple[torch.nn.Module, dict]:
-    """Build the model ``config_path`` describes and load ``model_path`` strictly."""
-    config = read_config(config_path)
-    model = build_asr_model(config)
-    load_strict(model, load_state_dict_file(model_path), f"{model_path}")
+    """Build the model ``config_path`` describes and load ``model_path`` strictly.
+
+    Both files are read before the (slow) build, so a bad checkpoint is
+    reported at once; a config ESPnet cannot build a model from is a
+    :class:`ConfigError` naming the file.
+    """
+    config = load_config(config_path, required=ASR_CONFIG_KEYS)
+    state = load_checkpoint(model_path)
+    model = build_config_model(config_path, config)
+    load_strict(model, state, f"{model_path}")
     return model, config
+
+
+def build_config_model(config_path: PathLike, config: Mapping[str, Any]) -> torch.nn.Module:
+    """:func:`build_asr_model`, with a config ESPnet rejects reported against its file."""
+    try:
+        return build_asr_model(config)
+    except AttributeError as e:  # ASRTask.build_model reads args.<key>
+        if getattr(e, "name", None) and isinstance(getattr(e, "obj", None), argparse.Namespace):
+            raise ConfigError(config_path, f"{config_path}: missing key {e.name!r}") from None
+        raise
+    except (KeyError, ValueError, TypeError) as e:
+        raise ConfigError(
+            config_path, f"{config_path} does not describe an ESPnet ASR model "
+            f"({type(e).__name__}: {_first_line(str(e))})"
+        ) from None
 
 
 def _listing(title: str, keys: list, limit: int = 5) -> str:

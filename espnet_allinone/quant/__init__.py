@@ -1,4 +1,5 @@
-"""Weight (and optional activation) fake quantisation and bit packing (torch only)."""
+"""Weight (and optional activation) fake quantisation, bit packing and the packed
+state_dict layout (torch only)."""
 
 from espnet_allinone.quant.config import QuantConfig, QuantConfigError
 from espnet_allinone.quant.fake_quant import (
@@ -7,26 +8,20 @@ from espnet_allinone.quant.fake_quant import (
     WeightFakeQuantizer,
     qrange,
 )
-from espnet_allinone.quant.packing import (
-    SERIALIZED_SUFFIXES,
-    pack_codes,
-    packed_numel,
-    quantized_from_tensors,
-    quantized_to_tensors,
-    unpack_codes,
-)
+from espnet_allinone.quant.packed_format import QuantizedLayer, from_state, to_state
+from espnet_allinone.quant.packing import pack_codes, packed_numel, unpack_codes
 
 __all__ = [
-    "SERIALIZED_SUFFIXES",
     "ActivationFakeQuantizer",
     "QuantConfig",
     "QuantConfigError",
+    "QuantizedLayer",
     "QuantizedWeight",
     "WeightFakeQuantizer",
+    "from_state",
     "pack_codes",
     "packed_numel",
     "qrange",
-    "quantized_from_tensors",
-    "quantized_to_tensors",
+    "to_state",
     "unpack_codes",
 ]

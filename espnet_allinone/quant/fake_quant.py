@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from espnet_allinone.quant.config import QuantConfig
-from espnet_allinone.subsystem import FLOAT_BITS, SUPPORTED_BITS
+from espnet_allinone.precision import FLOAT_BITS, SUPPORTED_BITS
 
 MIN_SCALE = 2.0**-20
 """Smallest scale (an exact fp16 value): guards zero and constant weights."""
@@ -42,7 +42,6 @@ MAX_SCALE = 65504.0
 MSE_RATIOS = tuple(round(1.0 - 0.025 * k, 4) for k in range(39))
 """Clip ratios tried by the MSE search: 1.0, 0.975, ..., 0.05."""
 
-QUANT_BITS = tuple(b for b in SUPPORTED_BITS if b != FLOAT_BITS)
 
 
 # --- straight-through helpers (value exact, gradient chosen) -------------------
@@ -331,7 +330,31 @@ class WeightFakeQuantizer(nn.Module):
                 f"got {list(weight.shape)}"
             )
 
-    def _check_cols(self, cols: int | None) -> int | None:
+    def _check_cols(self, cols: int | Tensor | None) -> int | Tensor | None:
+        """A column prefix length, a 1-D LongTensor of column indices, or None (all).
+
+        With group scales an index set must consist of whole groups (each run
+        of ``group_size`` indices one aligned group), so every kept column
+        keeps the scale it was trained with.
+        """
+        if isinstance(cols, Tensor):
+            if cols.dim() != 1 or cols.dtype != torch.long or not cols.numel():
+                raise ValueError("cols as a tensor must be a non-empty 1-D LongTensor")
+            if int(cols.min()) < 0 or int(cols.max()) >= self.in_features:
+                raise ValueError(f"column index outside 0..{self.in_features - 1}")
+            if self.config.granularity == "group":
+                g = self.group_size
+                runs = cols.reshape(-1, g) if cols.numel() % g == 0 else None
+                aligned = runs is not None and bool(
+                    ((runs[:, 0] % g) == 0).all()
+                    and (runs - runs[:, :1] == torch.arange(g, device=cols.device)).all()
+                )
+                if not aligned:
+                    raise ValueError(
+                        f"column index set is not made of whole groups of {g} columns; "
+                        f"with group scales keep or drop whole groups of {g}"
+                    )
+            return cols
         if cols is None or cols == self.in_features:
             return None
         if (
@@ -372,13 +395,16 @@ class WeightFakeQuantizer(nn.Module):
             return w.reshape(rows, cols // self.group_size, self.group_size)
         return w.unsqueeze(1)
 
-    def _slice_qparam(self, t: Tensor, rows: Tensor | None, cols: int | None) -> Tensor:
+    def _slice_qparam(self, t: Tensor, rows: Tensor | None, cols: int | Tensor | None) -> Tensor:
         if self._per_tensor:
             return t
         if rows is not None:
             t = t.index_select(0, rows)
         if cols is not None and self.config.granularity == "group":
-            t = t[:, : cols // self.group_size]
+            if isinstance(cols, Tensor):
+                t = t.index_select(1, cols[:: self.group_size] // self.group_size)
+            else:
+                t = t[:, : cols // self.group_size]
         return t
 
     # --- initialisation -----------------------------------------------------
@@ -467,7 +493,7 @@ class WeightFakeQuantizer(nn.Module):
         weight: Tensor,
         bits: int,
         rows: Tensor | None,
-        cols: int | None,
+        cols: int | Tensor | None,
         grad: bool,
     ) -> tuple[Tensor, Tensor | None]:
         """Effective (fp16-valued) scale and integer zero point of the slice, [R, G]."""
@@ -504,14 +530,12 @@ class WeightFakeQuantizer(nn.Module):
         weight: Tensor,
         bits: int,
         rows: Tensor | None,
-        cols: int | None,
+        cols: int | Tensor | None,
         grad: bool,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """(slice [R, G, S], scale [R, G, 1], zero point [R, G, 1] or None)."""
         self._ensure_init(weight, bits)
-        w = weight if rows is None else weight.index_select(0, rows)
-        if cols is not None:
-            w = w[:, :cols]
+        w = _select(weight, rows, cols)
         scale, zero = self._qparams(weight, bits, rows, cols, grad)
         z3 = None if zero is None else zero.unsqueeze(-1)
         return self._group_view(w), scale.unsqueeze(-1), z3
@@ -521,9 +545,11 @@ class WeightFakeQuantizer(nn.Module):
         weight: Tensor,
         bits: int,
         rows: Tensor | None = None,
-        cols: int | None = None,
+        cols: int | Tensor | None = None,
     ) -> Tensor:
-        """Fake-quantised ``weight[rows][:, :cols]`` at ``bits`` (32: the float slice).
+        """Fake-quantised ``weight[rows][:, cols]`` at ``bits`` (32: the float slice).
+
+        ``cols``: a prefix length or a LongTensor of column indices.
 
         STE to the weight (zero outside the clamp range), LSQ gradient
         (scaled by 1/sqrt(n * Qp)) to the scales and zero points.
@@ -532,8 +558,7 @@ class WeightFakeQuantizer(nn.Module):
         bits = self._check_bits(bits)
         rows, cols = self._check_rows(rows), self._check_cols(cols)
         if bits == FLOAT_BITS:
-            w = weight if rows is None else weight.index_select(0, rows)
-            return w if cols is None else w[:, :cols]
+            return _select(weight, rows, cols)
         w3, s3, z3 = self._slice_and_qparams(weight, bits, rows, cols, grad=True)
         qmin, qmax = qrange(bits, self.config.symmetric)
         track = torch.is_grad_enabled()
@@ -546,7 +571,7 @@ class WeightFakeQuantizer(nn.Module):
         weight: Tensor,
         bits: int,
         rows: Tensor | None = None,
-        cols: int | None = None,
+        cols: int | Tensor | None = None,
     ) -> QuantizedWeight:
         """Integer codes + fp16 scales of the slice; ``.dequantize()`` equals ``forward``."""
         self._check_weight(weight)
@@ -588,6 +613,14 @@ class WeightFakeQuantizer(nn.Module):
             n_scales = n_rows * (n_cols // self.group_size)
         per_scale = 16 if self.config.symmetric else 24
         return n_rows * n_cols * bits + n_scales * per_scale
+
+
+def _select(weight: Tensor, rows: Tensor | None, cols: int | Tensor | None) -> Tensor:
+    """``weight[rows][:, cols]`` for an index tensor or prefix length (None: all)."""
+    w = weight if rows is None else weight.index_select(0, rows)
+    if cols is None:
+        return w
+    return w.index_select(1, cols) if isinstance(cols, Tensor) else w[:, :cols]
 
 
 # --- activations --------------------------------------------------------------

@@ -1,41 +1,19 @@
-"""Bit packing of integer weight codes into uint8, and QuantizedWeight <-> tensors.
+"""Bit packing of integer weight codes into uint8.
 
 Low-bit weights must really take 2 or 4 bits on disk: four 2-bit, two 4-bit
 or one 8-bit code per byte, plain shift-and-mask (code i of a byte sits at
 bits ``(i % per_byte) * bits``, lowest first), zero padding to whole bytes.
 The layout is trivial to unpack in any language and round-trips exactly.
 
-A QuantizedWeight is stored in a state_dict as plain tensors under one
-prefix (``weight_`` by default, so a packed layer's buffers read
-``<module>.weight_codes`` and so on):
-
-=================  =======  ================================================
-key                dtype    content
-=================  =======  ================================================
-``<p>codes``       uint8    packed codes of the row-major [rows, cols] matrix
-``<p>scale``       float16  [rows or 1, n_groups] scales
-``<p>zero_point``  uint8    same shape as scale; only when asymmetric
-``<p>shape``       int64    [rows, cols]
-``<p>bits``        int64    scalar: 2, 4 or 8
-=================  =======  ================================================
-
-Signedness follows from the zero point: absent = symmetric (signed codes,
-two's complement in ``bits`` bits), present = asymmetric (unsigned codes).
-The group size is ``cols // scale.shape[1]``.
+The state_dict layout of packed weights is :mod:`espnet_allinone.quant.packed_format`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 from torch import Tensor
 
-from espnet_allinone.quant.fake_quant import QuantizedWeight
-
-PACKABLE_BITS = (2, 4, 8)
-SERIALIZED_SUFFIXES = ("codes", "scale", "zero_point", "shape", "bits")
-"""Key suffixes written by ``quantized_to_tensors`` (zero_point only when asymmetric)."""
+from espnet_allinone.precision import QUANT_BITS as PACKABLE_BITS
 
 
 def _check_bits(bits: int) -> int:
@@ -116,57 +94,3 @@ def unpack_codes(packed: Tensor, bits: int, numel: int, signed: bool) -> Tensor:
         values = torch.where(values >= half, values - (1 << bits), values)
         return values.to(torch.int8)
     return values
-
-
-def quantized_to_tensors(
-    qw: QuantizedWeight, prefix: str = "weight_"
-) -> dict[str, Tensor]:
-    """A QuantizedWeight as state_dict tensors (see the module docstring for keys)."""
-    out = {
-        f"{prefix}codes": pack_codes(qw.codes, qw.bits),
-        f"{prefix}scale": qw.scale.detach().to(torch.float16).contiguous().clone(),
-        f"{prefix}shape": torch.tensor(list(qw.shape), dtype=torch.int64),
-        f"{prefix}bits": torch.tensor(qw.bits, dtype=torch.int64),
-    }
-    if qw.zero_point is not None:
-        out[f"{prefix}zero_point"] = (
-            qw.zero_point.detach().to(torch.uint8).contiguous().clone()
-        )
-    return out
-
-
-def quantized_from_tensors(
-    tensors: Mapping[str, Tensor], prefix: str = "weight_"
-) -> QuantizedWeight:
-    """Inverse of ``quantized_to_tensors``."""
-    missing = [
-        f"{prefix}{s}"
-        for s in ("codes", "scale", "shape", "bits")
-        if f"{prefix}{s}" not in tensors
-    ]
-    if missing:
-        raise KeyError(
-            f"packed weight is missing {', '.join(missing)}; expected keys "
-            + ", ".join(prefix + s for s in SERIALIZED_SUFFIXES)
-            + " (zero_point only when asymmetric)"
-        )
-    bits = int(tensors[f"{prefix}bits"])
-    rows, cols = (int(n) for n in tensors[f"{prefix}shape"].tolist())
-    scale = tensors[f"{prefix}scale"]
-    zero_point = tensors.get(f"{prefix}zero_point")
-    signed = zero_point is None
-    codes = unpack_codes(tensors[f"{prefix}codes"], bits, rows * cols, signed=signed)
-    n_groups = scale.shape[1] if scale.dim() == 2 else 0
-    if n_groups < 1 or cols % n_groups:
-        raise ValueError(
-            f"{prefix}scale has shape {list(scale.shape)}, which does not split {cols} "
-            "columns into equal groups"
-        )
-    return QuantizedWeight(
-        codes=codes.reshape(rows, cols),
-        scale=scale.to(torch.float16),
-        zero_point=None if zero_point is None else zero_point.to(torch.uint8),
-        bits=bits,
-        group_size=cols // n_groups,
-        shape=(rows, cols),
-    )

@@ -47,9 +47,16 @@ needs ``unused_parameters: true`` (the ``conf/train_allinone_*`` YAMLs set it).
   step; ``sampling_log``: append ``rank= step= paths=`` lines to this file
   (``{rank}`` is formatted), for checking what each DDP rank ran.
 
-Stats: per path ``loss_<sub>``, ``loss_ctc_<sub>``, ``loss_att_<sub>``,
-``acc_<sub>``, ``kl_<sub>``; ``loss`` is the weighted sum that is optimised.
-In eval mode every subsystem in ``valid_subsystems`` is evaluated with the
+Training stats: every key is reported on every step, so ESPnet's log (which
+averages each key over a window and prints ``nan`` for a key missing from it)
+shows no ``nan`` in a healthy run. The paths that run every step (sandwich's
+largest and smallest; every path of ``all``/``explicit``) report
+``loss_<sub>``, ``loss_ctc_<sub>``, ``loss_att_<sub>``, ``acc_<sub>``,
+``kl_<sub>``; the paths drawn at random (sandwich's ``num_random``, every
+path of ``random``) report the same stats averaged over that step's random
+paths as ``loss_random``, ``loss_ctc_random``, ``loss_att_random``,
+``acc_random``, ``kl_random`` (which ones ran: ``sampling_log``). ``loss`` is
+the weighted sum that is optimised. In eval mode every subsystem in ``valid_subsystems`` is evaluated with the
 stock loss and its keys get the ``_<sub>`` suffix (``loss_d2-w0.5-int4``,
 ``cer_ctc_d4-w1-fp`` ...); the plain keys (``loss``, ``acc``, ``cer_ctc``)
 are those of the largest validated subsystem, so a stock
@@ -61,7 +68,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -71,10 +78,16 @@ from espnet2.torch_utils.device_funcs import force_gatherable
 
 from espnet_allinone.subsystem import Subsystem
 from espnet_allinone.train.distill import length_mask, masked_kl
-from espnet_allinone.train.sampling import SubsystemSampler, check_path_weights
+from espnet_allinone.train.sampling import (
+    StepPaths,
+    SubsystemSampler,
+    check_path_weights,
+)
 
 _LOG = logging.getLogger(__name__)
 
+RANDOM_KEY = "random"
+"""Suffix of the stats averaged over a step's randomly drawn paths (``loss_random`` ...)."""
 
 
 @contextmanager
@@ -240,10 +253,11 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
         return sum(parts)
 
     # --- forward ------------------------------------------------------------
-    def next_paths(self) -> list[Subsystem]:
+    def next_paths(self) -> StepPaths:
         """Advance the step counter and return this step's paths (training only)."""
         step = int(self.sampler_step.item())
-        paths = self.sampler.sample(step)
+        drawn = self.sampler.draw(step)
+        paths = drawn.paths
         self.sampler_step += 1
         if self.sampling_log:
             rank = (
@@ -257,7 +271,7 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
                 f.write(f"rank={rank} step={step} paths={','.join(map(str, paths))}\n")
         if _LOG.isEnabledFor(logging.DEBUG):  # no string building in the training step
             _LOG.debug("allinone step %d paths %s", step, ",".join(map(str, paths)))
-        return paths
+        return drawn
 
     def forward(
         self,
@@ -274,12 +288,13 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
         text[text == -1] = self.ignore_id
         text = text[:, : text_lengths.max()]
         feats, feats_lengths = self._features(speech, speech_lengths)
-        paths = self.next_paths()
+        drawn = self.next_paths()
         stats: dict[str, torch.Tensor] = {}
+        random_stats: dict[str, list[torch.Tensor]] = {}
         teacher: dict | None = None
         total = None
         with self._shared_input_layer():
-            for sub, weight in zip(paths, self.path_weights):
+            for i, (sub, weight) in enumerate(zip(drawn.paths, self.path_weights)):
                 with self.encoder.use_subsystem(sub):
                     enc, enc_lens = self._encode_features(feats, feats_lengths)
                 loss, pstats, logits = self._path_loss(enc, enc_lens, text, text_lengths)
@@ -292,9 +307,14 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
                         pstats["kl"] = kl.detach()
                         loss = loss + self.distill_weight * kl
                 pstats["loss"] = loss.detach()
-                for key, value in pstats.items():
-                    stats[f"{key}_{sub}"] = value
+                if i < len(drawn.fixed):
+                    stats.update((f"{key}_{sub}", value) for key, value in pstats.items())
+                else:
+                    for key, value in pstats.items():
+                        random_stats.setdefault(key, []).append(value)
                 total = weight * loss if total is None else total + weight * loss
+        for key, values in random_stats.items():
+            stats[f"{key}_{RANDOM_KEY}"] = torch.stack(values).mean()
         stats["loss"] = total.detach()
         total, stats, weight = force_gatherable((total, stats, batch_size), total.device)
         return total, stats, weight
@@ -352,10 +372,6 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
         loss, plain_stats, weight = plain
         stats.update(plain_stats)
         return force_gatherable((loss, stats, weight), loss.device)
-
-    def subsystem_paths(self) -> Sequence[Subsystem]:
-        """Every subsystem this configuration can train (for reports)."""
-        return self.sampler.pool
 
 
 def _advertise_stock_options() -> None:

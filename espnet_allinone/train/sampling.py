@@ -21,12 +21,19 @@ draw never touches the global RNG: each step seeds its own
 by the caller (the model keeps it in a buffer, so it is in the checkpoint
 and ``--resume`` continues the sequence). The teacher for self-distillation
 is the space's largest subsystem; it is always the first path when present.
+
+:meth:`SubsystemSampler.draw` tells the *fixed* paths of a step (run every
+step: sandwich's largest and smallest, every path of ``all``/``explicit``)
+from the *random* ones (drawn this step). The model reports the fixed paths
+under their own keys and the random ones under one aggregate key per stat,
+so every key is reported every step and the training log shows no ``nan``.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -34,6 +41,19 @@ from espnet_allinone.subsystem import SearchSpace, Subsystem, SubsystemError
 
 STRATEGIES = ("sandwich", "all", "random", "explicit")
 """Valid values of ``model_conf.sampling``."""
+
+
+@dataclass(frozen=True)
+class StepPaths:
+    """The paths of one training step: ``fixed`` ones run every step, ``random`` ones drawn."""
+
+    fixed: tuple[Subsystem, ...]
+    random: tuple[Subsystem, ...]
+
+    @property
+    def paths(self) -> list[Subsystem]:
+        """All paths in run order (fixed first; ``path_weights`` follow this order)."""
+        return [*self.fixed, *self.random]
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -114,18 +134,23 @@ class SubsystemSampler:
         return [s for s in self.pool if s not in fixed]
 
     # --- the draw --------------------------------------------------------
-    def sample(self, step: int) -> list[Subsystem]:
-        """The paths of training step ``step``; the same on every process."""
+    def draw(self, step: int) -> StepPaths:
+        """The fixed and the random paths of training step ``step``; the same on every process.
+
+        How many random paths a step has is the same every step (so are its stats keys).
+        """
+        fixed = tuple(self.fixed)
         if self.strategy in ("all", "explicit"):
-            return list(self.pool)
+            return StepPaths(fixed, ())
         gen = torch.Generator().manual_seed(step_seed(self.seed, step))
-        if self.strategy == "sandwich":
-            middle = self._sandwich_middle()
-            k = min(self.num_random, len(middle))
-            pick = torch.randperm(len(middle), generator=gen)[:k].tolist()
-            return self.fixed + [middle[i] for i in sorted(pick)]
-        pick = torch.randperm(len(self.pool), generator=gen)[: self.num_random].tolist()
-        return [self.pool[i] for i in sorted(pick)]
+        source = self._sandwich_middle() if self.strategy == "sandwich" else self.pool
+        k = min(self.num_random, len(source))
+        pick = torch.randperm(len(source), generator=gen)[:k].tolist()
+        return StepPaths(fixed, tuple(source[i] for i in sorted(pick)))
+
+    def sample(self, step: int) -> list[Subsystem]:
+        """The paths of training step ``step`` in run order (fixed, then random)."""
+        return self.draw(step).paths
 
 
 def _largest_first(subs: Sequence[Subsystem], space: SearchSpace) -> list[Subsystem]:
@@ -152,4 +177,5 @@ def check_path_weights(weights: Sequence[float] | None, num_paths: int,
     return weights
 
 
-__all__ = ["STRATEGIES", "SubsystemError", "SubsystemSampler", "check_path_weights", "step_seed"]
+__all__ = ["STRATEGIES", "StepPaths", "SubsystemError", "SubsystemSampler", "check_path_weights",
+           "step_seed"]

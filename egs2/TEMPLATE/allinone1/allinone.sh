@@ -22,68 +22,86 @@ log() { echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (allinone.sh) $*"; }
 fail() { log "ERROR: $*" >&2; exit 1; }
 help_message=$(sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//')
 
-# ---- options (each settable as --name value) -------------------------------
-stage=1                 # first stage to run
-stop_stage=10000        # last stage to run
-skip_data_prep=false    # skip stages 1-5
-skip_train=false        # skip stages 10-11
-skip_extract=false      # skip stage 12
-skip_eval=false         # skip stages 13-14
-skip_baselines=true     # skip stage 15 (trains every subsystem alone: slow)
-skip_report=false       # skip stage 16
-skip_packing=false      # skip stage 17
-skip_upload=true        # skip stage 18
-ngpu=1                  # GPUs per node for training (0: CPU)
-num_nodes=1             # nodes for training (needs a cluster cmd, see cmd.sh)
-nj=4                    # parallel jobs for data formatting and statistics
-inference_nj=4          # parallel decoding jobs per test set (each decodes every subsystem)
-gpu_inference=false     # decode on GPU
-python=python3          # the python that has espnet-allinone installed
-dumpdir=dump            # formatted data
-expdir=exp              # experiments
-local_data_opts=""      # options for local/data.sh
-fs=16k                  # sampling rate of the audio (16k, 8k or Hz)
-min_wav_duration=0.1    # seconds; shorter training utterances are dropped
-max_wav_duration=20     # seconds; longer training utterances are dropped
-token_type=bpe          # bpe or char
-nbpe=30                 # sentencepiece vocabulary size
-bpemode=unigram         # sentencepiece model type
-feats_normalize=global_mvn
-asr_tag=""              # default: the train config's name
-asr_exp=""              # default: ${expdir}/asr_${asr_tag}
-asr_stats_dir=""        # default: ${asr_exp}/stats
-train_config=""         # training YAML (model: allinone)
-inference_config=""     # decoding YAML (asr_inference options)
-asr_args=""             # extra asr_train arguments
-inference_args=""       # extra asr_inference arguments
-inference_asr_model=auto  # checkpoint in asr_exp to extract from; auto: valid.*.ave.pth, ...
-inference_tag=decode    # decoding results go to ${asr_exp}/${inference_tag}/<subsystem>/<set>
-subsystems=all          # subsystems to extract/decode/report: all, or "d6-w0.5-int4 d12-w1-fp"
-extract_args=""         # extra arguments for espnet_allinone.bin.extract
-rtf_utts=10             # utterances timed for the real-time factor (0: none)
-report_title=""
-pack_args=""            # extra arguments for espnet_allinone.bin.pack
-hf_repo=""              # Hub repo for stage 18, e.g. user/allinone-{subsystem}
-upload_dry_run=true     # stage 18 writes the upload folder without uploading
-train_set=train
-valid_set=dev
-test_sets="test"
-lang=en
+# ---- options -----------------------------------------------------------------
+# The ONE list of options: `option NAME DEFAULT HELP` sets the default and
+# records the name, so the parser and --help know every option declared here,
+# wherever it is in the list.
+option_names=()
+option_help=()
+option() {
+    option_names+=("$1")
+    printf -v "$1" '%s' "$2"
+    option_help+=("$(printf '  --%-20s %-12s %s' "$1" "${2:-\"\"}" "$3")")
+}
+option stage 1 "first stage to run"
+option stop_stage 10000 "last stage to run"
+option skip_data_prep false "skip stages 1-5"
+option skip_train false "skip stages 10-11"
+option skip_extract false "skip stage 12"
+option skip_eval false "skip stages 13-14"
+option skip_baselines true "skip stage 15 (trains every subsystem alone: slow)"
+option skip_report false "skip stage 16"
+option skip_packing false "skip stage 17"
+option skip_upload true "skip stage 18"
+option ngpu 1 "GPUs per node for training (0: CPU)"
+option num_nodes 1 "nodes for training (needs a cluster cmd, see cmd.sh)"
+option nj 4 "parallel jobs for data formatting and statistics"
+option inference_nj 4 "parallel decoding jobs per test set (each decodes every subsystem)"
+option gpu_inference false "decode on GPU"
+option python python3 "the python that has espnet-allinone installed"
+option dumpdir dump "formatted data"
+option expdir exp "experiments"
+option lang en "language tag of the token list dir (data/<lang>_token_list)"
+option train_set train "training data dir under data/"
+option valid_set dev "validation data dir under data/"
+option test_sets "test" "test data dirs under data/ (space separated; the first is reported)"
+option local_data_opts "" "options for local/data.sh"
+option fs 16k "sampling rate of the audio (16k, 8k or Hz)"
+option min_wav_duration 0.1 "seconds; shorter training utterances are dropped"
+option max_wav_duration 20 "seconds; longer training utterances are dropped"
+option token_type bpe "bpe or char"
+option nbpe 30 "sentencepiece vocabulary size"
+option bpemode unigram "sentencepiece model type"
+option feats_normalize global_mvn "global_mvn: normalise with the stage-10 statistics; else as the train config says"
+option asr_tag "" "default: the train config's name"
+option asr_exp "" "default: <expdir>/asr_<asr_tag>"
+option asr_stats_dir "" "default: <asr_exp>/stats"
+option train_config "" "training YAML (model: allinone); required"
+option inference_config "" "decoding YAML (asr_inference options)"
+option asr_args "" "extra asr_train arguments"
+option inference_args "" "extra asr_inference arguments"
+option inference_asr_model auto "checkpoint in asr_exp to extract from; auto: valid.*.ave.pth, ..."
+option inference_tag decode "decoding results go to <asr_exp>/<inference_tag>/<subsystem>/<set>"
+option subsystems all "subsystems to extract/decode/report: all, or \"d6-w0.5-int4 d12-w1-fp\""
+option extract_args "" "extra arguments for espnet_allinone.bin.extract"
+option rtf_utts 10 "utterances timed for the real-time factor (0: none)"
+option report_title "" "title of RESULTS.md (default: the experiment's name)"
+option pack_args "" "extra arguments for espnet_allinone.bin.pack"
+option hf_repo "" "Hub repo for stage 18, e.g. user/allinone-{subsystem}"
+option upload_dry_run true "stage 18 writes the upload folder without uploading"
 
-usage() { echo "Usage: $0 --train_config C [--option value ...]"; echo "${help_message}";
-          echo "Options:"; sed -n '/^# ---- options/,/^lang=/p' "$0" | grep -E '^[a-z_]+=' ; }
+usage() {
+    echo "Usage: $0 --train_config C [--option value ...]"
+    echo "${help_message}"
+    echo "Options (default in the second column):"
+    printf '%s\n' "${option_help[@]}"
+}
+
+is_option() {  # is_option NAME: true when NAME was declared with `option`
+    local n
+    for n in "${option_names[@]}"; do [ "${n}" = "$1" ] && return 0; done
+    return 1
+}
 
 while [ $# -gt 0 ]; do
     case "$1" in
         -h|--help) usage; exit 0 ;;
         --*)
             name="${1#--}"; name="${name//-/_}"
-            if [ $# -lt 2 ]; then fail "option $1 needs a value"; fi
-            if ! grep -qE "^${name}=" <(sed -n '/^# ---- options/,/^lang=/p' "$0"); then
-                fail "unknown option $1; valid options:\n$(sed -n '/^# ---- options/,/^lang=/p' "$0" | grep -oE '^[a-z_]+' | tr '\n' ' ')"
-            fi
+            is_option "${name}" || fail "unknown option $1; valid options:\n$(printf -- "--%s " "${option_names[@]}")"
+            [ $# -ge 2 ] || fail "option $1 needs a value"
             printf -v "${name}" '%s' "$2"; shift 2 ;;
-        *) fail "unexpected argument '$1' (options are --name value)" ;;
+        *) fail "unexpected argument '$1' (options are --name value; --help lists them)" ;;
     esac
 done
 
@@ -125,7 +143,8 @@ decode_cmd="${decode_cmd:-utils/run_local.sh}"
 
 recipe_util() { "${python}" -m espnet_allinone.bin.recipe_util "$@"; }
 
-# The subsystems must be in the training config's search space.
+# --subsystems is checked ONCE, here, against the training config's search space
+# (before any stage runs); every stage uses the resolved, canonical list.
 subsystem_list=$(recipe_util subsystems --config "${train_config}" --subsystems "${subsystems}") \
     || fail "--subsystems '${subsystems}' does not fit ${train_config} (see above)"
 subsystem_list=$(echo ${subsystem_list})
@@ -300,17 +319,15 @@ pick_model() {
     require "${dir}/valid.loss.ave.pth" 11
 }
 
-# extract_from TRAIN_DIR OUTDIR SUBSYSTEMS
+# extract_from TRAIN_DIR OUTDIR SUBSYSTEMS: SUBSYSTEMS is (part of) the list resolved at the start.
 extract_from() {
-    local train_dir="$1" outdir="$2" subs="$3" model subs_trained
+    local train_dir="$1" outdir="$2" subs="$3" model
     require "${train_dir}/config.yaml" 11
     model=$(pick_model "${train_dir}")
-    # the subsystems must be in the trained model's space
-    subs_trained=$(recipe_util subsystems --config "${train_dir}/config.yaml" --subsystems "${subs}")
-    echo "extracting from ${model}: $(echo ${subs_trained})"
+    echo "extracting from ${model}: ${subs}"
     # shellcheck disable=SC2086
     "${python}" -m espnet_allinone.bin.extract --asr_train_config "${train_dir}/config.yaml" \
-        --asr_model_file "${model}" --subsystems "$(echo ${subs_trained} | tr ' ' ,)" \
+        --asr_model_file "${model}" --subsystems ${subs} \
         --outdir "${outdir}" --overwrite ${extract_args}
 }
 
@@ -390,18 +407,9 @@ stage_baselines() {
             --hyp_text "${d}/${inference_tag}/${sub}/${first_test}/text" \
             --outdir "${d}/${inference_tag}/${sub}/${first_test}"
     done
-    "${python}" - "${bdir}" "${inference_tag}" "${first_test}" ${subsystem_list} <<'EOF'
-import json, sys
-from pathlib import Path
-bdir, tag, test, subs = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
-out = {}
-for s in subs:
-    sc = json.loads((bdir / s / tag / s / test / "scores.json").read_text())
-    out[s] = {"wer": sc["wer"]["error_rate"], "cer": sc["cer"]["error_rate"],
-              "train_seconds": float((bdir / s / "train_seconds").read_text())}
-(bdir.parent / "baselines.json").write_text(json.dumps(out, indent=1) + "\n")
-print(json.dumps(out, indent=1))
-EOF
+    # shellcheck disable=SC2086
+    recipe_util baselines_summary --baselines_dir "${bdir}" --inference_tag "${inference_tag}" \
+        --test_set "${first_test}" --out "${asr_exp}/baselines.json" --subsystems ${subsystem_list}
 }
 
 stage_report() {

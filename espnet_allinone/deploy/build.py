@@ -1,0 +1,211 @@
+"""Export an extracted model (directory or model-zoo zip) for onnxruntime, once.
+
+The exported files go next to the model: ``<extracted dir>/onnx/`` or, for
+``x.zip``, ``x.onnx/`` beside it. ``deploy.json`` records the source file's
+hash and the export options; a later call with the same model and options
+reuses the directory, anything else rebuilds it. The directory is written
+under a temporary name and renamed, so a failed export leaves nothing.
+
+Files: ``model.onnx`` (variant ``exact``: encoder + CTC, float activations,
+each quantised Linear as ``MatMulNBits`` with the subsystem's own codes where
+that is fast here), ``model.int8.onnx`` (variant ``int8``: the rest dynamic
+int8, the Conv2d front included), ``frontend.npz``, ``deploy.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from espnet_allinone.deploy.frontend import FILE_NAME as FRONTEND_FILE
+from espnet_allinone.deploy.frontend import LogMelFrontend
+from espnet_allinone.deploy.runtime import (
+    FORMAT_VERSION,
+    META_FILE,
+    DeployError,
+    read_meta,
+)
+
+VARIANTS = ("exact", "int8")
+VARIANT_FILES = {"exact": "model.onnx", "int8": "model.int8.onnx"}
+MODEL_FILES = ("config.yaml", "model.pth")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_dir_for(model: Path) -> Path:
+    """Where the exported files of ``model`` (a directory or a zip) live."""
+    model = Path(model)
+    return model / "onnx" if model.is_dir() else model.with_suffix(".onnx")
+
+
+def check_model(model: Path) -> Path:
+    """``model`` itself if it is an extracted model directory or a zip; else a clear error."""
+    model = Path(model)
+    if not model.exists():
+        raise DeployError(f"model not found: {model}")
+    if model.is_dir():
+        missing = [f for f in MODEL_FILES if not (model / f).is_file()]
+        if missing:
+            raise DeployError(
+                f"{model} is not an extracted model directory: missing {', '.join(missing)} "
+                "(expected <extracted>/<subsystem>/ with config.yaml and model.pth, written "
+                "by python -m espnet_allinone.bin.extract, or a packed .zip)")
+        return model
+    if model.suffix != ".zip":
+        raise DeployError(f"{model} is neither an extracted model directory nor a "
+                          "model-zoo .zip (python -m espnet_allinone.bin.pack)")
+    return model
+
+
+def is_current(model: Path, variants: Sequence[str], kernels: str) -> bool:
+    """True when the export directory holds ``variants`` made from this very model."""
+    out = export_dir_for(model)
+    try:
+        meta = read_meta(out)
+    except (DeployError, ValueError):
+        return False
+    source = model / "model.pth" if model.is_dir() else model
+    return (meta.get("source_sha256") == _sha256(source) and meta.get("kernels") == kernels
+            and all(v in meta["variants"] and (out / meta["variants"][v]["file"]).is_file()
+                    for v in variants))
+
+
+def ensure_exported(model: str | Path, variants: Sequence[str] = ("exact",),
+                    kernels: str = "auto", threads: int = 1,
+                    log: Callable[[str], None] = print, force: bool = False) -> Path:
+    """The export directory of ``model``, exporting it first unless it is up to date."""
+    model = check_model(Path(model)).absolute()
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        raise DeployError(f"variant {bad[0]!r} unknown; valid: {', '.join(VARIANTS)}")
+    out = export_dir_for(model)
+    if not force and is_current(model, variants, kernels):
+        return out
+    log(f"exporting {model} for onnxruntime -> {out}")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        if model.is_dir():
+            meta = _export(model / "config.yaml", model / "model.pth", tmp, variants, kernels,
+                           threads, log)
+            meta["source_sha256"] = _sha256(model / "model.pth")
+        else:
+            from espnet2.main_funcs.pack_funcs import unpack
+
+            files = unpack(model, tmp / "unpacked", use_cache=False)
+            meta = _export(Path(files["asr_train_config"]), Path(files["asr_model_file"]), tmp,
+                           variants, kernels, threads, log)
+            shutil.rmtree(tmp / "unpacked")
+            meta["source_sha256"] = _sha256(model)
+        meta["source"] = str(model)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def frontend_of(model) -> LogMelFrontend:
+    """The numpy twin of an ESPnet model's DefaultFrontend + GlobalMVN (or no MVN)."""
+    import torch
+
+    front, norm = model.frontend, model.normalize
+    if front is None or type(front).__name__ != "DefaultFrontend" or front.stft is None:
+        raise DeployError(f"front end {type(front).__name__}: only ESPnet's default "
+                          "(STFT + log-mel) front end can be exported")
+    enhancer = getattr(front, "frontend", None)  # identity unless WPE / beamforming is on
+    if enhancer is not None and (getattr(enhancer, "use_wpe", False)
+                                 or getattr(enhancer, "use_beamformer", False)):
+        raise DeployError("front ends with a speech-enhancement stage cannot be exported")
+    stft = front.stft
+    n_fft, win = stft.n_fft, stft.win_length or stft.n_fft
+    if stft.window is None:
+        window = torch.ones(win)
+    else:
+        window = getattr(torch, f"{stft.window}_window")(win, dtype=torch.float32)
+    left = (n_fft - win) // 2
+    window = torch.nn.functional.pad(window, (left, n_fft - win - left))
+    if stft.normalized or not stft.onesided:
+        raise DeployError("normalized or two-sided STFTs cannot be exported")
+    log_base = front.logmel.log_base
+    mean = std = None
+    if norm is not None:
+        if type(norm).__name__ != "GlobalMVN":
+            raise DeployError(f"normalisation {type(norm).__name__}: only global_mvn (or none) "
+                              "can be exported")
+        mean = norm.mean.float() if norm.norm_means else torch.zeros_like(norm.mean.float())
+        std = norm.std.float() if norm.norm_vars else torch.ones_like(norm.std.float())
+        mean, std = mean.numpy(), std.numpy()
+    return LogMelFrontend(int(n_fft), int(stft.hop_length), bool(stft.center),
+                          window.numpy(), front.logmel.melmat.float().numpy(),
+                          None if log_base is None else float(log_base), mean, std)
+
+
+def _export(config: Path, model_file: Path, out: Path, variants: Sequence[str], kernels: str,
+            threads: int, log: Callable[[str], None]) -> dict:
+    import humanfriendly
+    import onnxruntime
+    import torch
+    import yaml
+    from espnet2.tasks.asr import ASRTask
+
+    from espnet_allinone.export import fast, onnx_lowbit
+
+    conf = yaml.safe_load(config.read_text(encoding="utf-8"))
+    model, _ = ASRTask.build_model_from_file(config, model_file, "cpu")
+    model.eval()
+    if getattr(model, "decoder", None) is not None and float(getattr(model, "ctc_weight", 1)) < 1:
+        log("note: the model has an attention decoder; the ONNX path decodes with CTC only")
+    front = frontend_of(model)
+    front.save(out / FRONTEND_FILE)
+    fs = (conf.get("frontend_conf") or {}).get("fs", 16000)
+    fs = humanfriendly.parse_size(fs) if isinstance(fs, str) else int(fs)
+    fp32 = fast.export_onnx(model, out / "model.fp32.onnx", front.n_mels)
+    state = torch.load(model_file, map_location="cpu", weights_only=True)
+    report = onnx_lowbit.map_low_bit(state, fp32, out / VARIANT_FILES["exact"], kernels, threads)
+    for line in report.decisions:
+        log(f"  kernel: {line}")
+    meta_variants = {"exact": _variant(out, "exact", f"{report.replaced} MatMulNBits layers")}
+    if "int8" in variants:
+        onnx_lowbit.quantize_int8(out / VARIANT_FILES["exact"], out / VARIANT_FILES["int8"])
+        meta_variants["int8"] = _variant(out, "int8", "dynamic int8 MatMul/Conv; "
+                                         f"{report.replaced} MatMulNBits layers kept")
+    (out / "model.fp32.onnx").unlink()
+    for name, v in meta_variants.items():
+        log(f"  {name}: {v['file']} {v['bytes']:,} bytes ({v['kernels']})")
+    token_list = [str(t) for t in model.token_list]
+    return {
+        "format_version": FORMAT_VERSION,
+        "name": config.parent.name,
+        "variants": meta_variants,
+        "kernels": kernels,
+        "kernel_decisions": report.decisions,
+        "kept_float": report.kept_float,
+        "token_list": token_list,
+        "token_type": conf.get("token_type", "char"),
+        "space_symbol": "<space>",
+        "blank": int(getattr(model, "blank_id", 0)),
+        "eos": int(getattr(model, "eos", len(token_list) - 1)),
+        "sample_rate": fs,
+        "model_bytes": model_file.stat().st_size,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def _variant(out: Path, name: str, kernels: str) -> dict:
+    path = out / VARIANT_FILES[name]
+    return {"file": path.name, "bytes": path.stat().st_size, "kernels": kernels}

@@ -1,0 +1,121 @@
+"""Run an exported model on onnxruntime: waveform -> features -> encoder + CTC -> text.
+
+Imports numpy and onnxruntime only (no torch, no ESPnet), so an exported
+directory (``build.ensure_exported``) runs anywhere those two install::
+
+    from espnet_allinone.deploy.runtime import OnnxSpeech2Text
+    asr = OnnxSpeech2Text("exp/x/extracted/d4-w1-int4/onnx", num_threads=2)
+    text, tokens, token_ids = asr(waveform)[0]      # as ESPnet's Speech2Text
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from espnet_allinone.deploy import ctc
+from espnet_allinone.deploy.frontend import FILE_NAME as FRONTEND_FILE
+from espnet_allinone.deploy.frontend import LogMelFrontend
+
+META_FILE = "deploy.json"
+FORMAT_VERSION = 1
+SEARCHES = ("greedy", "beam")
+
+
+class DeployError(RuntimeError):
+    """An exported directory that is missing, incomplete or of another format."""
+
+
+@dataclass
+class Hypothesis:
+    text: str
+    tokens: list[str]
+    token_ids: list[int]
+
+    def __iter__(self):  # unpacks like ESPnet's (text, token, token_int, hyp) minus hyp
+        return iter((self.text, self.tokens, self.token_ids))
+
+
+def read_meta(directory: Path) -> dict:
+    """``deploy.json`` of an exported directory, checked for the files it names."""
+    directory = Path(directory)
+    path = directory / META_FILE
+    if not path.is_file():
+        raise DeployError(f"{directory} is not an exported model: no {META_FILE} "
+                          "(export it with python -m espnet_allinone.bin.transcribe --model "
+                          "<extracted dir> or espnet_allinone.deploy.build)")
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise DeployError(f"{path}: format_version {meta.get('format_version')!r}, this "
+                          f"version reads {FORMAT_VERSION}; export the model again")
+    return meta
+
+
+class OnnxSpeech2Text:
+    """An exported model on onnxruntime; ``__call__`` mirrors ESPnet's ``Speech2Text``."""
+
+    def __init__(self, directory: str | Path, variant: str = "exact", num_threads: int = 1,
+                 search: str = "greedy", beam_size: int = 10):
+        import onnxruntime as ort
+
+        self.directory = Path(directory)
+        self.meta = read_meta(self.directory)
+        variants = self.meta["variants"]
+        if variant not in variants:
+            raise DeployError(f"variant {variant!r} not exported in {self.directory}; "
+                              f"available: {', '.join(variants)}")
+        if search not in SEARCHES:
+            raise ValueError(f"search {search!r} unknown; valid: {', '.join(SEARCHES)}")
+        if beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+        self.variant, self.search, self.beam_size = variant, search, beam_size
+        self.frontend = LogMelFrontend.load(self.directory / FRONTEND_FILE)
+        self.token_list: list[str] = self.meta["token_list"]
+        self.sample_rate: int = int(self.meta["sample_rate"])
+        self.blank = int(self.meta["blank"])
+        self.eos = int(self.meta["eos"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(num_threads)
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(
+            str(self.directory / variants[variant]["file"]), options,
+            providers=["CPUExecutionProvider"])
+
+    # ------------------------------------------------------------------
+    def log_probs(self, speeches: list[np.ndarray]) -> list[np.ndarray]:
+        """CTC log-posteriors (frames, vocab) of each waveform, run as one padded batch."""
+        feats, lengths = self.frontend.batch(speeches)
+        _, out_lens, logp = self.session.run(
+            ["encoder_out", "encoder_out_lens", "ctc_log_probs"],
+            {"feats": feats, "feats_lengths": lengths})
+        return [logp[i, : int(out_lens[i])] for i in range(len(speeches))]
+
+    def decode(self, logp: np.ndarray) -> Hypothesis:
+        if self.search == "greedy":
+            ids = ctc.greedy(logp, self.blank, drop=(self.eos,))
+        else:
+            ids = ctc.prefix_beam_search(logp, self.beam_size, self.eos, self.blank)
+            ids = [i for i in ids if i != self.blank]
+        tokens = [self.token_list[i] for i in ids]
+        return Hypothesis(self.tokens2text(tokens), tokens, ids)
+
+    def tokens2text(self, tokens: list[str]) -> str:
+        """ESPnet's tokenizers' ``tokens2text`` for char, bpe and word token types."""
+        kind = self.meta.get("token_type", "char")
+        if kind == "char":
+            space = self.meta.get("space_symbol", "<space>")
+            return "".join(" " if t == space else t for t in tokens)
+        if kind == "bpe":
+            return "".join(tokens).replace("\u2581", " ").strip()
+        return " ".join(tokens)
+
+    def __call__(self, speech: np.ndarray) -> list[Hypothesis]:
+        """One waveform at the model's sample rate -> [best hypothesis]."""
+        return [self.decode(self.log_probs([np.asarray(speech)])[0])]
+
+    def transcribe_batch(self, speeches: list[np.ndarray]) -> list[Hypothesis]:
+        return [self.decode(lp) for lp in self.log_probs(speeches)]

@@ -1,0 +1,135 @@
+"""Packed low-bit weights inside a ``state_dict``: the one tensor layout.
+
+A quantised parameter ``<name>`` (for example ``encoders.0.feed_forward.w_1.weight``)
+is stored as plain tensors under ``<name>_<suffix>``:
+
+=====================  =======  =============================================
+key                    dtype    content
+=====================  =======  =============================================
+``<name>_codes``       uint8    codes of the row-major [rows, cols] matrix,
+                                bit-packed (four 2-bit / two 4-bit a byte)
+``<name>_scale``       float16  [rows or 1, n_groups] scales
+``<name>_zero_point``  uint8    same shape as scale; only when asymmetric
+``<name>_shape``       int64    [rows, cols] (the 2-D view; Conv1d [o, i*k])
+``<name>_bits``        int64    scalar: 2, 4 or 8
+=====================  =======  =============================================
+
+Signedness follows from the zero point: absent = symmetric (signed codes,
+two's complement), present = asymmetric (unsigned codes). The group size is
+``cols // scale.shape[1]``. Loading turns the entries back into
+``QuantizedWeight.dequantize()``, bit-identical to the fake-quantised weight
+the all-in-one model trained with.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from espnet_allinone.quant.fake_quant import QuantizedWeight
+from espnet_allinone.quant.packing import pack_codes, unpack_codes
+
+SUFFIXES = ("codes", "scale", "zero_point", "shape", "bits")
+"""Key suffixes of one packed weight (zero_point only when asymmetric)."""
+
+
+class PackedFormatError(RuntimeError):
+    """Packed entries that are missing or do not fit the model that loads them."""
+
+
+@dataclass
+class QuantizedLayer:
+    """The static twin of a quantised elastic layer: its codes and its float bias.
+
+    ``weight_shape`` is the shape of the float weight it stands for (a Conv1d
+    keeps its kernel dimension); ``kind`` is ``"linear"`` or ``"conv1d"``.
+    """
+
+    weight: QuantizedWeight
+    bias: Tensor | None
+    weight_shape: tuple[int, ...]
+    kind: str
+
+    def dequantized_weight(self) -> Tensor:
+        return self.weight.dequantize().reshape(self.weight_shape)
+
+
+def to_state(qw: QuantizedWeight, name: str) -> dict[str, Tensor]:
+    """``qw`` as the state_dict entries of parameter ``name``."""
+    out = {
+        f"{name}_codes": pack_codes(qw.codes, qw.bits),
+        f"{name}_scale": qw.scale.detach().to(torch.float16).contiguous().clone(),
+        f"{name}_shape": torch.tensor(list(qw.shape), dtype=torch.int64),
+        f"{name}_bits": torch.tensor(qw.bits, dtype=torch.int64),
+    }
+    if qw.zero_point is not None:
+        out[f"{name}_zero_point"] = qw.zero_point.detach().to(torch.uint8).contiguous().clone()
+    return out
+
+
+def from_state(state: Mapping[str, Tensor], name: str) -> QuantizedWeight:
+    """Inverse of ``to_state``."""
+    missing = [f"{name}_{s}" for s in ("codes", "scale", "shape", "bits")
+               if f"{name}_{s}" not in state]
+    if missing:
+        raise PackedFormatError(
+            f"packed weight is missing {', '.join(missing)}; expected keys "
+            + ", ".join(f"{name}_{s}" for s in SUFFIXES) + " (zero_point only when asymmetric)"
+        )
+    bits = int(state[f"{name}_bits"])
+    rows, cols = (int(n) for n in state[f"{name}_shape"].tolist())
+    scale = state[f"{name}_scale"]
+    zero_point = state.get(f"{name}_zero_point")
+    codes = unpack_codes(state[f"{name}_codes"], bits, rows * cols, signed=zero_point is None)
+    n_groups = scale.shape[1] if scale.dim() == 2 else 0
+    if n_groups < 1 or cols % n_groups:
+        raise PackedFormatError(
+            f"{name}_scale has shape {list(scale.shape)}, which does not split {cols} "
+            "columns into equal groups"
+        )
+    return QuantizedWeight(
+        codes=codes.reshape(rows, cols),
+        scale=scale.to(torch.float16),
+        zero_point=None if zero_point is None else zero_point.to(torch.uint8),
+        bits=bits,
+        group_size=cols // n_groups,
+        shape=(rows, cols),
+    )
+
+
+def pop_state(state: MutableMapping[str, Tensor], name: str) -> dict[str, Tensor] | None:
+    """Remove and return ``name``'s packed entries (None when it has no codes)."""
+    if f"{name}_codes" not in state:
+        return None
+    return {f"{name}_{s}": state.pop(f"{name}_{s}") for s in SUFFIXES if f"{name}_{s}" in state}
+
+
+def dequantize_to(qw: QuantizedWeight, bits: int, weight_shape: Sequence[int],
+                  symmetric: bool | None = None, name: str = "weight") -> Tensor:
+    """The float weight of ``weight_shape`` that ``qw`` stands for (exact).
+
+    ``bits`` and ``symmetric`` (None: either) are what the config promises;
+    a mismatch means the config and the model file do not belong together.
+    """
+    rows = int(weight_shape[0])
+    cols = math.prod(int(s) for s in weight_shape[1:])
+    mismatch = None
+    if qw.bits != bits:
+        mismatch = f"has {qw.bits}-bit codes, the config says {bits}"
+    elif symmetric is not None and qw.symmetric != symmetric:
+        have = "symmetric" if qw.symmetric else "asymmetric"
+        want = "symmetric" if symmetric else "asymmetric"
+        mismatch = f"is {have}, the config says {want} quantisation"
+    elif qw.shape != (rows, cols):
+        mismatch = (f"has shape {list(qw.shape)}, the model expects {list(weight_shape)} "
+                    f"(as [{rows}, {cols}])")
+    if mismatch:
+        raise PackedFormatError(
+            f"packed weight {name} {mismatch}: the config and the model file do not belong "
+            "together"
+        )
+    return qw.dequantize().reshape(tuple(int(s) for s in weight_shape))
