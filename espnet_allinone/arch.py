@@ -126,6 +126,10 @@ class SubnetArch:
         return [number[p] for p in self.schedule]
 
     @property
+    def is_float(self) -> bool:
+        return self.front_bits == FLOAT_BITS and all(b.bits == FLOAT_BITS for b in self.blocks)
+
+    @property
     def is_stacked(self) -> bool:
         """Every stored block runs once, in order (no shared blocks)."""
         return self.stored_schedule() == list(range(self.depth))

@@ -97,9 +97,9 @@ def test_size_order_is_by_bytes_then_depth_then_width():
     subs = space.ordered(nbytes.get)
     keys = [(nbytes[s], s.depth, s.width) for s in subs]
     assert keys == sorted(keys)
-    # ties (d6-w1-int2 == d12-w0.5-int2 == d6-w0.5-int4 bytes) broken by depth, then width
+    # equal bytes are broken by depth, then width
     tied = [str(s) for s in subs if nbytes[s] == 12]
-    assert tied == ["d6-w0.5-int4", "d6-w1-int2", "d12-w0.5-int2"]
+    assert tied == ["d6-w0.5-int4", "d6-w0.5-fp", "d6-w1-int2", "d12-w0.5-int2"]
 
 
 def test_validate_names_bad_part_and_choices():

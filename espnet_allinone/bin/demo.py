@@ -9,10 +9,12 @@ subsystem. A quick look at what one all-in-one model contains.
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Sequence
 
 import torch
 
-from espnet_allinone.subsystem import FLOAT_BITS
+from espnet_allinone.subsystem import FLOAT_BITS, SubsystemError
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -38,8 +40,19 @@ def _split(text: str) -> list[str]:
     return [t for t in text.split(",") if t]
 
 
-def main(cmd=None) -> None:
+def main(cmd: Sequence[str] | None = None) -> int:
+    """Run the demo; a bad option value is one ``demo: error:`` line and exit code 2."""
     args = get_parser().parse_args(cmd)
+    try:
+        run(args)
+    except (SubsystemError, ValueError) as e:  # a space or subsystem the options cannot make
+        print(f"demo: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run(args: argparse.Namespace) -> None:
+    """Build the encoder the options describe and print one row per subsystem."""
     from espnet_allinone.encoders.elastic_conformer import ElasticConformerEncoder
 
     torch.manual_seed(0)
@@ -84,4 +97,4 @@ def main(cmd=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -58,7 +58,7 @@ def check_inputs(dirs: Sequence[Path], results: Path | None) -> None:
     for directory in dirs:
         config, model = model_files(directory)
         load_config(directory / INFO_NAME, required=("subsystem",))
-        load_config(config, required=("token_list", "encoder"))
+        load_config(config)
         load_checkpoint(model)
 
 

@@ -143,7 +143,7 @@ def check_inputs(args: argparse.Namespace) -> None:
             load_yaml(scores)
         if (extracted / name).is_dir():
             config, model = model_files(extracted / name)
-            load_config(config, required=("token_list", "encoder"))
+            load_config(config)
             if (extracted / name / INFO_NAME).is_file():
                 load_config(extracted / name / INFO_NAME)
             load_checkpoint(model)

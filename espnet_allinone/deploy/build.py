@@ -1,7 +1,9 @@
 """Export an extracted model (directory or model-zoo zip) for onnxruntime, once.
 
-The exported files go next to the model: ``<extracted dir>/onnx/`` or, for
-``x.zip``, ``x.onnx/`` beside it. ``deploy.json`` records the source file's
+The exported files go next to the model: ``<extracted>/<subsystem>.onnx/``
+beside ``<extracted>/<subsystem>/`` or, for ``x.zip``, ``x.onnx/`` beside it
+(a sibling, so packing and re-extraction of the model directory are
+unaffected). ``deploy.json`` records the source file's
 hash and the export options; a later call with the same model and options
 reuses the directory, anything else rebuilds it. The directory is written
 under a temporary name and renamed, so a failed export leaves nothing.
@@ -14,10 +16,12 @@ int8, the Conv2d front included), ``frontend.npz``, ``deploy.json``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +32,7 @@ from espnet_allinone.deploy.runtime import (
     FORMAT_VERSION,
     META_FILE,
     DeployError,
+    OnnxSpeech2Text,
     read_meta,
 )
 
@@ -47,7 +52,8 @@ def _sha256(path: Path) -> str:
 def export_dir_for(model: Path) -> Path:
     """Where the exported files of ``model`` (a directory or a zip) live."""
     model = Path(model)
-    return model / "onnx" if model.is_dir() else model.with_suffix(".onnx")
+    model = Path(model).absolute()
+    return model.parent / (model.name + ".onnx") if model.is_dir() else model.with_suffix(".onnx")
 
 
 def check_model(model: Path) -> Path:
@@ -96,18 +102,9 @@ def ensure_exported(model: str | Path, variants: Sequence[str] = ("exact",),
     log(f"exporting {model} for onnxruntime -> {out}")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        if model.is_dir():
-            meta = _export(model / "config.yaml", model / "model.pth", tmp, variants, kernels,
-                           threads, log)
-            meta["source_sha256"] = _sha256(model / "model.pth")
-        else:
-            from espnet2.main_funcs.pack_funcs import unpack
-
-            files = unpack(model, tmp / "unpacked", use_cache=False)
-            meta = _export(Path(files["asr_train_config"]), Path(files["asr_model_file"]), tmp,
-                           variants, kernels, threads, log)
-            shutil.rmtree(tmp / "unpacked")
-            meta["source_sha256"] = _sha256(model)
+        # ESPnet prints import noise on stdout, where transcripts go
+        with contextlib.redirect_stdout(sys.stderr):
+            meta = _export_source(model, tmp, variants, kernels, threads, log)
         meta["source"] = str(model)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
         if out.exists():
@@ -117,6 +114,30 @@ def ensure_exported(model: str | Path, variants: Sequence[str] = ("exact",),
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _export_source(model: Path, tmp: Path, variants: Sequence[str], kernels: str,
+                   threads: int, log: Callable[[str], None]) -> dict:
+    """Export a model directory, or a zip unpacked by ESPnet's own unpacker, into ``tmp``."""
+    if model.is_dir():
+        meta = _export(model / "config.yaml", model / "model.pth", tmp, variants, kernels,
+                       threads, log)
+        meta["source_sha256"] = _sha256(model / "model.pth")
+        return meta
+    from espnet2.main_funcs.pack_funcs import unpack
+
+    try:
+        files = unpack(model, tmp / "unpacked", use_cache=False)
+    except (RuntimeError, OSError, KeyError) as e:
+        raise DeployError(f"{model}: not a model-zoo zip with meta.yaml ({e})") from None
+    if "asr_train_config" not in files or "asr_model_file" not in files:
+        raise DeployError(f"{model}: the zip holds no ASR model (meta.yaml lists "
+                          f"{', '.join(files)})")
+    meta = _export(Path(files["asr_train_config"]), Path(files["asr_model_file"]), tmp,
+                   variants, kernels, threads, log)
+    shutil.rmtree(tmp / "unpacked")
+    meta["source_sha256"] = _sha256(model)
+    return meta
 
 
 def frontend_of(model) -> LogMelFrontend:
@@ -201,9 +222,29 @@ def _export(config: Path, model_file: Path, out: Path, variants: Sequence[str], 
         "blank": int(getattr(model, "blank_id", 0)),
         "eos": int(getattr(model, "eos", len(token_list) - 1)),
         "sample_rate": fs,
+        "min_samples": _min_samples(model, front),
         "model_bytes": model_file.stat().st_size,
         "onnxruntime": onnxruntime.__version__,
     }
+
+
+def _min_samples(model, front: LogMelFrontend) -> int:
+    """Fewest samples the model takes: the STFT's reflect padding and the subsampling's frames."""
+    from espnet.nets.pytorch_backend.transformer.subsampling import check_short_utt
+
+    frames = 1
+    while frames < 1000 and check_short_utt(model.encoder.embed, frames)[0]:
+        frames += 1
+    return max(front.n_fft // 2 + 1, (frames - 1) * front.hop_length)
+
+
+def load_model(model: str | Path, variant: str = "exact", num_threads: int = 1,
+               search: str = "greedy", beam_size: int = 10, kernels: str = "auto",
+               log: Callable[[str], None] = print) -> OnnxSpeech2Text:
+    """The Python API: export ``model`` if needed (once) and return its onnxruntime recogniser."""
+    directory = ensure_exported(model, variants=("exact", "int8") if variant == "int8"
+                                else ("exact",), kernels=kernels, threads=num_threads, log=log)
+    return OnnxSpeech2Text(directory, variant, num_threads, search, beam_size)
 
 
 def _variant(out: Path, name: str, kernels: str) -> dict:

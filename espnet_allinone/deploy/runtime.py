@@ -4,7 +4,7 @@ Imports numpy and onnxruntime only (no torch, no ESPnet), so an exported
 directory (``build.ensure_exported``) runs anywhere those two install::
 
     from espnet_allinone.deploy.runtime import OnnxSpeech2Text
-    asr = OnnxSpeech2Text("exp/x/extracted/d4-w1-int4/onnx", num_threads=2)
+    asr = OnnxSpeech2Text("exp/x/extracted/d4-w1-int4.onnx", num_threads=2)
     text, tokens, token_ids = asr(waveform)[0]      # as ESPnet's Speech2Text
 """
 
@@ -77,6 +77,7 @@ class OnnxSpeech2Text:
         self.sample_rate: int = int(self.meta["sample_rate"])
         self.blank = int(self.meta["blank"])
         self.eos = int(self.meta["eos"])
+        self.min_samples = int(self.meta.get("min_samples", 1))
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(num_threads)
         options.inter_op_num_threads = 1

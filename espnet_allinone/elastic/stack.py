@@ -2,7 +2,7 @@
 
 A mixin for a sequential block stack such as ESPnet's ``MultiSequential``
 (``encoders`` of a Conformer); the concrete class is declared where ESPnet is
-imported (``class ElasticMultiSequential(ElasticLayerStack, MultiSequential)``).
+imported (``class ScheduledMultiSequential(ElasticLayerStack, MultiSequential)``).
 The schedule lists the physical block each logical position runs: the first
 ``depth`` blocks for a depth prefix, or seed blocks again when blocks are
 shared (unfolding). Iterating yields the scheduled blocks, so ESPnet's own

@@ -1,9 +1,13 @@
-"""The Conformer family's roles: where ESPnet's ConformerEncoder keeps each part.
+"""The Conformer family: where ESPnet's ConformerEncoder keeps each part, and
+its block stack that runs a schedule of blocks.
 
 The one place the Conformer's attribute names are listed; the elastic
 encoder, the packed encoder and extraction read them from here.
 """
 
+from espnet.nets.pytorch_backend.transformer.repeat import MultiSequential
+
+from espnet_allinone.elastic import ElasticLayerStack
 from espnet_allinone.elastic.attention import IN_PROJECTIONS, OUT_PROJECTION
 from espnet_allinone.elastic.family import ConvRole, FamilySpec, FeedForwardRole
 
@@ -21,3 +25,7 @@ CONFORMER = FamilySpec(
     whole_linears=("concat_linear",),
     front="embed",
 )
+
+
+class ScheduledMultiSequential(ElasticLayerStack, MultiSequential):
+    """ESPnet's block stack running a schedule of its blocks (depth prefix or shared)."""

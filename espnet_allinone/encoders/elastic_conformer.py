@@ -49,14 +49,12 @@ from espnet.nets.pytorch_backend.transformer.attention import (
     MultiHeadedAttention,
     RelPositionMultiHeadedAttention,
 )
-from espnet.nets.pytorch_backend.transformer.repeat import MultiSequential
 from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 from torch import nn
 
 from espnet_allinone.arch import ArchError, BlockArch, SubnetArch, prefix
 from espnet_allinone.elastic import (
     ElasticAttentionMixin,
-    ElasticLayerStack,
     ElasticLinear,
     active_size,
 )
@@ -67,7 +65,7 @@ from espnet_allinone.elastic.family import (
     reorder_block,
 )
 from espnet_allinone.elastic.layers import ElasticWeightMixin
-from espnet_allinone.encoders.conformer_family import CONFORMER
+from espnet_allinone.encoders.conformer_family import CONFORMER, ScheduledMultiSequential
 from espnet_allinone.encoders.options import (
     RejectUnknownOptions,
     publish_signature,
@@ -90,10 +88,6 @@ class ElasticLegacyRelPositionMultiHeadedAttention(
     ElasticAttentionMixin, LegacyRelPositionMultiHeadedAttention
 ):
     """ESPnet's legacy relative-position attention, elastic heads."""
-
-
-class ElasticMultiSequential(ElasticLayerStack, MultiSequential):
-    """ESPnet's block stack running a schedule of its blocks."""
 
 
 _ATTENTION = {
@@ -166,7 +160,7 @@ class ElasticConformerEncoder(RejectUnknownOptions, ConformerEncoder):
 
     # --- construction -----------------------------------------------------
     def _make_elastic(self) -> None:
-        ElasticMultiSequential.convert(self.encoders)
+        ScheduledMultiSequential.convert(self.encoders)
         conv_widths = sorted({int(w * self.space.output_size) for w in self.space.widths})
         for block in self.blocks:
             make_block_elastic(block, self.family, convert_attention,

@@ -1,146 +1,122 @@
 """Compact Conformer encoder for extracted subsystems (``encoder: packed_conformer``).
 
 An extracted subsystem is usually smaller than ESPnet's own ``conformer``
-can express: fewer attention heads than ``output_size / head_size`` allows,
-conv-module channels narrower than the model dimension, and low-bit weights.
-This encoder is a stock :class:`ConformerEncoder` (built by ESPnet itself)
-whose blocks are narrowed in place to ``attention_heads_kept`` heads of the
-original head size and ``conv_channels`` conv channels. The weights of
-``quantized_modules`` (encoder-relative module names; ``encoders.*.`` stands
-for every block) are ``weight_bits``-bit. Its ``state_dict``
-stores the quantised weights bit-packed (uint8 codes, fp16 scales, integer
-zero points, see :mod:`espnet_allinone.export.packed_format`), and loading
-dequantises them to exactly the fake-quantised weights the all-in-one model
-used, so the forward pass is the stock Conformer one.
+can express: per-block numbers of attention heads (of the original head
+size), FFN units and conv-module channels, blocks shared by several logical
+positions, and low-bit weights. This encoder is a stock
+:class:`ConformerEncoder` (built by ESPnet itself) whose blocks are narrowed
+in place to the shapes of its architecture record: ``block_archs`` (one entry
+per stored block: ``heads``, ``ffn_units`` (one per feed-forward module),
+``conv_channels``, ``bits``), ``block_schedule`` (the stored block each
+logical block runs; default each once, in order) and ``front_bits``. Its
+``state_dict`` stores the low-bit weights bit-packed (uint8 codes, fp16
+scales, integer zero points, see :mod:`espnet_allinone.quant.packed_format`)
+and loading dequantises them to exactly the fake-quantised weights the
+all-in-one model used, so the forward pass is the stock Conformer one.
+
+Directories extracted before architecture records existed spell a uniform
+architecture as ``attention_heads_kept``, ``conv_channels``, ``weight_bits``,
+``quant_symmetric`` and ``quantized_modules``; those keys still load.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
-from typeguard import typechecked
+from torch import nn
 
-from espnet_allinone.export import packed_format
-from espnet_allinone.subsystem import FLOAT_BITS, SUPPORTED_BITS
+from espnet_allinone.elastic.family import narrow_block
+from espnet_allinone.encoders.conformer_family import CONFORMER, ScheduledMultiSequential
+from espnet_allinone.encoders.options import (
+    RejectUnknownOptions,
+    publish_signature,
+    stock_defaults,
+)
+from espnet_allinone.precision import FLOAT_BITS, PrecisionError, parse_precision
+from espnet_allinone.quant import packed_format
 
 
-class PackedConformerEncoder(ConformerEncoder):
-    """A narrowed Conformer whose listed weights are stored bit-packed."""
+class PackedConformerEncoder(RejectUnknownOptions, ConformerEncoder):
+    """A Conformer of per-block shapes whose low-bit weights are stored bit-packed."""
 
-    @typechecked
+    family = CONFORMER
+
     def __init__(
         self,
         input_size: int,
-        output_size: int = 256,
-        attention_heads: int = 4,
-        linear_units: int = 2048,
-        num_blocks: int = 6,
-        dropout_rate: float = 0.1,
-        positional_dropout_rate: float = 0.1,
-        attention_dropout_rate: float = 0.0,
-        input_layer: str | None = "conv2d",
-        normalize_before: bool = True,
-        concat_after: bool = False,
-        positionwise_layer_type: str = "linear",
-        positionwise_conv_kernel_size: int = 3,
-        macaron_style: bool = False,
-        rel_pos_type: str = "legacy",
-        pos_enc_layer_type: str = "rel_pos",
-        selfattention_layer_type: str = "rel_selfattn",
-        activation_type: str = "swish",
-        use_cnn_module: bool = True,
-        zero_triu: bool = False,
-        cnn_module_kernel: int = 31,
-        padding_idx: int = -1,
-        interctc_layer_idx: list[int] = [],  # noqa: B006 - the stock default
-        interctc_use_conditioning: bool = False,
-        ctc_trim: bool = False,
-        stochastic_depth_rate: float | list[float] = 0.0,
-        layer_drop_rate: float = 0.0,
-        max_pos_emb_len: int = 5000,
-        qk_norm: bool = False,
-        use_flash_attn: bool = True,
+        *,
+        block_archs: list[dict] | None = None,
+        block_schedule: list[int] | None = None,
+        front_bits: int = FLOAT_BITS,
         attention_heads_kept: int | None = None,
         conv_channels: int | None = None,
         weight_bits: int = FLOAT_BITS,
-        quant_symmetric: bool = True,
+        quant_symmetric: bool | None = None,
         quantized_modules: list[str] | None = None,
+        **stock_options: Any,
     ):
-        super().__init__(
-            input_size=input_size,
-            output_size=output_size,
-            attention_heads=attention_heads,
-            linear_units=linear_units,
-            num_blocks=num_blocks,
-            dropout_rate=dropout_rate,
-            positional_dropout_rate=positional_dropout_rate,
-            attention_dropout_rate=attention_dropout_rate,
-            input_layer=input_layer,
-            normalize_before=normalize_before,
-            concat_after=concat_after,
-            positionwise_layer_type=positionwise_layer_type,
-            positionwise_conv_kernel_size=positionwise_conv_kernel_size,
-            macaron_style=macaron_style,
-            rel_pos_type=rel_pos_type,
-            pos_enc_layer_type=pos_enc_layer_type,
-            selfattention_layer_type=selfattention_layer_type,
-            activation_type=activation_type,
-            use_cnn_module=use_cnn_module,
-            zero_triu=zero_triu,
-            cnn_module_kernel=cnn_module_kernel,
-            padding_idx=padding_idx,
-            interctc_layer_idx=interctc_layer_idx,
-            interctc_use_conditioning=interctc_use_conditioning,
-            ctc_trim=ctc_trim,
-            stochastic_depth_rate=stochastic_depth_rate,
-            layer_drop_rate=layer_drop_rate,
-            max_pos_emb_len=max_pos_emb_len,
-            qk_norm=qk_norm,
-            use_flash_attn=use_flash_attn,
-        )
-        if weight_bits not in SUPPORTED_BITS:
-            raise ValueError(
-                f"weight_bits {weight_bits} not supported; valid: {list(SUPPORTED_BITS)}"
-            )
-        heads = attention_heads if attention_heads_kept is None else attention_heads_kept
-        if not 1 <= heads <= attention_heads:
-            raise ValueError(
-                f"attention_heads_kept {heads} must be in 1..{attention_heads}"
-            )
-        channels = output_size if conv_channels is None else conv_channels
-        if not 1 <= channels <= output_size:
-            raise ValueError(f"conv_channels {channels} must be in 1..{output_size}")
-        self.weight_bits = weight_bits
+        conf = {**stock_defaults(ConformerEncoder), **stock_options}
+        n_ffn = 2 if conf["macaron_style"] else 1
+        if block_archs is None:  # the uniform spelling of earlier extractions
+            try:
+                weight_bits = parse_precision(weight_bits)
+            except PrecisionError as e:
+                raise ValueError(f"weight_bits: {e}") from None
+            block_archs = [_legacy_block(conf, n_ffn, attention_heads_kept, conv_channels,
+                                         weight_bits)] * int(conf["num_blocks"])
+        elif any(v is not None for v in (attention_heads_kept, conv_channels, quantized_modules)):
+            raise ValueError("give block_archs or the uniform keys attention_heads_kept/"
+                             "conv_channels/quantized_modules, not both")
+        shapes = [_block_shape(i, b, conf, n_ffn) for i, b in enumerate(block_archs)]
+        if int(conf["num_blocks"]) != len(shapes):
+            raise ValueError(f"num_blocks {conf['num_blocks']} but {len(shapes)} block_archs")
+        super().__init__(input_size=input_size, **stock_options)
+        for block, shape in zip(self.encoders, shapes):
+            narrow_block(block, self.family, shape["heads"], shape["ffn_units"],
+                         shape.get("conv_channels"))
+        if block_schedule is not None:
+            ScheduledMultiSequential.convert(self.encoders)
+            self.encoders.set_schedule(block_schedule)
         self.quant_symmetric = quant_symmetric
-        for block in self.encoders:
-            _narrow_attention(block.self_attn, heads)
-            if block.conv_module is not None:
-                _narrow_conv_module(block.conv_module, channels)
-        self.quantized_weights: list[str] = []
-        if weight_bits != FLOAT_BITS:
-            names = dict(self.named_modules())
-            for pattern in quantized_modules or []:
-                expanded = (
-                    [pattern.replace("*", str(i), 1) for i in range(num_blocks)]
-                    if pattern.startswith("encoders.*.")
-                    else [pattern]
-                )
-                for name in expanded:
-                    if name not in names or not hasattr(names[name], "weight"):
-                        raise ValueError(
-                            f"quantized_modules entry {pattern!r}: no module {name} with a "
-                            "weight in this encoder"
-                        )
-                    self.quantized_weights.append(f"{name}.weight")
-        elif quantized_modules:
-            raise ValueError("quantized_modules given but weight_bits is float (32)")
+        self.weight_bits = self._quantized_weights(shapes, front_bits, weight_bits,
+                                                   quantized_modules)
         self._packed: dict[str, torch.Tensor] = {}
         self.state_dict_packed = True
         self._register_state_dict_hook(_save_packed)
         self._register_load_state_dict_pre_hook(_load_packed, with_module=True)
+
+    def _quantized_weights(self, shapes: list[dict], front_bits: int, legacy_bits: int,
+                           legacy_modules: list[str] | None) -> dict[str, int]:
+        """Parameter name -> bits of every weight stored bit-packed."""
+        names = dict(self.named_modules())
+        out: dict[str, int] = {}
+        if legacy_modules is not None:
+            if legacy_bits == FLOAT_BITS and legacy_modules:
+                raise ValueError("quantized_modules given but weight_bits is float (32)")
+            for pattern in legacy_modules:
+                expanded = ([pattern.replace("*", str(i), 1) for i in range(len(shapes))]
+                            if pattern.startswith("encoders.*.") else [pattern])
+                for name in expanded:
+                    if name not in names or not hasattr(names[name], "weight"):
+                        raise ValueError(f"quantized_modules entry {pattern!r}: no module "
+                                         f"{name} with a weight in this encoder")
+                    out[f"{name}.weight"] = legacy_bits
+            return out
+        spec = self.family
+        for i, (block, shape) in enumerate(zip(self.encoders._modules.values(), shapes)):
+            if shape["bits"] != FLOAT_BITS:
+                for path in spec.weight_layer_paths(block):
+                    out[f"{spec.blocks}.{i}.{path}.weight"] = shape["bits"]
+        if front_bits != FLOAT_BITS:
+            front = self.get_submodule(spec.front)
+            for name, module in front.named_modules():
+                if type(module) is nn.Linear:
+                    out[f"{spec.front}.{name}.weight"] = parse_precision(front_bits)
+        return out
 
     @contextlib.contextmanager
     def float_state_dict(self) -> Iterator[None]:
@@ -152,81 +128,84 @@ class PackedConformerEncoder(ConformerEncoder):
             self.state_dict_packed = previous
 
 
+def _legacy_block(conf: dict, n_ffn: int, heads: int | None, channels: int | None,
+                  bits: int) -> dict:
+    if heads is not None and not 1 <= heads <= conf["attention_heads"]:
+        raise ValueError(f"attention_heads_kept {heads} must be in 1..{conf['attention_heads']}")
+    if channels is not None and not 1 <= channels <= conf["output_size"]:
+        raise ValueError(f"conv_channels {channels} must be in 1..{conf['output_size']}")
+    return {
+        "heads": conf["attention_heads"] if heads is None else heads,
+        "ffn_units": [conf["linear_units"]] * n_ffn,
+        "conv_channels": conf["output_size"] if channels is None else channels,
+        "bits": bits,
+    }
+
+
+def _block_shape(i: int, arch: dict, conf: dict, n_ffn: int) -> dict:
+    """Validate one ``block_archs`` entry against the model's dimensions."""
+    where = f"block_archs[{i}]"
+    valid = {"heads", "ffn_units", "conv_channels", "bits"}
+    unknown = set(arch) - valid
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; valid: {sorted(valid)}")
+    heads = int(arch.get("heads", conf["attention_heads"]))
+    if not 1 <= heads <= conf["attention_heads"]:
+        raise ValueError(f"{where}: heads {heads} must be in 1..{conf['attention_heads']}")
+    units = [int(u) for u in arch.get("ffn_units", [conf["linear_units"]] * n_ffn)]
+    if len(units) != n_ffn or min(units) < 1:
+        raise ValueError(f"{where}: ffn_units {units} must list {n_ffn} positive sizes")
+    channels = int(arch.get("conv_channels", conf["output_size"]))
+    if conf["use_cnn_module"] and not 1 <= channels <= conf["output_size"]:
+        raise ValueError(f"{where}: conv_channels {channels} must be in 1..{conf['output_size']}")
+    try:
+        bits = parse_precision(arch.get("bits", FLOAT_BITS))
+    except PrecisionError as e:
+        raise ValueError(f"{where}: {e}") from None
+    return {"heads": heads, "ffn_units": units,
+            "conv_channels": channels if conf["use_cnn_module"] else None, "bits": bits}
+
+
 def _load_packed(module: PackedConformerEncoder, state_dict, prefix, local_metadata, strict,
                  missing_keys, unexpected_keys, error_msgs) -> None:
     """Replace the packed entries by the dequantised float weights (before loading)."""
     params = dict(module.named_parameters())
     packed: dict[str, torch.Tensor] = {}
-    for name in module.quantized_weights:
-        entries = packed_format.pop_entries(state_dict, prefix + name, module.quant_symmetric)
+    for name, bits in module.weight_bits.items():
+        entries = packed_format.pop_state(state_dict, prefix + name)
         if entries is None:
             if prefix + name in state_dict:
                 raise RuntimeError(
-                    f"{prefix}{name} is stored as a float weight, but this "
-                    f"packed_conformer expects it bit-packed ({module.weight_bits} bits): "
-                    "the config and the model file do not belong together"
+                    f"{prefix}{name} is stored as a float weight, but this packed_conformer "
+                    f"expects it bit-packed ({bits} bits): the config and the model file do "
+                    "not belong together"
                 )
             raise RuntimeError(
-                f"packed weight {prefix}{name} (codes/scale) missing from the model "
-                "file: the config and the model file do not belong together"
+                f"packed weight {prefix}{name} (codes/scale) missing from the model file: "
+                "the config and the model file do not belong together"
             )
-        weight = packed_format.dequantize_entries(
-            entries, module.weight_bits, tuple(params[name].shape)
-        )
+        qw = packed_format.from_state(entries, prefix + name)
+        weight = packed_format.dequantize_to(qw, bits, tuple(params[name].shape),
+                                             module.quant_symmetric, prefix + name)
         state_dict[prefix + name] = weight.to(params[name].dtype)
-        packed.update({f"{name}{k}": v for k, v in entries.items()})
+        packed.update({k[len(prefix):]: v for k, v in entries.items()})
     module._packed = packed
 
 
 def _save_packed(module: PackedConformerEncoder, state_dict, prefix, local_metadata):
     """Write the packed codes/scales instead of the float quantised weights."""
-    if not module.quantized_weights or not module.state_dict_packed:
+    if not module.weight_bits or not module.state_dict_packed:
         return state_dict
     if not module._packed:
         raise RuntimeError(
             "this packed_conformer holds no packed weights yet: load a model file "
             "before saving it"
         )
-    for name in module.quantized_weights:
+    for name in module.weight_bits:
         del state_dict[prefix + name]
     for key, value in module._packed.items():
         state_dict[prefix + key] = value
     return state_dict
 
 
-def _narrow_attention(attn: torch.nn.Module, heads: int) -> None:
-    """Keep ``heads`` heads of the original head size (output ``heads * d_k``)."""
-    if heads == attn.h:
-        return
-    model_dim = attn.linear_q.in_features
-    inner = heads * attn.d_k
-    attn.h = heads
-    for name in ("linear_q", "linear_k", "linear_v"):
-        old = getattr(attn, name)
-        setattr(attn, name, torch.nn.Linear(model_dim, inner, bias=old.bias is not None))
-    old = attn.linear_out
-    attn.linear_out = torch.nn.Linear(inner, model_dim, bias=old.bias is not None)
-    if hasattr(attn, "linear_pos"):
-        attn.linear_pos = torch.nn.Linear(model_dim, inner, bias=False)
-    for name in ("pos_bias_u", "pos_bias_v"):
-        if hasattr(attn, name):
-            setattr(attn, name, torch.nn.Parameter(torch.zeros(heads, attn.d_k)))
-
-
-def _narrow_conv_module(conv: torch.nn.Module, channels: int) -> None:
-    """Conv module with ``channels`` inner channels between model-dim in/out."""
-    model_dim = conv.pointwise_conv1.in_channels
-    if channels == model_dim:
-        return
-    bias = conv.pointwise_conv1.bias is not None
-    kernel = conv.depthwise_conv.kernel_size[0]
-    conv.pointwise_conv1 = torch.nn.Conv1d(model_dim, 2 * channels, 1, bias=bias)
-    conv.depthwise_conv = torch.nn.Conv1d(
-        channels, channels, kernel, padding=(kernel - 1) // 2, groups=channels,
-        bias=conv.depthwise_conv.bias is not None,
-    )
-    if isinstance(conv.norm, torch.nn.BatchNorm1d):
-        conv.norm = torch.nn.BatchNorm1d(channels)
-    else:  # LayerNorm variants
-        conv.norm = type(conv.norm)(channels)
-    conv.pointwise_conv2 = torch.nn.Conv1d(channels, model_dim, 1, bias=bias)
+publish_signature(PackedConformerEncoder, ConformerEncoder)

@@ -8,10 +8,14 @@ One directory per subsystem, named by its canonical string::
     <outdir>/d6-w0.5-int4/bpe.model          when the config uses a BPE model
     <outdir>/d6-w0.5-int4/extract_info.yaml  subsystem, sizes, source hashes
 
-Float subsystems whose heads and conv channels are full width become a stock
-``conformer`` (no plugin needed); the others a ``packed_conformer``. With
-``plugin_free`` a low-bit subsystem is written dequantised onto its grid as a
-stock ``conformer`` (float-sized on disk, no plugin needed).
+Each subsystem is resolved to its architecture record (``encoder.resolve``)
+and cut out (``slicing.slice_encoder``). A float record that ESPnet's own
+``conformer`` can hold (every block once, one shape, all heads and conv
+channels) becomes a stock ``conformer`` (no plugin needed); the others a
+``packed_conformer`` built from the record. With ``plugin_free`` a low-bit
+subsystem is written dequantised onto its grid as a stock ``conformer``
+(float-sized on disk, no plugin needed). ``Extractor.extract`` also takes an
+explicit record (a non-uniform architecture) with a directory name.
 """
 
 from __future__ import annotations
@@ -25,8 +29,13 @@ import yaml
 
 from espnet_allinone.export import model_io
 from espnet_allinone.export.files import atomic_directory, sha256_file, tensors_digest
+from espnet_allinone.arch import ArchError, SubnetArch
 from espnet_allinone.export.slicing import SlicedEncoder, slice_encoder
-from espnet_allinone.export.standalone_config import encoder_conf, standalone_config
+from espnet_allinone.export.standalone_config import (
+    encoder_conf,
+    fits_stock_conformer,
+    standalone_config,
+)
 from espnet_allinone.subsystem import Subsystem
 
 INFO_NAME = "extract_info.yaml"
@@ -40,7 +49,7 @@ class ExtractionError(RuntimeError):
 
 @dataclass
 class ExtractResult:
-    subsystem: Subsystem
+    subsystem: str
     directory: Path
     encoder: str
     params: int
@@ -90,51 +99,83 @@ class Extractor:
     def resolve(self, subsystems: str | Iterable[str]) -> list[Subsystem]:
         return self.space.resolve(subsystems)
 
-    def fingerprint(self, sub: Subsystem, plugin_free: bool) -> dict:
-        return {
-            "subsystem": str(sub),
+    def fingerprint(self, name: str, arch: SubnetArch | None, plugin_free: bool) -> dict:
+        out = {
+            "subsystem": name,
             "source": dict(self.source),
             "options": {"plugin_free": bool(plugin_free)},
         }
+        if arch is not None:
+            out["architecture"] = _arch_record(arch)
+        return out
 
     def extract(
         self,
-        sub: str | Subsystem,
+        sub: str | Subsystem | SubnetArch,
         outdir: str | Path,
         *,
+        name: str | None = None,
         plugin_free: bool = False,
         overwrite: bool = False,
         verify: bool = True,
     ) -> ExtractResult:
-        """Write ``outdir/<sub>/``; refuse a directory holding a different model."""
-        sub = self.space.validate(sub)
-        final = Path(outdir).absolute() / str(sub)
-        fingerprint = self.fingerprint(sub, plugin_free)
+        """Write ``outdir/<sub>/``; refuse a directory holding a different model.
+
+        ``sub`` is a subsystem of the space, or an architecture record (checked
+        against the model before anything is written) saved as ``outdir/<name>``.
+        """
+        if isinstance(sub, SubnetArch):
+            if not name:
+                raise ExtractionError("an explicit architecture record needs a directory name")
+            arch, explicit = sub, sub
+            try:
+                self.encoder.check_arch(arch)
+            except ArchError as e:
+                raise ExtractionError(f"architecture {name}: {e}") from None
+        else:
+            sub = self.space.validate(sub)
+            arch, explicit, name = self.encoder.resolve(sub), None, str(sub)
+        final = Path(outdir).absolute() / name
+        fingerprint = self.fingerprint(name, explicit, plugin_free)
         _check_existing(final, fingerprint, overwrite)
-        sliced = slice_encoder(self.encoder, sub)
-        name, conf, use_packed = self._encoder_choice(sliced, plugin_free)
+        sliced = slice_encoder(self.encoder, arch)
+        stock = fits_stock_conformer(arch, self.space.attention_heads, self.space.output_size,
+                                     plugin_free)
+        if plugin_free and not stock:
+            raise ExtractionError(
+                f"{name}: its architecture (per-block heads/units/channels, shared blocks or "
+                "narrow heads and conv channels) is not one ESPnet's conformer encoder can "
+                "express; extract it without --plugin_free (it then uses encoder: "
+                "packed_conformer)"
+            )
+        encoder_name = "conformer" if stock else "packed_conformer"
+        conf = encoder_conf(self.config.get("encoder_conf") or {}, arch, stock=stock)
         with atomic_directory(final) as tmp:
-            config = standalone_config(self.config, name, conf, tmp, final)
-            build_config = standalone_config(self.config, name, conf, tmp, tmp)
+            config = standalone_config(self.config, encoder_name, conf, tmp, final)
+            build_config = standalone_config(self.config, encoder_name, conf, tmp, tmp)
             target = model_io.build_asr_model(build_config)
-            self._load_target(target, sliced, use_packed, sub)
-            diff = self._verify(target, sub) if verify else None
+            self._load_target(target, sliced, stock, name)
+            diff = self._verify(target, arch, name) if verify else None
             _write_yaml(tmp / CONFIG_NAME, config)
             torch.save(target.state_dict(), tmp / MODEL_NAME)
             disk = (tmp / MODEL_NAME).stat().st_size
+            dequantised = stock and not arch.is_float
+            exact_encoder = (
+                _float_bytes(target.encoder) if dequantised else self.encoder.storage_bytes(arch)
+            )
             result = ExtractResult(
-                subsystem=sub,
+                subsystem=name,
                 directory=final,
-                encoder=name,
-                params=self.encoder.num_params(sub) + self.rest_params,
+                encoder=encoder_name,
+                params=self.encoder.num_params(arch) + self.rest_params,
                 disk_bytes=disk,
-                exact_bytes=self.exact_bytes(sub, None if use_packed else target),
+                exact_bytes=exact_encoder + self.rest_bytes,
                 full_float_bytes=self.full_float_bytes,
                 max_abs_diff=diff,
             )
             info = {
                 **fingerprint,
-                "encoder": name,
+                "encoder": encoder_name,
                 "params": result.params,
                 "bytes": {
                     "model_file": disk,
@@ -147,63 +188,14 @@ class Extractor:
             _write_yaml(tmp / INFO_NAME, info)
         return result
 
-    def exact_bytes(self, sub: Subsystem, target: torch.nn.Module | None = None) -> int:
-        """encoder.storage_bytes(sub) plus the float rest (CTC, decoder, ...).
-
-        For a low-bit subsystem written dequantised (``target`` given, a float
-        stock conformer) the encoder counts 4 bytes a value instead.
-        """
-        if target is None or sub.is_float:
-            enc = self.encoder.storage_bytes(sub)
-        else:
-            float_twin = Subsystem(sub.depth, sub.width, 32)
-            if float_twin in self.space:
-                enc = self.encoder.storage_bytes(float_twin)
-            else:
-                enc = 4 * sum(
-                    t.numel()
-                    for k, t in target.encoder.state_dict().items()
-                    if t.is_floating_point()
-                )
-        return int(enc) + self.rest_bytes
-
     # ------------------------------------------------------------------
-    def _encoder_choice(self, sliced: SlicedEncoder, plugin_free: bool):
-        src = self.config.get("encoder_conf") or {}
-        full_heads = self.space.attention_heads
-        fits_stock = (
-            sliced.heads == full_heads and sliced.conv_channels == self.space.output_size
-        )
-        sub = sliced.subsystem
-        if plugin_free and not fits_stock:
-            raise ExtractionError(
-                f"subsystem {sub} keeps {sliced.heads} of {full_heads} attention heads and "
-                f"{sliced.conv_channels} of {self.space.output_size} conv channels, which "
-                "ESPnet's conformer encoder cannot express; extract it without "
-                "--plugin_free (it then uses encoder: packed_conformer)"
-            )
-        if fits_stock and (sub.is_float or plugin_free):
-            conf = encoder_conf(src, depth=sub.depth, ffn_units=sliced.ffn_units)
-            return "conformer", conf, False
-        conf = encoder_conf(
-            src,
-            depth=sub.depth,
-            ffn_units=sliced.ffn_units,
-            heads=sliced.heads,
-            conv_channels=sliced.conv_channels,
-            weight_bits=sub.bits,
-            symmetric=sliced.symmetric,
-            quantized_modules=sliced.quantized_modules,
-        )
-        return "packed_conformer", conf, not sub.is_float
-
-    def _load_target(self, target: torch.nn.Module, sliced: SlicedEncoder, use_packed: bool,
-                     sub: Subsystem) -> None:
-        if use_packed:
-            enc_state = {**sliced.float_state, **sliced.packed_state}
-        else:
+    def _load_target(self, target: torch.nn.Module, sliced: SlicedEncoder, stock: bool,
+                     name: str) -> None:
+        if stock:
             shapes = {n: p.shape for n, p in target.encoder.named_parameters()}
             enc_state = sliced.dequantized_state(shapes)
+        else:
+            enc_state = sliced.state
         state = {f"encoder.{k}": v for k, v in enc_state.items()}
         source_state = self.model.state_dict()
         for key in _non_encoder_keys(target):
@@ -214,28 +206,48 @@ class Extractor:
             target.load_state_dict(state, strict=True)
         except RuntimeError as e:
             raise ExtractionError(
-                f"subsystem {sub}: the cut encoder does not fit the "
+                f"{name}: the cut encoder does not fit the "
                 f"{type(target.encoder).__name__} built from its config: {e}"
             ) from e
 
     @torch.no_grad()
-    def _verify(self, target: torch.nn.Module, sub: Subsystem, tol: float = 1e-4) -> float:
+    def _verify(self, target: torch.nn.Module, arch: SubnetArch, name: str,
+                tol: float = 1e-4) -> float:
         """Max abs difference of CTC log-posteriors, all-in-one vs extracted."""
         speech, lengths = probe_input(self.model, self.config.get("input_size"))
-        with self.encoder.use_subsystem(sub):
+        with self.encoder.use_arch(arch):
             ref, ref_lens = self.model.encode(speech, lengths)
             ref = self.model.ctc.log_softmax(ref)
         out, out_lens = target.encode(speech, lengths)
         out = target.ctc.log_softmax(out)
         if out.shape != ref.shape or not torch.equal(out_lens, ref_lens):
-            raise ExtractionError(f"subsystem {sub}: extracted model output shape differs")
+            raise ExtractionError(f"{name}: extracted model output shape differs")
         diff = float((out - ref).abs().max())
         if not diff <= tol:
             raise ExtractionError(
-                f"subsystem {sub}: extracted model differs from the all-in-one model "
+                f"{name}: extracted model differs from the all-in-one model "
                 f"(max abs diff of CTC log-posteriors {diff:.3g} > {tol})"
             )
         return diff
+
+
+def _arch_record(arch: SubnetArch) -> dict:
+    """The record with its index sets, for the fingerprint of an explicit architecture."""
+    return {
+        "blocks": [
+            {"physical": b.physical, "heads": list(b.heads),
+             "ffn_units": [list(u) for u in b.ffn_units],
+             "conv_channels": None if b.conv_channels is None else list(b.conv_channels),
+             "bits": b.bits}
+            for b in arch.blocks
+        ],
+        "front_bits": arch.front_bits,
+    }
+
+
+def _float_bytes(module: torch.nn.Module) -> int:
+    """4 bytes a value: a stock encoder holding a low-bit record written dequantised."""
+    return 4 * sum(t.numel() for t in module.state_dict().values() if t.is_floating_point())
 
 
 def probe_input(model: torch.nn.Module, input_size: int | None = None, seed: int = 0):

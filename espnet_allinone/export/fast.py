@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,47 @@ class EncoderCTC(torch.nn.Module):
         return out, out_lengths, self.ctc.log_softmax(out)
 
 
+class ComputedRelPositions(torch.nn.Module):
+    """ESPnet's ``RelPositionalEncoding`` ("latest") computing its table from the length.
+
+    The stock module slices a precomputed (2 * max_len - 1, d) table, which
+    tracing stores in the ONNX file as a constant (10 MB at d=256, more than a
+    4-bit 12-block encoder); here the same sines and cosines of the same
+    float32 angles are computed for the positions T-1 ... -(T-1) of the input.
+    """
+
+    def __init__(self, stock: torch.nn.Module):
+        super().__init__()
+        self.xscale, self.dropout = stock.xscale, stock.dropout
+        d_model = stock.d_model
+        self.register_buffer("div_term", torch.exp(
+            torch.arange(0, d_model, 2, dtype=torch.float32) * -(math.log(10000.0) / d_model)))
+
+    def forward(self, x: torch.Tensor):
+        length = x.size(1)
+        position = torch.arange(length - 1, -length, -1, dtype=torch.float32).unsqueeze(1)
+        angle = position * self.div_term
+        pe = torch.stack([torch.sin(angle), torch.cos(angle)], dim=-1).flatten(1).unsqueeze(0)
+        return self.dropout(x * self.xscale), self.dropout(pe.to(x.dtype))
+
+
+@contextlib.contextmanager
+def computed_positions(module: torch.nn.Module):
+    """Swap every stock ``RelPositionalEncoding`` in ``module`` for ``ComputedRelPositions``."""
+    swapped = []
+    for name, child in list(module.named_modules()):
+        if type(child).__name__ == "RelPositionalEncoding" and hasattr(child, "d_model"):
+            parent_name, _, attr = name.rpartition(".")
+            parent = module.get_submodule(parent_name) if parent_name else module
+            swapped.append((parent, attr, child))
+            setattr(parent, attr, ComputedRelPositions(child))
+    try:
+        yield
+    finally:
+        for parent, attr, child in swapped:
+            setattr(parent, attr, child)
+
+
 ONNX_INPUTS = ("feats", "feats_lengths")
 ONNX_OUTPUTS = ("encoder_out", "encoder_out_lens", "ctc_log_probs")
 
@@ -72,7 +114,7 @@ def export_onnx(model: torch.nn.Module, path: Path, input_size: int, opset: int 
     # constant in the graph: inputs must be longer than the subsampling needs and
     # shorter than max_pos_emb_len frames after subsampling, as in PyTorch.
     with torch.no_grad(), (unpacked() if unpacked else contextlib.nullcontext()), \
-            warnings.catch_warnings():
+            computed_positions(wrapper), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             wrapper, (feats, lengths), str(path),

@@ -48,6 +48,7 @@ class ConfigError(LoadError):
 
 ASR_CONFIG_KEYS = ("token_list", "encoder", "model")
 """Keys of an ESPnet ASR ``config.yaml`` a model cannot be built without."""
+ASR_CONFIG_HINT = "give the config.yaml that training wrote in its output dir"
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -114,11 +115,12 @@ def load_checkpoint(path: PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_config(path: PathLike, required: Iterable[str] = ()) -> dict[str, Any]:
+def load_config(path: PathLike, required: Iterable[str] = (), hint: str = "") -> dict[str, Any]:
     """A YAML mapping (an ESPnet ``config.yaml``, a decoding config ...).
 
     Raises :class:`ConfigError` naming the file when it is missing, not YAML
-    (with the line and column), not a mapping, or lacks one of ``required``.
+    (with the line and column), not a mapping, or lacks one of ``required``
+    (then ``hint``, if given, is added in brackets).
     """
     path = Path(path)
     config = load_yaml(path)
@@ -127,7 +129,8 @@ def load_config(path: PathLike, required: Iterable[str] = ()) -> dict[str, Any]:
         raise ConfigError(path, f"{path} is not a YAML mapping (it is {kind})")
     for key in required:
         if key not in config:
-            raise ConfigError(path, f"{path}: missing key {key!r}")
+            more = f" ({hint})" if hint else ""
+            raise ConfigError(path, f"{path}: missing key {key!r}{more}")
     return config
 
 
@@ -194,7 +197,7 @@ def load_asr_model(config_path: PathLike, model_path: PathLike) -> tuple[torch.n
     reported at once; a config ESPnet cannot build a model from is a
     :class:`ConfigError` naming the file.
     """
-    config = load_config(config_path, required=ASR_CONFIG_KEYS)
+    config = load_config(config_path, required=ASR_CONFIG_KEYS, hint=ASR_CONFIG_HINT)
     state = load_checkpoint(model_path)
     model = build_config_model(config_path, config)
     load_strict(model, state, f"{model_path}")

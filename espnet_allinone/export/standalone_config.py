@@ -3,8 +3,8 @@
 From the all-in-one config it keeps everything ESPnet needs to rebuild the
 model (frontend, normalisation, decoder, CTC, token list), turns the model
 into a stock ``espnet`` one, and replaces the encoder by a stock
-``conformer`` (when the subsystem fits it) or a ``packed_conformer`` of the
-subsystem's size. The token list is written inline and the BPE model and
+``conformer`` (when the architecture fits it) or a ``packed_conformer`` built
+from the architecture record. The token list is written inline and the BPE model and
 feature statistics are copied next to the config, so the directory stands
 alone.
 """
@@ -17,18 +17,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from espnet_allinone.subsystem import FLOAT_BITS
+from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
+
+from espnet_allinone.arch import SubnetArch
+from espnet_allinone.encoders.options import stock_defaults
+from espnet_allinone.precision import FLOAT_BITS
 
 STATS_NAME = "feats_stats.npz"
 BPE_NAME = "bpe.model"
-
-
-def stock_encoder_options() -> list[str]:
-    """Keyword options of ESPnet's ConformerEncoder (input_size excluded)."""
-    from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
-
-    names = list(inspect.signature(ConformerEncoder.__init__).parameters)
-    return [n for n in names if n not in ("self", "input_size")]
 
 
 def stock_model_options() -> list[str]:
@@ -40,36 +36,39 @@ def stock_model_options() -> list[str]:
     return [n for n in names if n not in skip]
 
 
-def encoder_conf(
-    source_conf: dict[str, Any],
-    *,
-    depth: int,
-    ffn_units: int,
-    heads: int | None = None,
-    conv_channels: int | None = None,
-    weight_bits: int = FLOAT_BITS,
-    symmetric: bool = True,
-    quantized_modules: list[str] | None = None,
-) -> dict[str, Any]:
-    """Stock ConformerEncoder options at the subsystem's size (+ packed extras)."""
-    keep = set(stock_encoder_options())
+def encoder_conf(source_conf: dict[str, Any], arch: SubnetArch, *, stock: bool) -> dict[str, Any]:
+    """The extracted encoder's options: the source's stock ConformerEncoder options at
+    the record's size; for a ``packed_conformer`` (``stock`` False) also the record's
+    per-block shapes (``block_archs``, ``block_schedule``, ``front_bits``)."""
+    keep = set(stock_defaults(ConformerEncoder))
     conf = {k: copy.deepcopy(v) for k, v in source_conf.items() if k in keep}
-    conf["num_blocks"] = depth
-    conf["linear_units"] = ffn_units
+    stored = arch.stored_blocks()
+    conf["num_blocks"] = len(stored)
+    conf["linear_units"] = stored[0].shape()["ffn_units"][0]
     rate = conf.get("stochastic_depth_rate")
     if isinstance(rate, list):
-        conf["stochastic_depth_rate"] = rate[:depth]
+        conf["stochastic_depth_rate"] = [rate[b.physical] for b in stored]
     if conf.get("interctc_layer_idx"):
-        conf["interctc_layer_idx"] = [i for i in conf["interctc_layer_idx"] if i < depth]
-    if heads is not None:
-        conf["attention_heads_kept"] = heads
-    if conv_channels is not None:
-        conf["conv_channels"] = conv_channels
-    if weight_bits != FLOAT_BITS:
-        conf["weight_bits"] = weight_bits
-        conf["quant_symmetric"] = symmetric
-        conf["quantized_modules"] = list(quantized_modules or [])
+        conf["interctc_layer_idx"] = [i for i in conf["interctc_layer_idx"] if i < arch.depth]
+    if not stock:
+        conf.update(arch.to_conf())
     return conf
+
+
+def fits_stock_conformer(arch: SubnetArch, full_heads: int, model_dim: int,
+                         plugin_free: bool) -> bool:
+    """Whether ESPnet's own ``conformer`` can hold ``arch``: every block once, in order,
+    all of one shape with every head and conv channel, float (or written dequantised)."""
+    shapes = [b.shape() for b in arch.blocks]
+    first = shapes[0]
+    return (
+        arch.is_stacked
+        and all(s == first for s in shapes)
+        and len(set(first["ffn_units"])) == 1
+        and first["heads"] == full_heads
+        and first.get("conv_channels", model_dim) == model_dim
+        and (plugin_free or (first["bits"] == FLOAT_BITS and arch.front_bits == FLOAT_BITS))
+    )
 
 
 def standalone_config(
