@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from espnet_allinone.arch import BlockArch, SubnetArch
 from espnet_allinone.export import extract as extract_mod
 from espnet_allinone.export.extract import ExtractionError, Extractor, probe_input
 from espnet_allinone.export.model_io import CheckpointMismatchError
@@ -21,7 +22,7 @@ from espnet_allinone.export.toy import (
     shared_toy_experiment,
     write_toy_experiment,
 )
-from espnet_allinone.subsystem import SubsystemError
+from espnet_allinone.subsystem import Subsystem, SubsystemError
 
 SUBSYSTEMS = ["d2-w0.5-int2", "d4-w1-int4", "d2-w1-fp", "d4-w0.5-int8", "d4-w1-fp", "d4-w0.5-fp"]
 
@@ -97,7 +98,7 @@ def test_encoder_choice_and_files(toy):
         assert config["model"] == "espnet"
         assert isinstance(config["token_list"], list)
         assert config["normalize_conf"]["stats_file"] == str(result.directory / "feats_stats.npz")
-        assert config["encoder_conf"]["num_blocks"] == result.subsystem.depth
+        assert config["encoder_conf"]["num_blocks"] == Subsystem.parse(result.subsystem).depth
 
 
 def test_low_bit_weights_are_bit_packed(toy):
@@ -235,3 +236,57 @@ def test_allinone_model_config_with_asymmetric_per_channel_quantisation(tmp_path
     config = yaml.safe_load((result.directory / "config.yaml").read_text())
     assert config["model"] == "espnet" and "sampling" not in config["model_conf"]
     assert config["encoder_conf"]["quant_symmetric"] is False
+
+
+def _pruned_like(extractor: Extractor, bits: int) -> SubnetArch:
+    """Per-block heads, FFN units and conv channels (index sets, not prefixes); with
+    group scales (16 columns) the FFN units and channels are kept in whole groups."""
+    groups = (tuple(range(16, 32)) + tuple(range(96, 112)), tuple(range(112, 128)))
+    return SubnetArch((
+        BlockArch(0, heads=(3, 1), ffn_units=groups, conv_channels=tuple(range(16, 48)),
+                  bits=bits),
+        BlockArch(1, heads=(2,), ffn_units=(tuple(range(64)), tuple(range(32, 80))),
+                  conv_channels=tuple(range(48, 64)), bits=bits),
+        BlockArch(3, heads=(0, 1, 2, 3), ffn_units=groups, conv_channels=tuple(range(64)),
+                  bits=bits),
+    ))
+
+
+@pytest.mark.parametrize("bits", [32, 4])
+@torch.no_grad()
+def test_non_uniform_architecture_round_trips_through_speech2text(toy, tmp_path, bits):
+    from espnet2.bin.asr_inference import Speech2Text
+
+    _, _, extractor, _ = toy
+    arch = _pruned_like(extractor, bits)
+    result = extractor.extract(arch, tmp_path, name="pruned")
+    assert result.encoder == "packed_conformer"
+    s2t = Speech2Text(asr_train_config=result.directory / "config.yaml",
+                      asr_model_file=result.directory / "model.pth", ctc_weight=1.0)
+    speech, lengths = probe_input(extractor.model, seed=5)
+    with extractor.encoder.use_arch(arch):
+        ref, _ = extractor.model.encode(speech, lengths)
+        n_params = extractor.encoder.num_params()
+    out, _ = s2t.asr_model.encode(speech, lengths)
+    assert (out - ref).abs().max() <= 1e-5
+    assert sum(p.numel() for p in s2t.asr_model.encoder.parameters()) == n_params
+    conf = yaml.safe_load((result.directory / "config.yaml").read_text())["encoder_conf"]
+    assert [b["heads"] for b in conf["block_archs"]] == [2, 1, 4]
+    assert [b["ffn_units"] for b in conf["block_archs"]] == [[32, 16], [64, 48], [32, 16]]
+    assert [b["conv_channels"] for b in conf["block_archs"]] == [32, 16, 64]
+    if bits != 32:  # the dequantised weights are the fake-quantised ones, bit for bit
+        with extractor.encoder.use_arch(arch):
+            want = extractor.encoder.encoders[3].feed_forward.w_2.active_weight_2d()
+        assert torch.equal(s2t.asr_model.encoder.encoders[2].feed_forward.w_2.weight, want)
+
+
+def test_architecture_that_does_not_fit_is_refused_before_writing(toy, tmp_path):
+    _, _, extractor, _ = toy
+    block = extractor.encoder.resolve("d2-w1-fp").blocks[0]
+    bad = SubnetArch((block, BlockArch(7, block.heads, block.ffn_units, block.conv_channels)))
+    with pytest.raises(ExtractionError, match=r"architecture odd: logical block 1 runs "
+                       r"physical block 7; the model has blocks 0\.\.3"):
+        extractor.extract(bad, tmp_path, name="odd")
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(ExtractionError, match="needs a directory name"):
+        extractor.extract(bad, tmp_path)

@@ -86,9 +86,49 @@ def test_onnx_float_int8_and_4bit_matmulnbits(models):
             assert (got4[0] - ref[0]).abs().max() <= 1e-4
             assert (got4[2] - ref[2]).abs().max() <= 1e-4
             assert _op_types(report.path).count("MatMulNBits") == 36
-        elif sub == "d2-w0.5-int2":
-            with pytest.raises(ValueError, match="needs a 4-bit packed_conformer model"):
+        elif sub == "d2-w0.5-int2":  # 2-bit: MatMulNBits bits=2, exact as well
+            report = fast.onnx_matmul_nbits(model, path, root / "onnx" / f"{sub}.q2.onnx")
+            assert report.replaced == 2 * 9
+            got2 = fast.OnnxEncoder(report.path)(feats, flens)
+            assert (got2[2] - ref[2]).abs().max() <= 1e-4
+        else:
+            with pytest.raises(ValueError, match="needs a low-bit packed_conformer model"):
                 fast.onnx_matmul_nbits(model, path, root / "onnx" / "x.onnx")
+
+
+@torch.no_grad()
+def test_kernel_policies_and_computed_positions(models):
+    """'float' keeps every layer float with the reason; 'auto' measures and says so; the
+    positional table is computed in the graph, not stored (file far below the table size)."""
+    import onnx
+
+    from espnet_allinone.export import onnx_lowbit
+
+    root, out, speech, lengths = models
+    model, _ = out["d4-w1-int4"]
+    feats, flens = fast.features(model, speech, lengths)
+    path = fast.export_onnx(model, root / "onnx" / "policy.onnx", feats.shape[-1])
+    state = model.state_dict()
+    kept = onnx_lowbit.map_low_bit(state, path, root / "onnx" / "f.onnx", "float")
+    assert kept.replaced == 0 and all("kernel policy 'float'" in k for k in kept.kept_float
+                                      if "convolution" not in k)
+    auto = onnx_lowbit.map_low_bit(state, path, root / "onnx" / "a.onnx", "auto")
+    assert len(auto.decisions) == 3  # one timing per distinct layer shape
+    assert all("ms, float MatMul" in d for d in auto.decisions)
+    assert auto.replaced in (0, 36) or 0 < auto.replaced < 36
+    with pytest.raises(ValueError, match="kernel policy 'fast' unknown; valid: auto, nbits, float"):
+        onnx_lowbit.map_low_bit(state, path, root / "onnx" / "x.onnx", "fast")
+    graph = onnx.load(str(path)).graph
+    assert "Sin" in {n.op_type for n in graph.node}
+    d_model = model.encoder.output_size()
+    table_bytes = 4 * d_model * (2 * 5000 - 1)
+    assert path.stat().st_size < table_bytes
+    # longer than anything traced: the computed positions follow the input
+    long_speech = torch.randn(1, 16000 * 4, generator=torch.Generator().manual_seed(1)) * 0.1
+    f2, l2 = fast.features(model, long_speech, torch.tensor([16000 * 4]))
+    ref = fast.EncoderCTC(model)(f2, l2)
+    got = fast.OnnxEncoder(path)(f2, l2)
+    assert (got[2] - ref[2]).abs().max() <= 1e-4
 
 
 def test_stock_speech2text_int8_option_and_export_cli(models, capsys):

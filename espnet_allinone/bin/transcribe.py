@@ -109,12 +109,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     compute = audio_seconds = 0.0
     bar = tqdm(items, desc="transcribe", unit="file", file=sys.stderr,
                disable=args.quiet or len(items) < 2)
+    def note(message: str) -> None:  # above the progress bar, never on stdout
+        bar.write(message, file=sys.stderr)
+
     for utt, path in bar:
         try:
             speech = read_audio(path, asr.sample_rate, resample=not args.no_resample,
-                                min_samples=asr.min_samples, warn=bar.write)
+                                min_samples=asr.min_samples, warn=note)
         except AudioError as e:
-            bar.write(f"skipped: {e}")
+            note(f"skipped: {e}")
             skipped.append(utt)
             continue
         start = time.perf_counter()

@@ -119,4 +119,10 @@ class OnnxSpeech2Text:
         return [self.decode(self.log_probs([np.asarray(speech)])[0])]
 
     def transcribe_batch(self, speeches: list[np.ndarray]) -> list[Hypothesis]:
+        """Several waveforms as one padded batch (more throughput on many cores).
+
+        ESPnet's Conformer convolution module sees the padding, so a shorter
+        utterance's last frames can differ from decoding it alone (as in
+        ESPnet's own batched inference); ``__call__`` decodes one at a time.
+        """
         return [self.decode(lp) for lp in self.log_probs(speeches)]

@@ -33,7 +33,7 @@ from espnet_allinone.arch import ArchError, SubnetArch
 from espnet_allinone.export.slicing import SlicedEncoder, slice_encoder
 from espnet_allinone.export.standalone_config import (
     encoder_conf,
-    fits_stock_conformer,
+    stock_conformer_misfit,
     standalone_config,
 )
 from espnet_allinone.subsystem import Subsystem
@@ -139,17 +139,17 @@ class Extractor:
         fingerprint = self.fingerprint(name, explicit, plugin_free)
         _check_existing(final, fingerprint, overwrite)
         sliced = slice_encoder(self.encoder, arch)
-        stock = fits_stock_conformer(arch, self.space.attention_heads, self.space.output_size,
-                                     plugin_free)
+        misfit = stock_conformer_misfit(arch, self.space.attention_heads,
+                                        self.space.output_size, plugin_free)
+        stock = misfit is None
         if plugin_free and not stock:
             raise ExtractionError(
-                f"{name}: its architecture (per-block heads/units/channels, shared blocks or "
-                "narrow heads and conv channels) is not one ESPnet's conformer encoder can "
-                "express; extract it without --plugin_free (it then uses encoder: "
-                "packed_conformer)"
+                f"{name} {misfit}, which ESPnet's conformer encoder cannot express; extract "
+                "it without --plugin_free (it then uses encoder: packed_conformer)"
             )
         encoder_name = "conformer" if stock else "packed_conformer"
-        conf = encoder_conf(self.config.get("encoder_conf") or {}, arch, stock=stock)
+        conf = encoder_conf(self.config.get("encoder_conf") or {}, arch, stock=stock,
+                            quant_symmetric=self.encoder.quant_config.symmetric)
         with atomic_directory(final) as tmp:
             config = standalone_config(self.config, encoder_name, conf, tmp, final)
             build_config = standalone_config(self.config, encoder_name, conf, tmp, tmp)

@@ -36,10 +36,12 @@ def stock_model_options() -> list[str]:
     return [n for n in names if n not in skip]
 
 
-def encoder_conf(source_conf: dict[str, Any], arch: SubnetArch, *, stock: bool) -> dict[str, Any]:
+def encoder_conf(source_conf: dict[str, Any], arch: SubnetArch, *, stock: bool,
+                 quant_symmetric: bool | None = None) -> dict[str, Any]:
     """The extracted encoder's options: the source's stock ConformerEncoder options at
     the record's size; for a ``packed_conformer`` (``stock`` False) also the record's
-    per-block shapes (``block_archs``, ``block_schedule``, ``front_bits``)."""
+    per-block shapes (``block_archs``, ``block_schedule``, ``front_bits``) and, for
+    low-bit weights, ``quant_symmetric`` (checked against the file when loading)."""
     keep = set(stock_defaults(ConformerEncoder))
     conf = {k: copy.deepcopy(v) for k, v in source_conf.items() if k in keep}
     stored = arch.stored_blocks()
@@ -52,23 +54,29 @@ def encoder_conf(source_conf: dict[str, Any], arch: SubnetArch, *, stock: bool) 
         conf["interctc_layer_idx"] = [i for i in conf["interctc_layer_idx"] if i < arch.depth]
     if not stock:
         conf.update(arch.to_conf())
+        if quant_symmetric is not None and not arch.is_float:
+            conf["quant_symmetric"] = bool(quant_symmetric)
     return conf
 
 
-def fits_stock_conformer(arch: SubnetArch, full_heads: int, model_dim: int,
-                         plugin_free: bool) -> bool:
-    """Whether ESPnet's own ``conformer`` can hold ``arch``: every block once, in order,
-    all of one shape with every head and conv channel, float (or written dequantised)."""
+def stock_conformer_misfit(arch: SubnetArch, full_heads: int, model_dim: int,
+                           plugin_free: bool) -> str | None:
+    """Why ESPnet's own ``conformer`` cannot hold ``arch`` (None: it can). It needs
+    every block once, in order, all of one shape with every head and conv channel,
+    and float weights (or low-bit ones written dequantised: ``plugin_free``)."""
     shapes = [b.shape() for b in arch.blocks]
     first = shapes[0]
-    return (
-        arch.is_stacked
-        and all(s == first for s in shapes)
-        and len(set(first["ffn_units"])) == 1
-        and first["heads"] == full_heads
-        and first.get("conv_channels", model_dim) == model_dim
-        and (plugin_free or (first["bits"] == FLOAT_BITS and arch.front_bits == FLOAT_BITS))
-    )
+    if not arch.is_stacked:
+        return "runs shared blocks (a block schedule)"
+    if any(s != first for s in shapes) or len(set(first["ffn_units"])) != 1:
+        return "has per-block shapes (heads, FFN units, conv channels or bits differ)"
+    if first["heads"] != full_heads:
+        return f"keeps {first['heads']} of {full_heads} attention heads"
+    if first.get("conv_channels", model_dim) != model_dim:
+        return f"keeps {first['conv_channels']} of {model_dim} conv channels"
+    if not plugin_free and not arch.is_float:
+        return "has low-bit weights"
+    return None
 
 
 def standalone_config(
