@@ -62,7 +62,7 @@ def main() -> None:
 
     from espnet_allinone.export import fast
     from espnet_allinone.export.extract import Extractor
-    from espnet_allinone.export.toy import DEFAULT_ENCODER_CONF, write_toy_experiment
+    from espnet_allinone.testing.toy_experiment import DEFAULT_ENCODER_CONF, write_toy_experiment
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_inference-"))
     half = args.blocks // 2

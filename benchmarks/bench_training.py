@@ -167,7 +167,7 @@ def bench_run(args: argparse.Namespace) -> None:
     from espnet2.tasks.asr import ASRTask
 
     from espnet_allinone.corpus import CorpusConfig, make_corpus
-    from espnet_allinone.train import espnet_run as R
+    from espnet_allinone.testing import espnet_run as R
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_training_"))
     data = work / "data"
@@ -180,13 +180,9 @@ def bench_run(args: argparse.Namespace) -> None:
         ASRTask.main(cmd=R.collect_stats_args(base, data, tok, work / "stats"))
     cfg = yaml.safe_load(base.read_text())
     enc = cfg["encoder_conf"]
-    from espnet_allinone.subsystem import SearchSpace
+    from espnet_allinone.encoders.elastic_conformer import ElasticConformerEncoder
 
-    space = SearchSpace.from_config(
-        num_blocks=enc["num_blocks"], linear_units=enc["linear_units"],
-        attention_heads=enc["attention_heads"], output_size=enc["output_size"],
-        depths=enc.get("depths"), widths=enc.get("widths"), precisions=enc.get("precisions"),
-    )
+    space = ElasticConformerEncoder.search_space(enc)
     subs = [str(s) for s in reversed(space.ordered())]
     extra = ["--max_epoch", str(args.epochs), "--batch_size", str(args.batch_size),
              "--seed", "0", "--keep_nbest_models", "1", "--num_workers", "0"]

@@ -59,8 +59,3 @@ def register() -> list[str]:
     if failed:
         raise RegistrationError("could not register " + "; ".join(failed))
     return added
-
-
-def is_registered() -> bool:
-    """True once ``register()`` ran in this process."""
-    return _done

@@ -108,15 +108,11 @@ def test_every_conf_dry_runs(tmp_path: Path) -> None:
 @pytest.mark.parametrize("conf", CONFS, ids=lambda c: c.name)
 def test_valid_subsystems_and_criteria_name_space_members(conf: Path) -> None:
     """best_model_criterion keys and valid_subsystems are spelled as space members."""
-    from espnet_allinone.subsystem import SearchSpace
+    from espnet_allinone.encoders.elastic_conformer import ElasticConformerEncoder
 
     cfg = yaml.safe_load(conf.read_text())
     enc = cfg["encoder_conf"]
-    space = SearchSpace.from_config(
-        num_blocks=enc["num_blocks"], linear_units=enc["linear_units"],
-        attention_heads=enc["attention_heads"], output_size=enc["output_size"],
-        depths=enc["depths"], widths=enc["widths"], precisions=enc["precisions"],
-    )
+    space = ElasticConformerEncoder.search_space(enc)
     valid = space.resolve(cfg["model_conf"]["valid_subsystems"])
     assert valid[0] == space.largest
     for _, key, _ in cfg["best_model_criterion"]:

@@ -17,7 +17,7 @@ from espnet_allinone.arch import BlockArch, SubnetArch
 from espnet_allinone.export import extract as extract_mod
 from espnet_allinone.export.extract import ExtractionError, Extractor, probe_input
 from espnet_allinone.export.model_io import CheckpointMismatchError
-from espnet_allinone.export.toy import (
+from espnet_allinone.testing.toy_experiment import (
     DEFAULT_ENCODER_CONF,
     shared_toy_experiment,
     write_toy_experiment,

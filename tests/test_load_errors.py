@@ -22,7 +22,7 @@ from espnet_allinone.export.model_io import (
     load_checkpoint,
     load_config,
 )
-from espnet_allinone.export.toy import shared_toy_experiment
+from espnet_allinone.testing.toy_experiment import shared_toy_experiment
 
 SUB = "d2-w0.5-int4"
 

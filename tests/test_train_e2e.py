@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from espnet_allinone.subsystem import SearchSpace
+from espnet_allinone.encoders.elastic_conformer import ElasticConformerEncoder
 from espnet_allinone.train.sampling import SubsystemSampler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from espnet2.tasks.asr import ASRTask
 from espnet2.train.reporter import Reporter
-from espnet_allinone.train import espnet_run as R
+from espnet_allinone.testing import espnet_run as R
 
 data, work, conf = map(Path, sys.argv[1:4])
 tok = R.char_token_list([data / "train" / "text", data / "dev" / "text"], work / "tokens.txt")
@@ -124,11 +124,7 @@ def test_tiny_training_end_to_end(tiny_corpus: Path, tmp_path: Path) -> None:
     steps = [int(re.search(r"step=(\d+)", x).group(1)) for x in lines]
     assert steps == list(range(2 * n)), steps
     enc = yaml.safe_load(CONF.read_text())["encoder_conf"]
-    space = SearchSpace.from_config(
-        num_blocks=enc["num_blocks"], linear_units=enc["linear_units"],
-        attention_heads=enc["attention_heads"], output_size=enc["output_size"],
-        depths=enc["depths"], widths=enc["widths"], precisions=enc["precisions"],
-    )
+    space = ElasticConformerEncoder.search_space(enc)
     sampler = SubsystemSampler(space, "sandwich", num_random=1, seed=0)
     for step, line in enumerate(lines):
         want = ",".join(map(str, sampler.sample(step)))

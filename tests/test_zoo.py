@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from espnet_allinone.export.extract import Extractor
-from espnet_allinone.export.toy import shared_toy_experiment
+from espnet_allinone.testing.toy_experiment import shared_toy_experiment
 
 SUBS = ["d2-w0.5-int2", "d4-w1-fp"]
 

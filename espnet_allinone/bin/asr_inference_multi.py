@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from espnet_allinone.export.model_io import LoadError, load_checkpoint, load_config
+from espnet_allinone.export.model_io import LoadError, check_model_files, load_config
 from espnet_allinone.report.sizes import model_files
 
 
@@ -61,8 +61,7 @@ def check_models(model_dirs: Sequence[Path], rest: Sequence[str]) -> list[Path]:
     model_paths = []
     for model_dir in model_dirs:
         config, model = model_files(model_dir)
-        load_config(config, required=("token_list", "encoder"))
-        load_checkpoint(model)
+        check_model_files(config, model)
         model_paths.append(model)
     return model_paths
 

@@ -5,9 +5,11 @@
         --asr_model_file extracted/d6-w1-int4/model.pth --outdir onnx/d6-w1-int4 [--int8] [--nbits]
 
 writes ``encoder.onnx`` (float), with ``--int8`` also ``encoder.int8.onnx``
-(onnxruntime dynamic int8) and with ``--nbits`` (4-bit models)
-``encoder.q4.onnx`` whose quantised Linear layers are ``MatMulNBits`` nodes
-holding the model's own 4-bit codes and scales. Inputs: ``feats``
+(onnxruntime dynamic int8) and with ``--nbits`` (2/4/8-bit models)
+``encoder.q<bits>.onnx`` whose quantised Linear layers are ``MatMulNBits`` nodes
+holding the model's own low-bit codes and scales. For the whole pipeline
+(front end, CTC search, files kept next to the model) use
+``python -m espnet_allinone.bin.transcribe``. Inputs: ``feats``
 (batch, frames, mel bins, after the model's normalisation) and
 ``feats_lengths``; outputs ``encoder_out``, ``encoder_out_lens``,
 ``ctc_log_probs``.
@@ -32,29 +34,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--outdir", type=Path, required=True)
     p.add_argument("--int8", action="store_true", help="also write encoder.int8.onnx")
     p.add_argument("--nbits", action="store_true",
-                   help="also write encoder.q4.onnx (4-bit models: MatMulNBits)")
+                   help="also write encoder.q<bits>.onnx (2/4/8-bit models: MatMulNBits)")
     args = p.parse_args(argv)
     try:
-        model, config = model_io.load_asr_model(args.asr_train_config, args.asr_model_file)
-    except (model_io.LoadError, model_io.CheckpointMismatchError) as e:
+        model_io.check_model_files(args.asr_train_config, args.asr_model_file)
+    except model_io.LoadError as e:
         print(f"export_onnx: error: {e}", file=sys.stderr)
         return 2
+    from espnet2.tasks.asr import ASRTask
+
+    model, train_args = ASRTask.build_model_from_file(
+        args.asr_train_config, args.asr_model_file, "cpu"
+    )
+    model.eval()
     if model.frontend is not None:
         input_size = model.frontend.output_size()
     else:
-        input_size = int(config["input_size"])
+        input_size = int(train_args.input_size)
     path = fast.export_onnx(model, args.outdir / "encoder.onnx", input_size)
     print(f"wrote {path}")
     if args.int8:
         print(f"wrote {fast.quantize_onnx_int8(path, args.outdir / 'encoder.int8.onnx')}")
     if args.nbits:
         try:
-            report = fast.onnx_matmul_nbits(model, path, args.outdir / "encoder.q4.onnx")
+            bits = next((int(v) for k, v in model.state_dict().items() if k.endswith("_bits")),
+                        "")
+            report = fast.onnx_matmul_nbits(model, path, args.outdir / f"encoder.q{bits}.onnx")
         except ValueError as e:
             print(f"export_onnx: error: {e}", file=sys.stderr)
             return 2
         print(f"wrote {report.path}: {report.replaced} MatMulNBits layers"
-              + (f", kept float: {', '.join(report.skipped)}" if report.skipped else ""))
+              + (f", {len(report.skipped)} kept float" if report.skipped else ""))
+        for line in report.skipped:
+            print(f"  kept float: {line}")
     return 0
 
 

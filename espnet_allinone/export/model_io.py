@@ -204,6 +204,18 @@ def load_asr_model(config_path: PathLike, model_path: PathLike) -> tuple[torch.n
     return model, config
 
 
+def check_model_files(config_path: PathLike, model_path: PathLike) -> dict[str, Any]:
+    """Read an ESPnet model's config and weights before a loader that gives no clear error.
+
+    For code that then loads with ESPnet's own (non-strict) ``build_model_from_file``
+    or ``Speech2Text``, as extracted models are loaded: a bad file is one line
+    naming it, raised before any output is written. Returns the config.
+    """
+    config = load_config(config_path, required=ASR_CONFIG_KEYS, hint=ASR_CONFIG_HINT)
+    load_checkpoint(model_path)
+    return config
+
+
 def build_config_model(config_path: PathLike, config: Mapping[str, Any]) -> torch.nn.Module:
     """:func:`build_asr_model`, with a config ESPnet rejects reported against its file."""
     try:

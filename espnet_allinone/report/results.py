@@ -59,7 +59,7 @@ def fill_compression(rows: list[Row], float_reference_bytes: int | None = None) 
     """
     subs = [Subsystem.parse(r.subsystem) for r in rows]
     full = max(subs, key=lambda s: (s.depth, s.width))
-    full_fp = Subsystem(full.depth, full.width, FLOAT_BITS)
+    full_fp = full.with_precision("fp")
     by_sub = {s: r for s, r in zip(subs, rows)}
     if full_fp in by_sub:
         float_reference_bytes = by_sub[full_fp].bytes

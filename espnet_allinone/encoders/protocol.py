@@ -1,0 +1,76 @@
+"""What an elastic encoder promises the rest of the package.
+
+:class:`ElasticEncoder` is what training (``model: allinone``) needs: a search
+space and switching between its subsystems. :class:`ExtractableEncoder` adds
+what extraction and size accounting need: the family spec, architecture
+records and exact sizes. Test fakes are checked against these with
+:func:`protocol_violations`, so a fake cannot drift from the real encoder.
+"""
+
+from __future__ import annotations
+
+import inspect
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+from espnet_allinone.arch import SubnetArch
+from espnet_allinone.elastic.family import FamilySpec
+from espnet_allinone.subsystem import SearchSpace, Subsystem
+
+
+class ElasticEncoder(Protocol):
+    """An ESPnet encoder holding a search space of subsystems."""
+
+    space: SearchSpace
+
+    @property
+    def active_subsystem(self) -> Subsystem: ...
+
+    def set_subsystem(self, sub: str | Subsystem) -> Subsystem: ...
+
+    def use_subsystem(self, sub: str | Subsystem) -> AbstractContextManager[Subsystem]: ...
+
+    def output_size(self) -> int: ...
+
+
+class ExtractableEncoder(ElasticEncoder, Protocol):
+    """An elastic encoder whose subsystems resolve to architecture records."""
+
+    family: FamilySpec
+
+    def resolve(self, sub: str | Subsystem) -> SubnetArch: ...
+
+    def check_arch(self, arch: SubnetArch) -> None: ...
+
+    def apply_arch(self, arch: SubnetArch) -> None: ...
+
+    def use_arch(self, arch: SubnetArch) -> AbstractContextManager[SubnetArch]: ...
+
+    def num_params(self, sub: str | Subsystem | SubnetArch | None = None) -> int: ...
+
+    def storage_bytes(self, sub: str | Subsystem | SubnetArch | None = None) -> int: ...
+
+
+def protocol_violations(cls: type, protocol: type) -> list[str]:
+    """Members of ``protocol`` that ``cls`` lacks or whose parameters differ by name."""
+    problems = []
+    members = {n for base in protocol.__mro__ if base not in (object, Protocol)
+               for n in vars(base) if not n.startswith("_")}
+    annotations = {n for base in protocol.__mro__
+                   for n in getattr(base, "__annotations__", {})}
+    for name in sorted(members | annotations):
+        if name in annotations and name not in members:
+            continue  # attributes are set in __init__; checked on instances by the caller
+        want = getattr(protocol, name)
+        have = getattr(cls, name, None)
+        if have is None:
+            problems.append(f"{cls.__name__} lacks {name}")
+            continue
+        if isinstance(want, property) != isinstance(have, property):
+            problems.append(f"{cls.__name__}.{name}: property mismatch")
+        elif callable(want) and not isinstance(want, property):
+            w = list(inspect.signature(want).parameters)
+            h = list(inspect.signature(have).parameters)
+            if w != h:
+                problems.append(f"{cls.__name__}.{name}{h} != protocol {w}")
+    return problems
