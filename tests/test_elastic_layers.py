@@ -167,3 +167,49 @@ def test_active_size_walks_only_active_slices():
     report = active_size(model)
     assert report.params == 2 * 8 + 8 + 16
     assert report.bytes == 4 * report.params
+
+
+@torch.no_grad()
+def test_index_sets_select_any_units_and_static_twins_equal_the_active_slice():
+    torch.manual_seed(0)
+    lin = ElasticLinear(12, 6)
+    lin.set_active(out=[4, 0, 5], in_=[1, 3, 7, 8])
+    x = torch.randn(2, 4)  # the active inputs (features 1, 3, 7, 8 of the full layer)
+    want = F.linear(x, lin.weight[[4, 0, 5]][:, [1, 3, 7, 8]], lin.bias[[4, 0, 5]])
+    assert torch.equal(lin(x), want)
+    twin = lin.static_twin()
+    assert type(twin) is nn.Linear and twin.weight.shape == (3, 4)
+    assert torch.equal(twin(x), want)
+    conv = ElasticConv1d.convert(nn.Conv1d(6, 8, 3, padding=1))
+    conv.set_active(out=[7, 2], in_=[5, 0])
+    x = torch.randn(1, 2, 10)
+    want = F.conv1d(x, conv.weight[[7, 2]][:, [5, 0]], conv.bias[[7, 2]], padding=1)
+    assert torch.equal(conv(x), want) and torch.equal(conv.static_twin()(x), want)
+
+
+@torch.no_grad()
+def test_quantised_twin_is_the_fake_quantised_slice_and_groups_stay_whole():
+    torch.manual_seed(0)
+    lin = ElasticLinear(32, 8)
+    lin.enable_quantization((4, 32), QuantConfig(granularity="group", group_size=8))
+    lin.set_active(out=[1, 6], in_=list(range(16, 24)) + list(range(0, 8)), bits=4)
+    twin = lin.static_twin()
+    assert twin.weight.bits == 4 and twin.weight.shape == (2, 16)
+    assert torch.equal(twin.dequantized_weight(), lin.active_weight_2d())
+    with pytest.raises(ValueError, match="not made of whole groups of 8 columns"):
+        lin.set_active(in_=list(range(4, 20)), bits=4)
+    assert lin.in_index == tuple(range(16, 24)) + tuple(range(8))  # unchanged after the error
+
+
+def test_batchnorm_channel_sets_use_and_update_the_full_statistics():
+    bn = ElasticBatchNorm1d.convert(nn.BatchNorm1d(6), widths=[3])
+    bn.set_active([5, 1])
+    bn.train()
+    x = torch.randn(4, 2, 7) + 3.0
+    bn(x)
+    assert bn.running_mean[[5, 1]].gt(0.2).all() and bn.running_mean[[0, 2, 3, 4]].eq(0).all()
+    assert bn.running_mean_c3.eq(0).all()  # the width-3 statistics are untouched
+    twin = bn.eval().static_twin()
+    assert twin.num_features == 2 and torch.equal(twin.running_mean, bn.running_mean[[5, 1]])
+    with pytest.raises(ValueError, match="valid: distinct indices in 0..5"):
+        bn.set_active([1, 1])
