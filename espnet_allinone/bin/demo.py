@@ -83,7 +83,8 @@ def run(args: argparse.Namespace) -> None:
     header = f"{'subsystem':<16}{'params':>10}{'bytes':>12}{'compression':>13}"
     print(header)
     print("-" * len(header))
-    for sub in space.resolve(args.subsystems):
+    subs = space.resolve(args.subsystems)
+    for sub in sorted(subs, key=encoder.ordered_subsystems().index):  # smallest bytes first
         encoder.set_subsystem(sub)
         with torch.no_grad():
             out, _, _ = encoder(xs, lens)
