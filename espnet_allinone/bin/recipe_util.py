@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import sys
 from collections.abc import Sequence
@@ -22,9 +24,6 @@ from espnet_allinone.export.model_io import LoadError, load_config, load_yaml
 from espnet_allinone.subsystem import SearchSpace, SubsystemError
 
 FINGERPRINT = "recipe_config.json"
-# ESPnet ConformerEncoder defaults, for keys a YAML leaves out.
-_ENCODER_DEFAULTS = {"num_blocks": 6, "linear_units": 2048, "attention_heads": 4,
-                     "output_size": 256}
 
 
 class RecipeError(RuntimeError):
@@ -38,13 +37,12 @@ def read_config(path: Path) -> dict:
 
 def space_of(config: dict) -> SearchSpace:
     """The search space an (all-in-one) training config's encoder_conf defines."""
-    enc = {**_ENCODER_DEFAULTS, **(config.get("encoder_conf") or {})}
-    return SearchSpace.from_config(
-        num_blocks=enc["num_blocks"], linear_units=enc["linear_units"],
-        attention_heads=enc["attention_heads"], output_size=enc["output_size"],
-        depths=enc.get("depths"), widths=enc.get("widths"), precisions=enc.get("precisions"),
-        elastic_conv=bool(enc.get("elastic_conv", False)),
-    )
+    # ESPnet prints a flash-attention notice on stdout when imported; the stage
+    # script reads this command's stdout, so keep it clean.
+    with contextlib.redirect_stdout(io.StringIO()):
+        from espnet_allinone.encoders.elastic_conformer import ElasticConformerEncoder
+
+    return ElasticConformerEncoder.search_space(config.get("encoder_conf") or {})
 
 
 def resolve_subsystems(config_path: Path, subsystems: str) -> list[str]:
