@@ -49,10 +49,10 @@ class TinyElasticEncoder(AbsEncoder):
         precisions: Sequence[int | str] | None = ("int4", "fp"),
     ) -> None:
         super().__init__()
-        self.space = SearchSpace.from_config(
-            num_blocks=num_blocks, linear_units=linear_units, attention_heads=2,
-            output_size=output_size, depths=depths, widths=widths, precisions=precisions,
-        )
+        self.space = SearchSpace.from_encoder_conf({
+            "num_blocks": num_blocks, "linear_units": linear_units, "attention_heads": 2,
+            "output_size": output_size, "depths": depths, "widths": widths, "precisions": precisions,
+        })
         self._out = output_size
         self.proj = torch.nn.Linear(input_size, output_size)
         self.w1 = torch.nn.ModuleList(
@@ -442,3 +442,10 @@ def test_print_config_lists_stock_and_allinone_options() -> None:
     assert defaults["ctc_weight"] == 0.5 and defaults["lsm_weight"] == 0.0  # stock
     assert defaults["sampling"] == "sandwich" and defaults["distill_weight"] == 0.0  # ours
     assert defaults["valid_subsystems"] is None and defaults["num_random"] == 1
+
+
+def test_the_test_encoder_keeps_the_elastic_encoder_protocol() -> None:
+    from espnet_allinone.encoders.protocol import ElasticEncoder, protocol_violations
+
+    assert protocol_violations(TinyElasticEncoder, ElasticEncoder) == []
+    assert isinstance(TinyElasticEncoder(FEAT_DIM).space, SearchSpace)

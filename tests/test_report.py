@@ -13,6 +13,7 @@ import yaml
 from espnet_allinone.bin import report as report_cli
 from espnet_allinone.bin import score as score_cli
 from espnet_allinone.corpus.datadir import write_datadir
+from espnet_allinone.export.extracted_dir import subsystem_size
 from espnet_allinone.report.results import (
     Row,
     fill_compression,
@@ -25,7 +26,6 @@ from espnet_allinone.report.scoring import (
     parse_rsum,
     score_dir,
 )
-from espnet_allinone.report.sizes import subsystem_size
 
 
 def _ref_dir(tmp_path: Path) -> tuple[Path, dict[str, str]]:

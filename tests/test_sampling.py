@@ -18,10 +18,10 @@ from espnet_allinone.train.sampling import (
 @pytest.fixture
 def space() -> SearchSpace:
     # 3 depths x 2 widths x 4 precisions = 24 subsystems.
-    return SearchSpace.from_config(
-        num_blocks=12, linear_units=2048, attention_heads=4, output_size=256,
-        depths=[6, 9, 12], widths=[0.5, 1.0], precisions=["int2", "int4", "int8", "fp"],
-    )
+    return SearchSpace.from_encoder_conf({
+        "num_blocks": 12, "linear_units": 2048, "attention_heads": 4, "output_size": 256,
+        "depths": [6, 9, 12], "widths": [0.5, 1.0], "precisions": ["int2", "int4", "int8", "fp"],
+    })
 
 
 def test_step_seed_is_stable_and_distinct() -> None:
@@ -104,7 +104,8 @@ def test_draw_tells_fixed_from_random_paths(space: SearchSpace) -> None:
 
 
 def test_single_subsystem_space() -> None:
-    tiny = SearchSpace.from_config(num_blocks=2, linear_units=8, attention_heads=2, output_size=8)
+    tiny = SearchSpace.from_encoder_conf(
+        {"num_blocks": 2, "linear_units": 8, "attention_heads": 2, "output_size": 8})
     sampler = SubsystemSampler(tiny, "sandwich", num_random=3)
     assert [str(s) for s in sampler.sample(0)] == ["d2-w1-fp"]
     assert sampler.num_paths == 1

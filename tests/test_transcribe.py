@@ -36,7 +36,7 @@ def exported(tmp_path_factory, tiny_corpus):
     for sub in SUBS:
         directory = extractor.extract(sub, root / "extracted", verify=False).directory
         ensure_exported(directory, variants=("exact", "int8"), kernels="nbits",
-                        log=lambda _m: None)
+                        log=lambda _m: None, convs="int8")
         dirs[sub] = directory
     wavs = list(read_table(tiny_corpus / "test" / "wav.scp").values())
     audio = [soundfile.read(w, dtype="float32")[0] for w in wavs]

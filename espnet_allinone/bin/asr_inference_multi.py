@@ -23,8 +23,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from espnet_allinone.export.extracted_dir import model_files
 from espnet_allinone.export.model_io import LoadError, check_model_files, load_config
-from espnet_allinone.report.sizes import model_files
 
 
 class MultiInferenceError(ValueError):

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from espnet_allinone.export.extract import INFO_NAME
+from espnet_allinone.export.extracted_dir import INFO_NAME, model_files
 from espnet_allinone.export.model_io import (
     LoadError,
     load_checkpoint,
@@ -29,7 +29,6 @@ from espnet_allinone.export.zoo import (
     pack_extracted,
     read_results,
 )
-from espnet_allinone.report.sizes import model_files
 from espnet_allinone.subsystem import Subsystem, SubsystemError
 
 

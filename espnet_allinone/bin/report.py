@@ -13,7 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from espnet_allinone.corpus.datadir import read_table
-from espnet_allinone.export.extract import INFO_NAME
+from espnet_allinone.export.extracted_dir import (
+    INFO_NAME,
+    exact_bytes,
+    model_files,
+    subsystem_size,
+)
 from espnet_allinone.export.model_io import (
     LoadError,
     load_checkpoint,
@@ -30,7 +35,6 @@ from espnet_allinone.report.results import (
     to_markdown,
     to_text_table,
 )
-from espnet_allinone.report.sizes import model_files, subsystem_size
 from espnet_allinone.subsystem import Subsystem, SubsystemError
 
 
@@ -62,8 +66,14 @@ def _subsystems(args: argparse.Namespace, decode_dir: Path) -> list[str]:
     if not names:
         raise ReportError(f"no decoded subsystem under {decode_dir}: made by the decoding "
                           "stage (13) and scored by stage 14")
-    subs = [Subsystem.parse(n) for n in names]
-    return [str(s) for s in sorted(subs, key=lambda s: s.size_key)]
+    extracted = args.extracted_dir or args.asr_exp / "extracted"
+
+    def size_order(name: str) -> tuple:
+        sub = Subsystem.parse(name)
+        nbytes = exact_bytes(extracted / name) if (extracted / name).is_dir() else 0
+        return (nbytes, sub.depth, sub.width)
+
+    return sorted(names, key=size_order)
 
 
 def full_float_bytes(extracted: Path, rows: list[Row]) -> int | None:

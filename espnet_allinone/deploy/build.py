@@ -75,7 +75,7 @@ def check_model(model: Path) -> Path:
     return model
 
 
-def is_current(model: Path, variants: Sequence[str], kernels: str) -> bool:
+def is_current(model: Path, variants: Sequence[str], kernels: str, convs: str = "auto") -> bool:
     """True when the export directory holds ``variants`` made from this very model."""
     out = export_dir_for(model)
     try:
@@ -84,27 +84,34 @@ def is_current(model: Path, variants: Sequence[str], kernels: str) -> bool:
         return False
     source = model / "model.pth" if model.is_dir() else model
     return (meta.get("source_sha256") == _sha256(source) and meta.get("kernels") == kernels
+            and ("int8" not in variants or meta.get("int8_convs") == convs)
             and all(v in meta["variants"] and (out / meta["variants"][v]["file"]).is_file()
                     for v in variants))
 
 
 def ensure_exported(model: str | Path, variants: Sequence[str] = ("exact",),
                     kernels: str = "auto", threads: int = 1,
-                    log: Callable[[str], None] = print, force: bool = False) -> Path:
-    """The export directory of ``model``, exporting it first unless it is up to date."""
+                    log: Callable[[str], None] = print, force: bool = False,
+                    convs: str = "auto") -> Path:
+    """The export directory of ``model``, exporting it first unless it is up to date.
+
+    ``kernels``: low-bit layers as MatMulNBits ("auto": where measured fast here,
+    "nbits": always, "float": never). ``convs``: in the int8 variant, int8
+    convolutions ("auto": where measured fast here, "int8", "float").
+    """
     model = check_model(Path(model)).absolute()
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
         raise DeployError(f"variant {bad[0]!r} unknown; valid: {', '.join(VARIANTS)}")
     out = export_dir_for(model)
-    if not force and is_current(model, variants, kernels):
+    if not force and is_current(model, variants, kernels, convs):
         return out
     log(f"exporting {model} for onnxruntime -> {out}")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         # ESPnet prints import noise on stdout, where transcripts go
         with contextlib.redirect_stdout(sys.stderr):
-            meta = _export_source(model, tmp, variants, kernels, threads, log)
+            meta = _export_source(model, tmp, variants, kernels, convs, threads, log)
         meta["source"] = str(model)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
         if out.exists():
@@ -116,12 +123,12 @@ def ensure_exported(model: str | Path, variants: Sequence[str] = ("exact",),
     return out
 
 
-def _export_source(model: Path, tmp: Path, variants: Sequence[str], kernels: str,
+def _export_source(model: Path, tmp: Path, variants: Sequence[str], kernels: str, convs: str,
                    threads: int, log: Callable[[str], None]) -> dict:
     """Export a model directory, or a zip unpacked by ESPnet's own unpacker, into ``tmp``."""
     if model.is_dir():
         meta = _export(model / "config.yaml", model / "model.pth", tmp, variants, kernels,
-                       threads, log)
+                       convs, threads, log)
         meta["source_sha256"] = _sha256(model / "model.pth")
         return meta
     from espnet2.main_funcs.pack_funcs import unpack
@@ -134,7 +141,7 @@ def _export_source(model: Path, tmp: Path, variants: Sequence[str], kernels: str
         raise DeployError(f"{model}: the zip holds no ASR model (meta.yaml lists "
                           f"{', '.join(files)})")
     meta = _export(Path(files["asr_train_config"]), Path(files["asr_model_file"]), tmp,
-                   variants, kernels, threads, log)
+                   variants, kernels, convs, threads, log)
     shutil.rmtree(tmp / "unpacked")
     meta["source_sha256"] = _sha256(model)
     return meta
@@ -177,7 +184,7 @@ def frontend_of(model) -> LogMelFrontend:
 
 
 def _export(config: Path, model_file: Path, out: Path, variants: Sequence[str], kernels: str,
-            threads: int, log: Callable[[str], None]) -> dict:
+            convs: str, threads: int, log: Callable[[str], None]) -> dict:
     import humanfriendly
     import onnxruntime
     import torch
@@ -201,9 +208,11 @@ def _export(config: Path, model_file: Path, out: Path, variants: Sequence[str], 
     for line in report.decisions:
         log(f"  kernel: {line}")
     meta_variants = {"exact": _variant(out, "exact", f"{report.replaced} MatMulNBits layers")}
+    int8_decision = None
     if "int8" in variants:
-        onnx_lowbit.quantize_int8(out / VARIANT_FILES["exact"], out / VARIANT_FILES["int8"])
-        meta_variants["int8"] = _variant(out, "int8", "dynamic int8 MatMul/Conv; "
+        int8_decision = onnx_lowbit.quantize_int8_best(
+            out / VARIANT_FILES["exact"], out / VARIANT_FILES["int8"], front.n_mels, convs, threads)
+        meta_variants["int8"] = _variant(out, "int8", f"{int8_decision}; "
                                          f"{report.replaced} MatMulNBits layers kept")
     (out / "model.fp32.onnx").unlink()
     for name, v in meta_variants.items():
@@ -214,6 +223,7 @@ def _export(config: Path, model_file: Path, out: Path, variants: Sequence[str], 
         "name": config.parent.name,
         "variants": meta_variants,
         "kernels": kernels,
+        "int8_convs": convs if int8_decision else None,
         "kernel_decisions": report.decisions,
         "kept_float": report.kept_float,
         "token_list": token_list,
@@ -240,10 +250,11 @@ def _min_samples(model, front: LogMelFrontend) -> int:
 
 def load_model(model: str | Path, variant: str = "exact", num_threads: int = 1,
                search: str = "greedy", beam_size: int = 10, kernels: str = "auto",
-               log: Callable[[str], None] = print) -> OnnxSpeech2Text:
+               log: Callable[[str], None] = print, convs: str = "auto") -> OnnxSpeech2Text:
     """The Python API: export ``model`` if needed (once) and return its onnxruntime recogniser."""
     directory = ensure_exported(model, variants=("exact", "int8") if variant == "int8"
-                                else ("exact",), kernels=kernels, threads=num_threads, log=log)
+                                else ("exact",), kernels=kernels, threads=num_threads, log=log,
+                                convs=convs)
     return OnnxSpeech2Text(directory, variant, num_threads, search, beam_size)
 
 

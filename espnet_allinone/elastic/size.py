@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from espnet_allinone.precision import FLOAT_BITS
+
 QUANTIZER_CHILDREN = ("weight_quantizer", "input_quantizer")
 """Children counted inside their layer's storage bits, not as parameters."""
 

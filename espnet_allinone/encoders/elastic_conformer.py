@@ -65,7 +65,10 @@ from espnet_allinone.elastic.family import (
     reorder_block,
 )
 from espnet_allinone.elastic.layers import ElasticWeightMixin
-from espnet_allinone.encoders.conformer_family import CONFORMER, ScheduledMultiSequential
+from espnet_allinone.encoders.conformer_family import (
+    CONFORMER,
+    ScheduledMultiSequential,
+)
 from espnet_allinone.encoders.options import (
     RejectUnknownOptions,
     publish_signature,

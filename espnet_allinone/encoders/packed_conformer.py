@@ -30,7 +30,10 @@ from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 from torch import nn
 
 from espnet_allinone.elastic.family import narrow_block
-from espnet_allinone.encoders.conformer_family import CONFORMER, ScheduledMultiSequential
+from espnet_allinone.encoders.conformer_family import (
+    CONFORMER,
+    ScheduledMultiSequential,
+)
 from espnet_allinone.encoders.options import (
     RejectUnknownOptions,
     publish_signature,

@@ -27,20 +27,17 @@ from pathlib import Path
 import torch
 import yaml
 
-from espnet_allinone.export import model_io
-from espnet_allinone.export.files import atomic_directory, sha256_file, tensors_digest
 from espnet_allinone.arch import ArchError, SubnetArch
+from espnet_allinone.export import model_io
+from espnet_allinone.export.extracted_dir import CONFIG_NAME, INFO_NAME, MODEL_NAME
+from espnet_allinone.export.files import atomic_directory, sha256_file, tensors_digest
 from espnet_allinone.export.slicing import SlicedEncoder, slice_encoder
 from espnet_allinone.export.standalone_config import (
     encoder_conf,
-    stock_conformer_misfit,
     standalone_config,
+    stock_conformer_misfit,
 )
 from espnet_allinone.subsystem import Subsystem
-
-INFO_NAME = "extract_info.yaml"
-CONFIG_NAME = "config.yaml"
-MODEL_NAME = "model.pth"
 
 
 class ExtractionError(RuntimeError):

@@ -21,7 +21,6 @@ from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 
 from espnet_allinone.arch import SubnetArch
 from espnet_allinone.encoders.options import stock_defaults
-from espnet_allinone.precision import FLOAT_BITS
 
 STATS_NAME = "feats_stats.npz"
 BPE_NAME = "bpe.model"

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from espnet_allinone.export.extract import CONFIG_NAME, INFO_NAME, MODEL_NAME
+from espnet_allinone.export.extracted_dir import CONFIG_NAME, INFO_NAME, MODEL_NAME
 from espnet_allinone.subsystem import Subsystem
 
 

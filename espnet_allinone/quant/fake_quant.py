@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from espnet_allinone.quant.config import QuantConfig
 from espnet_allinone.precision import FLOAT_BITS, SUPPORTED_BITS
+from espnet_allinone.quant.config import QuantConfig
 
 MIN_SCALE = 2.0**-20
 """Smallest scale (an exact fp16 value): guards zero and constant weights."""

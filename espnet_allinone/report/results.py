@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from espnet_allinone.subsystem import FLOAT_BITS, Subsystem
+from espnet_allinone.subsystem import Subsystem
 
 SCORES_FILE = "scores.json"
 
