@@ -84,11 +84,11 @@ def _espnet_onnx(directory: Path, work: Path, threads_list: list[int], log) -> d
         import typeguard
         import yaml
 
-        # espnet_onnx 0.2.1 calls typeguard 2's check_argument_types (gone in typeguard 4,
-        # which espnet 202511 needs): a no-op shim, as ESPnet's own type checks are.
+        # espnet_onnx 0.2.1 pins typeguard 2.13 and calls its argument-less
+        # check_argument_types(); typeguard 4 (espnet 202511's) has another signature
+        # and rejects its calls: a no-op shim before espnet_onnx is imported.
         for name in ("check_argument_types", "check_return_type"):
-            if not hasattr(typeguard, name):
-                setattr(typeguard, name, lambda *a, **k: True)
+            setattr(typeguard, name, lambda *a, **k: True)
         from espnet2.bin.asr_inference import Speech2Text
         from espnet_onnx import Speech2Text as OnnxS2T
         from espnet_onnx.export import ASRModelExport
@@ -129,6 +129,7 @@ def _espnet_onnx(directory: Path, work: Path, threads_list: list[int], log) -> d
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as ours
             session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
             def run(enc=enc, session=session):

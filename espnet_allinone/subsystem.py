@@ -205,8 +205,9 @@ class SearchSpace:
     Every combination of the parts' choices (``depths`` x ``widths`` x
     ``bits``) is a member. The width fraction must give whole numbers of FFN
     units and attention heads (and conv channels when ``elastic_conv``) for
-    the full-size dimensions. ``depths`` may exceed ``num_blocks`` only when
-    the encoder unfolds its blocks (``max_depth``).
+    the full-size dimensions. ``num_blocks`` is the deepest logical depth
+    (an unfolding encoder builds fewer physical blocks and says which depths
+    its seed can make).
     """
 
     depths: tuple[int, ...]
@@ -217,7 +218,6 @@ class SearchSpace:
     attention_heads: int
     output_size: int
     elastic_conv: bool = False
-    max_depth: int | None = None
     _members: frozenset = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -226,10 +226,9 @@ class SearchSpace:
         bits = tuple(sorted({_bits(b) for b in self.bits}))
         if not depths or not widths or not bits:
             raise SubsystemError("a search space needs at least one depth, width and precision")
-        top = self.max_depth or self.num_blocks
         for d in depths:
-            if not 1 <= d <= top:
-                raise SubsystemError(f"depth {d} outside the model's 1..{top} blocks")
+            if not 1 <= d <= self.num_blocks:
+                raise SubsystemError(f"depth {d} outside the model's 1..{self.num_blocks} blocks")
         for w in widths:
             for name, full in self._width_dims():
                 if (w * full).denominator != 1:

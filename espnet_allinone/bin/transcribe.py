@@ -121,7 +121,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             skipped.append(utt)
             continue
         start = time.perf_counter()
-        hyp = asr(speech)[0]
+        try:
+            hyp = asr(speech)[0]
+        except (ValueError, RuntimeError) as e:  # onnxruntime's errors are RuntimeErrors
+            note(f"skipped: {path}: transcription failed: {str(e).splitlines()[0]}")
+            skipped.append(utt)
+            continue
         compute += time.perf_counter() - start
         audio_seconds += speech.shape[0] / asr.sample_rate
         lines.append(f"{utt}\t{hyp.text}\n")

@@ -58,7 +58,7 @@ class OnnxSpeech2Text:
     """An exported model on onnxruntime; ``__call__`` mirrors ESPnet's ``Speech2Text``."""
 
     def __init__(self, directory: str | Path, variant: str = "exact", num_threads: int = 1,
-                 search: str = "greedy", beam_size: int = 10):
+                 search: str = "greedy", beam_size: int = 10, spin: bool = False):
         import onnxruntime as ort
 
         self.directory = Path(directory)
@@ -82,6 +82,8 @@ class OnnxSpeech2Text:
         options.intra_op_num_threads = int(num_threads)
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # idle worker threads spinning would steal cores from other streams / processes
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         self.session = ort.InferenceSession(
             str(self.directory / variants[variant]["file"]), options,
             providers=["CPUExecutionProvider"])

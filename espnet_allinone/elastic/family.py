@@ -104,8 +104,9 @@ def _optional(module: nn.Module, path: str) -> nn.Module | None:
 # --- elastic blocks ----------------------------------------------------------------
 def make_block_elastic(block: nn.Module, spec: FamilySpec,
                        attention_class: Callable[[nn.Module], nn.Module],
-                       conv_widths: Sequence[int] = ()) -> None:
-    """Convert a built block's role modules to elastic layers in place (same tensors)."""
+                       conv_widths: Sequence[int] = (), positions: int = 1) -> None:
+    """Convert a built block's role modules to elastic layers in place (same tensors);
+    the conv norm keeps statistics for ``conv_widths`` and ``positions`` positions."""
     attention_class(spec.attention_of(block))
     for role, ff in spec.feed_forwards_of(block):
         convert_weight_layer(ff.get_submodule(role.inner))
@@ -115,7 +116,7 @@ def make_block_elastic(block: nn.Module, spec: FamilySpec,
         c = spec.conv
         ElasticConv1d.convert(conv.get_submodule(c.expand), split_halves=True)
         ElasticConv1d.convert(conv.get_submodule(c.depthwise))
-        ElasticBatchNorm1d.convert(conv.get_submodule(c.norm), conv_widths)
+        ElasticBatchNorm1d.convert(conv.get_submodule(c.norm), conv_widths, positions)
         ElasticConv1d.convert(conv.get_submodule(c.project))
     for linear in spec.whole_linears_of(block):
         convert_weight_layer(linear)

@@ -26,26 +26,50 @@ class ElasticBatchNorm1d(nn.BatchNorm1d):
     """``nn.BatchNorm1d`` with an active channel prefix and per-width statistics."""
 
     @classmethod
-    def convert(cls, module: nn.BatchNorm1d, widths: Iterable[int] = ()) -> ElasticBatchNorm1d:
-        """Turn a built ``nn.BatchNorm1d`` into this class in place, adding ``widths``."""
+    def convert(cls, module: nn.BatchNorm1d, widths: Iterable[int] = (),
+                repeats: int = 1) -> ElasticBatchNorm1d:
+        """Turn a built ``nn.BatchNorm1d`` into this class in place, adding ``widths``
+        and, for a block run at ``repeats`` logical positions, statistics per position."""
         if type(module) is not nn.BatchNorm1d:
             raise TypeError(f"expected torch.nn.BatchNorm1d, got {type(module).__name__}")
+        if repeats < 1:
+            raise ValueError(f"BatchNorm repeats must be >= 1, got {repeats}")
         module.__class__ = cls
         module.active_channels = module.num_features
         module.active_index = tuple(range(module.num_features))
         module._index_tensor = None
         module.widths = tuple(sorted({int(w) for w in widths} | {module.num_features}))
+        module.repeats, module.repeat, module.active_repeats = int(repeats), 0, 1
         for width in module.widths:
             if not 1 <= width <= module.num_features:
                 raise ValueError(f"BatchNorm width {width} outside 1..{module.num_features}")
-            if width < module.num_features and module.track_running_stats:
-                dev = module.running_mean.device
-                module.register_buffer(f"running_mean_c{width}", torch.zeros(width, device=dev))
-                module.register_buffer(f"running_var_c{width}", torch.ones(width, device=dev))
-                module.register_buffer(
-                    f"num_batches_tracked_c{width}", torch.tensor(0, dtype=torch.long, device=dev)
-                )
+            for repeat in range(module.repeats):
+                suffix = module._suffix(width, repeat)
+                if suffix and module.track_running_stats:
+                    dev = module.running_mean.device
+                    module.register_buffer(f"running_mean{suffix}", torch.zeros(width, device=dev))
+                    module.register_buffer(f"running_var{suffix}", torch.ones(width, device=dev))
+                    module.register_buffer(f"num_batches_tracked{suffix}",
+                                           torch.tensor(0, dtype=torch.long, device=dev))
         return module
+
+    def _suffix(self, width: int, repeat: int) -> str:
+        """Buffer-name suffix of a statistics bank: the stock names for the full width
+        at the first position, ``_c<width>`` and ``_r<position>`` otherwise."""
+        return (f"_c{width}" if width < self.num_features else "") + (
+            f"_r{repeat}" if repeat else "")
+
+    def set_repeat(self, repeat: int) -> None:
+        """The logical position (0, 1, ...) of the shared block about to run."""
+        if not 0 <= repeat < self.active_repeats:
+            raise ValueError(f"BatchNorm position {repeat} outside 0..{self.active_repeats - 1}")
+        self.repeat = repeat
+
+    def set_active_repeats(self, n: int) -> None:
+        """How many logical positions run this block (statistics kept for each)."""
+        if not 1 <= n <= self.repeats:
+            raise ValueError(f"BatchNorm runs at {n} positions; prepared: 1..{self.repeats}")
+        self.active_repeats, self.repeat = int(n), 0
 
     def set_active(self, channels: int | Sequence[int]) -> None:
         """The first ``channels`` (a prepared width) or an index set of channels."""
@@ -69,13 +93,13 @@ class ElasticBatchNorm1d(nn.BatchNorm1d):
         self._index_tensor = None if index == tuple(range(len(index))) else torch.tensor(index)
 
     def stats(self, channels: int) -> tuple:
-        """(running_mean, running_var, num_batches_tracked) kept for ``channels``."""
-        if channels == self.num_features:
-            return self.running_mean, self.running_var, self.num_batches_tracked
+        """(running_mean, running_var, num_batches_tracked) kept for ``channels`` at the
+        current position."""
+        suffix = self._suffix(channels, self.repeat)
         return (
-            getattr(self, f"running_mean_c{channels}"),
-            getattr(self, f"running_var_c{channels}"),
-            getattr(self, f"num_batches_tracked_c{channels}"),
+            getattr(self, f"running_mean{suffix}"),
+            getattr(self, f"running_var{suffix}"),
+            getattr(self, f"num_batches_tracked{suffix}"),
         )
 
     def active_stats(self) -> tuple:
@@ -100,7 +124,8 @@ class ElasticBatchNorm1d(nn.BatchNorm1d):
         return self.weight.index_select(0, index), self.bias.index_select(0, index)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.active_channels == self.num_features and self._index_tensor is None:
+        if self.active_channels == self.num_features and self._index_tensor is None \
+                and self.repeat == 0:
             return super().forward(x)
         mean, var, count = self.active_stats() if self.track_running_stats else (None,) * 3
         factor = 0.0 if self.momentum is None else self.momentum
@@ -119,18 +144,31 @@ class ElasticBatchNorm1d(nn.BatchNorm1d):
 
     @torch.no_grad()
     def static_twin(self) -> nn.BatchNorm1d:
-        """A plain ``nn.BatchNorm1d`` of the active channels with their statistics."""
+        """A plain ``nn.BatchNorm1d`` of the active channels with their statistics (one
+        bank per logical position when the block is shared: then this class again)."""
         twin = nn.BatchNorm1d(self.active_channels, eps=self.eps, momentum=self.momentum,
                               affine=self.affine, track_running_stats=self.track_running_stats)
         if self.affine:
             weight, bias = self._affine()
             twin.weight.copy_(weight)
             twin.bias.copy_(bias)
+        if self.active_repeats > 1:
+            type(self).convert(twin, repeats=self.active_repeats)
+            twin.set_active_repeats(self.active_repeats)
         if self.track_running_stats:
-            mean, var, count = self.active_stats()
-            twin.running_mean.copy_(mean)
-            twin.running_var.copy_(var)
-            twin.num_batches_tracked.copy_(count)
+            current = self.repeat
+            for repeat in range(self.active_repeats):
+                self.repeat = repeat
+                if self.active_repeats > 1:
+                    twin.repeat = repeat
+                    banks = twin.stats(twin.num_features)
+                else:
+                    banks = (twin.running_mean, twin.running_var, twin.num_batches_tracked)
+                for mine, theirs in zip(self.active_stats(), banks):
+                    theirs.copy_(mine)
+            self.repeat = current
+            if self.active_repeats > 1:
+                twin.repeat = 0
         return twin
 
     def active_own_sizes(self) -> list[tuple[int, int]]:
@@ -140,7 +178,7 @@ class ElasticBatchNorm1d(nn.BatchNorm1d):
         if self.affine:
             sizes += [(k, FLOAT_BITS * k), (k, FLOAT_BITS * k)]
         if self.track_running_stats:
-            sizes += [(0, FLOAT_BITS * k), (0, FLOAT_BITS * k)]
+            sizes += [(0, FLOAT_BITS * k), (0, FLOAT_BITS * k)] * self.active_repeats
         return sizes
 
     @torch.no_grad()
@@ -151,11 +189,16 @@ class ElasticBatchNorm1d(nn.BatchNorm1d):
             self.weight.copy_(self.weight[perm])
             self.bias.copy_(self.bias[perm])
         if self.track_running_stats:
-            self.running_mean.copy_(self.running_mean[perm])
-            self.running_var.copy_(self.running_var[perm])
-            for width in self.widths:
-                if width < self.num_features:
+            current = self.repeat
+            for repeat in range(self.repeats):
+                self.repeat = repeat
+                for width in self.widths:
                     mean, var, count = self.stats(width)
-                    mean.zero_()
-                    var.fill_(1.0)
-                    count.zero_()
+                    if width == self.num_features:
+                        mean.copy_(mean[perm])
+                        var.copy_(var[perm])
+                    else:
+                        mean.zero_()
+                        var.fill_(1.0)
+                        count.zero_()
+            self.repeat = current

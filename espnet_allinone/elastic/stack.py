@@ -8,12 +8,18 @@ The schedule lists the physical block each logical position runs: the first
 shared (unfolding). Iterating yields the scheduled blocks, so ESPnet's own
 encoder forward (which enumerates ``self.encoders``, also for intermediate
 CTC) runs them unchanged, and stochastic depth (inside each block) and layer
-drop (``MultiSequential.forward``) keep their semantics. ``len()``, indexing
-and ``state_dict`` still see every physical block once.
+drop (``MultiSequential.forward``) keep their semantics. ``len()`` is the
+number of logical blocks (what the stock forward draws layer-drop
+probabilities for); indexing and ``state_dict`` see every physical block once.
+
+A block run at several positions tells its position-aware modules (a
+BatchNorm keeping statistics per position, ``set_repeat``) which occurrence
+is about to run, just before it runs.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Sequence
 
 from torch import nn
@@ -32,7 +38,7 @@ class ElasticLayerStack:
         if type(stack) is not stock:
             raise TypeError(f"{cls.__name__} converts {stock.__name__}, got {type(stack).__name__}")
         stack.__class__ = cls
-        stack.schedule = tuple(range(len(stack._modules)))
+        stack.set_schedule(range(len(stack._modules)))
         return stack
 
     @property
@@ -54,12 +60,36 @@ class ElasticLayerStack:
                 f"blocks 0..{self.num_blocks - 1}"
             )
         self.schedule = schedule
+        counts = Counter(schedule)
+        self._shared = any(n > 1 for n in counts.values())
+        self._aware = [_position_aware(b) for b in self._modules.values()]
+        for i, modules in enumerate(self._aware):
+            for module in modules:
+                module.set_active_repeats(min(counts.get(i, 1), module.repeats))
+
+    def __len__(self) -> int:
+        return len(self.schedule)
 
     def __iter__(self) -> Iterator[nn.Module]:
         blocks = list(self._modules.values())
-        return iter([blocks[i] for i in self.schedule])
+        if not self._shared:
+            return iter([blocks[i] for i in self.schedule])
+        return self._iter_shared(blocks)
+
+    def _iter_shared(self, blocks: list[nn.Module]) -> Iterator[nn.Module]:
+        seen: Counter = Counter()
+        for i in self.schedule:
+            for module in self._aware[i]:
+                module.set_repeat(min(seen[i], module.active_repeats - 1))
+            seen[i] += 1
+            yield blocks[i]
 
     def inactive_children(self) -> list[nn.Module]:
         """Blocks the schedule does not run (skipped by size accounting)."""
         used = set(self.schedule)
         return [b for i, b in enumerate(self._modules.values()) if i not in used]
+
+
+def _position_aware(block: nn.Module) -> list[nn.Module]:
+    """Modules of ``block`` that keep state per logical position."""
+    return [m for m in block.modules() if hasattr(m, "set_repeat")]

@@ -25,7 +25,16 @@ architecture record, :class:`~espnet_allinone.arch.SubnetArch`:
 
 ``apply_arch`` runs any record that fits the model, also a non-uniform one
 (per-block heads, units and channels as index sets): that is what pruning
-and unfolding build on.
+builds on.
+
+Unfolding (``seed_blocks: S``): ESPnet builds only S blocks, the seed, and a
+depth d (a multiple of S, up to ``num_blocks``) runs them unfolded: logical
+block i runs seed block ``i mod S`` (``unfold: repeat``, the whole seed stack
+repeated, our reading of Li et al. 2025) or ``i // (d/S)`` (``unfold:
+blockwise``). Width and precision stay elastic. With ``position_stats: true``
+(default) each logical position keeps its own conv-module BatchNorm running
+statistics (positions see different activations); nothing else is per
+position, so parameters do not grow with depth.
 
 What stays float: the subsampling front (``embed``), all LayerNorms and the
 conv BatchNorm, every bias, ``pos_bias_u/v`` and everything outside the
@@ -52,7 +61,14 @@ from espnet.nets.pytorch_backend.transformer.attention import (
 from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 from torch import nn
 
-from espnet_allinone.arch import ArchError, BlockArch, SubnetArch, prefix
+from espnet_allinone.arch import (
+    UNFOLD_RULES,
+    ArchError,
+    BlockArch,
+    SubnetArch,
+    prefix,
+    unfold_schedule,
+)
 from espnet_allinone.elastic import (
     ElasticAttentionMixin,
     ElasticLinear,
@@ -100,6 +116,41 @@ _ATTENTION = {
 }
 
 
+def _check_unfolding(space: SearchSpace, seed_blocks: int | None, rule: str) -> None:
+    """A seed that can make every listed depth, or a clear error naming the valid ones."""
+    if seed_blocks is None:
+        return
+    if rule not in UNFOLD_RULES:
+        raise ValueError(f"unknown unfold {rule!r}; valid: {', '.join(UNFOLD_RULES)}")
+    n = space.num_blocks
+    if not isinstance(seed_blocks, int) or not 1 <= seed_blocks <= n:
+        raise ValueError(f"seed_blocks {seed_blocks!r} must be in 1..num_blocks ({n})")
+    valid = list(range(seed_blocks, n + 1, seed_blocks))
+    bad = [d for d in space.depths if d % seed_blocks]
+    if bad:
+        raise ValueError(
+            f"depth(s) {bad} cannot be made by unfolding a {seed_blocks}-block seed; valid "
+            f"depths: {', '.join(map(str, valid))} (multiples of seed_blocks up to num_blocks)"
+        )
+
+
+def _check_block_count(module: ElasticConformerEncoder, state_dict, prefix, *args) -> None:
+    """Refuse a checkpoint of a stacked model in an unfolded one (or the reverse) by name."""
+    head = f"{prefix}{module.family.blocks}."
+    held = {int(k[len(head):].split(".", 1)[0]) for k in state_dict if k.startswith(head)}
+    if not held:
+        return
+    have, want = max(held) + 1, len(module.blocks)
+    if have != want:
+        kind = (f"an unfolded encoder with a {want}-block seed (seed_blocks {want})"
+                if module.seed_blocks else f"a stacked encoder of {want} blocks")
+        raise RuntimeError(
+            f"the checkpoint holds {have} encoder blocks, but this is {kind}: a "
+            f"{'stacked' if have > want else 'seed'} checkpoint does not fit; set "
+            f"num_blocks/seed_blocks as in the config it was trained with"
+        )
+
+
 def convert_attention(module: nn.Module) -> nn.Module:
     """ESPnet attention -> its elastic class, in place."""
     elastic = _ATTENTION.get(type(module))
@@ -135,18 +186,27 @@ class ElasticConformerEncoder(RejectUnknownOptions, ConformerEncoder):
         elastic_conv: bool = False,
         quant_conf: dict | None = None,
         quantize_input_layer: bool = False,
+        seed_blocks: int | None = None,
+        unfold: str = "repeat",
+        position_stats: bool = True,
         **stock_options: Any,
     ):
         space = self.search_space({**stock_options, "depths": depths, "widths": widths,
                                    "precisions": precisions, "elastic_conv": elastic_conv})
         if elastic_conv and not stock_options.get("use_cnn_module", True):
             raise ValueError("elastic_conv: true needs use_cnn_module: true")
+        _check_unfolding(space, seed_blocks, unfold)
         quant_config = QuantConfig.from_dict(quant_conf)
-        super().__init__(input_size=input_size, **stock_options)
+        physical = space.num_blocks if seed_blocks is None else seed_blocks
+        super().__init__(input_size=input_size, **{**stock_options, "num_blocks": physical})
         self.space = space
         self.quant_config = quant_config
         self.quantize_input_layer = quantize_input_layer
+        self.seed_blocks = seed_blocks
+        self.unfold = unfold
+        self.positions = space.num_blocks // seed_blocks if seed_blocks and position_stats else 1
         self._make_elastic()
+        self._register_load_state_dict_pre_hook(_check_block_count, with_module=True)
         self._archs: dict[Subsystem, SubnetArch] = {}
         self._active: Subsystem = space.largest
         self._active_arch: SubnetArch | None = None
@@ -167,7 +227,7 @@ class ElasticConformerEncoder(RejectUnknownOptions, ConformerEncoder):
         conv_widths = sorted({int(w * self.space.output_size) for w in self.space.widths})
         for block in self.blocks:
             make_block_elastic(block, self.family, convert_attention,
-                               conv_widths if self.space.elastic_conv else ())
+                               conv_widths if self.space.elastic_conv else (), self.positions)
         self._input_layers = []
         if self.quantize_input_layer:
             for module in self.embed.modules():
@@ -197,7 +257,7 @@ class ElasticConformerEncoder(RejectUnknownOptions, ConformerEncoder):
             units = prefix(space.ffn_units(sub))
             channels = prefix(space.conv_channels(sub))
             blocks = []
-            for i in range(sub.depth):
+            for i in unfold_schedule(sub.depth, self.seed_blocks, self.unfold):
                 block = self.blocks[i]
                 n_ffn = len(self.family.feed_forwards_of(block))
                 has_conv = self.family.conv_of(block) is not None

@@ -8,7 +8,9 @@ positions, and low-bit weights. This encoder is a stock
 in place to the shapes of its architecture record: ``block_archs`` (one entry
 per stored block: ``heads``, ``ffn_units`` (one per feed-forward module),
 ``conv_channels``, ``bits``), ``block_schedule`` (the stored block each
-logical block runs; default each once, in order) and ``front_bits``. Its
+logical block runs; default each once, in order; with ``position_stats`` a
+shared block's conv BatchNorm keeps statistics per position) and
+``front_bits``. Its
 ``state_dict`` stores the low-bit weights bit-packed (uint8 codes, fp16
 scales, integer zero points, see :mod:`espnet_allinone.quant.packed_format`)
 and loading dequantises them to exactly the fake-quantised weights the
@@ -30,6 +32,7 @@ from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 from torch import nn
 
 from espnet_allinone.elastic.family import narrow_block
+from espnet_allinone.elastic.norm import ElasticBatchNorm1d
 from espnet_allinone.encoders.conformer_family import (
     CONFORMER,
     ScheduledMultiSequential,
@@ -54,6 +57,7 @@ class PackedConformerEncoder(RejectUnknownOptions, ConformerEncoder):
         *,
         block_archs: list[dict] | None = None,
         block_schedule: list[int] | None = None,
+        position_stats: bool = False,
         front_bits: int = FLOAT_BITS,
         attention_heads_kept: int | None = None,
         conv_channels: int | None = None,
@@ -82,8 +86,12 @@ class PackedConformerEncoder(RejectUnknownOptions, ConformerEncoder):
             narrow_block(block, self.family, shape["heads"], shape["ffn_units"],
                          shape.get("conv_channels"))
         if block_schedule is not None:
+            if position_stats:
+                _per_position_norms(self, block_schedule)
             ScheduledMultiSequential.convert(self.encoders)
             self.encoders.set_schedule(block_schedule)
+        elif position_stats:
+            raise ValueError("position_stats needs a block_schedule (shared blocks)")
         self.quant_symmetric = quant_symmetric
         self.weight_bits = self._quantized_weights(shapes, front_bits, weight_bits,
                                                    quantized_modules)
@@ -129,6 +137,22 @@ class PackedConformerEncoder(RejectUnknownOptions, ConformerEncoder):
             yield
         finally:
             self.state_dict_packed = previous
+
+
+def _per_position_norms(encoder: PackedConformerEncoder, schedule: list[int]) -> None:
+    """A shared block's conv BatchNorm with one statistics bank per position it runs at."""
+    blocks = list(encoder.encoders._modules.values())
+    bad = [i for i in schedule if not 0 <= i < len(blocks)]
+    if bad:
+        raise ValueError(f"block_schedule names block {bad[0]}; stored blocks: "
+                         f"0..{len(blocks) - 1}")
+    for i, block in enumerate(blocks):
+        conv = encoder.family.conv_of(block)
+        count = schedule.count(i)
+        if conv is not None and count > 1:
+            norm = conv.get_submodule(encoder.family.conv.norm)
+            if type(norm) is nn.BatchNorm1d:
+                ElasticBatchNorm1d.convert(norm, repeats=count)
 
 
 def _legacy_block(conf: dict, n_ffn: int, heads: int | None, channels: int | None,

@@ -146,7 +146,8 @@ class Extractor:
             )
         encoder_name = "conformer" if stock else "packed_conformer"
         conf = encoder_conf(self.config.get("encoder_conf") or {}, arch, stock=stock,
-                            quant_symmetric=self.encoder.quant_config.symmetric)
+                            quant_symmetric=self.encoder.quant_config.symmetric,
+                            position_stats=self.encoder.positions > 1)
         with atomic_directory(final) as tmp:
             config = standalone_config(self.config, encoder_name, conf, tmp, final)
             build_config = standalone_config(self.config, encoder_name, conf, tmp, tmp)
