@@ -60,7 +60,8 @@ def test_conf_dir_has_the_canonical_configs() -> None:
     names = {c.name for c in CONFS}
     assert {"train_allinone_tiny.yaml", "train_allinone_default.yaml",
             "train_allinone_conformer_librispeech100.yaml",
-            "train_allinone_conformer_swbd.yaml"} <= names
+            "train_allinone_conformer_swbd.yaml", "train_allinone_unfold_default.yaml",
+            "train_allinone_unfold_conformer_librispeech100.yaml"} <= names
     for conf in CONFS:
         cfg = yaml.safe_load(conf.read_text())
         assert cfg["model"] == "allinone", conf.name

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from espnet_allinone.export.model_io import LoadError, load_config, load_yaml
-from espnet_allinone.subsystem import SearchSpace, SubsystemError
+from espnet_allinone.subsystem import SearchSpace, Subsystem, SubsystemError
 
 FINGERPRINT = "recipe_config.json"
 
@@ -88,8 +88,16 @@ def _diff(a: object, b: object, path: str = "") -> list[str]:
     return [] if a == b else [f"{path}: {a!r} then, {b!r} now"]
 
 
+UNFOLDING_KEYS = ("seed_blocks", "unfold", "position_stats")
+
+
 def baseline_config(config_path: Path, subsystem: str, out: Path) -> None:
-    """The same config training only ``subsystem`` (explicit sampling, one path)."""
+    """The same config training only ``subsystem`` (explicit sampling, one path).
+
+    For an unfolded model (``seed_blocks``) the twin trained alone is what the
+    unfolding paper compares with: an ordinary stacked Conformer of the
+    subsystem's logical depth (its own blocks, not a seed run again).
+    """
     config = read_config(config_path)
     sub = resolve_subsystems(config_path, subsystem)
     if len(sub) != 1:
@@ -97,6 +105,12 @@ def baseline_config(config_path: Path, subsystem: str, out: Path) -> None:
     if config.get("model") != "allinone":
         raise RecipeError(f"{config_path} has model: {config.get('model')!r}; the baselines "
                           "stage needs an all-in-one config (model: allinone)")
+    enc = dict(config.get("encoder_conf") or {})
+    if enc.get("seed_blocks"):
+        depth = Subsystem.parse(sub[0]).depth
+        enc = {k: v for k, v in enc.items() if k not in UNFOLDING_KEYS}
+        enc.update(num_blocks=depth, depths=[depth])
+        config["encoder_conf"] = enc
     mc = dict(config.get("model_conf") or {})
     mc.update(sampling="explicit", subsystems=sub, valid_subsystems=sub)
     if "distill_weight" in mc:
