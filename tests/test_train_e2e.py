@@ -129,3 +129,46 @@ def test_tiny_training_end_to_end(tiny_corpus: Path, tmp_path: Path) -> None:
     for step, line in enumerate(lines):
         want = ",".join(map(str, sampler.sample(step)))
         assert line == f"rank=0 step={step} paths={want}"
+
+
+UNFOLD_SCRIPT = """
+import json, sys
+from pathlib import Path
+from espnet2.tasks.asr import ASRTask
+from espnet_allinone.testing import espnet_run as R
+
+data, work, conf = map(Path, sys.argv[1:4])
+tok = R.char_token_list([data / "train" / "text", data / "dev" / "text"], work / "tokens.txt")
+ASRTask.main(cmd=R.collect_stats_args(conf, data, tok, work / "stats"))
+exp = work / "exp"
+ASRTask.main(cmd=R.train_args(conf, data, tok, work / "stats", exp, "--batch_size", "4",
+                              "--seed", "0", "--max_epoch", "2", "--keep_nbest_models", "1"))
+out = {
+    "init": R.validation_losses(exp / "config.yaml", None, data / "dev", seed=0),
+    "trained": R.validation_losses(exp / "config.yaml", exp / "valid.loss.best.pth",
+                                   data / "dev"),
+}
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_tiny_unfolded_training_lowers_every_validated_path(tiny_corpus: Path,
+                                                            tmp_path: Path) -> None:
+    """A 1-block seed unfolded to logical depths 1, 2 and 3, trained jointly (sandwich over
+    logical depths with KL from the deepest path): every validated path learns."""
+    config = yaml.safe_load(CONF.read_text())
+    config["encoder_conf"].update(num_blocks=3, seed_blocks=1, depths=[1, 2, 3])
+    config["model_conf"]["valid_subsystems"] = ["d3-w1-fp", "d1-w0.5-int4", "d2-w1-int4"]
+    config["best_model_criterion"] = [["valid", "loss", "min"]]
+    conf = tmp_path / "unfold.yaml"
+    conf.write_text(yaml.safe_dump(config))
+    proc = subprocess.run(
+        [sys.executable, "-c", UNFOLD_SCRIPT, str(tiny_corpus), str(tmp_path), str(conf)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False, env=ONE_THREAD,
+    )
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-2000:] + proc.stderr[-5000:]
+    out = json.loads(lines[0][7:])
+    assert set(out["init"]) == {"loss_d3-w1-fp", "loss_d1-w0.5-int4", "loss_d2-w1-int4"}
+    for key, init in out["init"].items():
+        assert out["trained"][key] < 0.8 * init, (key, init, out["trained"][key])
