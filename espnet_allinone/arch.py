@@ -134,6 +134,13 @@ class SubnetArch:
         """Every stored block runs once, in order (no shared blocks)."""
         return self.stored_schedule() == list(range(self.depth))
 
+    def unrolled(self) -> SubnetArch:
+        """The same record with every logical block on a block of its own (what a stock
+        stacked encoder holding copies of shared blocks runs)."""
+        blocks = tuple(BlockArch(i, b.heads, b.ffn_units, b.conv_channels, b.bits)
+                       for i, b in enumerate(self.blocks))
+        return SubnetArch(blocks, self.front_bits, self.output_bits)
+
     def check(self, limits: Sequence[BlockLimits]) -> None:
         """Raise ArchError naming the first entry that does not fit the model."""
         if not self.blocks:

@@ -31,7 +31,12 @@ from espnet_allinone.arch import ArchError, SubnetArch
 from espnet_allinone.export import model_io
 from espnet_allinone.export.extracted_dir import CONFIG_NAME, INFO_NAME, MODEL_NAME
 from espnet_allinone.export.files import atomic_directory, sha256_file, tensors_digest
-from espnet_allinone.export.slicing import SlicedEncoder, slice_encoder
+from espnet_allinone.export.slicing import (
+    SlicedEncoder,
+    slice_encoder,
+    tie_shared_blocks,
+    unrolled_state,
+)
 from espnet_allinone.export.standalone_config import (
     encoder_conf,
     standalone_config,
@@ -136,8 +141,10 @@ class Extractor:
         fingerprint = self.fingerprint(name, explicit, plugin_free)
         _check_existing(final, fingerprint, overwrite)
         sliced = slice_encoder(self.encoder, arch)
-        misfit = stock_conformer_misfit(arch, self.space.attention_heads,
-                                        self.space.output_size, plugin_free)
+        unroll = plugin_free and not arch.is_stacked
+        misfit = stock_conformer_misfit(arch.unrolled() if unroll else arch,
+                                        self.space.attention_heads, self.space.output_size,
+                                        plugin_free)
         stock = misfit is None
         if plugin_free and not stock:
             raise ExtractionError(
@@ -145,14 +152,15 @@ class Extractor:
                 "it without --plugin_free (it then uses encoder: packed_conformer)"
             )
         encoder_name = "conformer" if stock else "packed_conformer"
-        conf = encoder_conf(self.config.get("encoder_conf") or {}, arch, stock=stock,
+        conf = encoder_conf(self.config.get("encoder_conf") or {},
+                            arch.unrolled() if unroll else arch, stock=stock,
                             quant_symmetric=self.encoder.quant_config.symmetric,
                             position_stats=self.encoder.positions > 1)
         with atomic_directory(final) as tmp:
             config = standalone_config(self.config, encoder_name, conf, tmp, final)
             build_config = standalone_config(self.config, encoder_name, conf, tmp, tmp)
             target = model_io.build_asr_model(build_config)
-            self._load_target(target, sliced, stock, name)
+            self._load_target(target, sliced, stock, name, unroll)
             diff = self._verify(target, arch, name) if verify else None
             _write_yaml(tmp / CONFIG_NAME, config)
             torch.save(target.state_dict(), tmp / MODEL_NAME)
@@ -188,7 +196,10 @@ class Extractor:
 
     # ------------------------------------------------------------------
     def _load_target(self, target: torch.nn.Module, sliced: SlicedEncoder, stock: bool,
-                     name: str) -> None:
+                     name: str, unroll: bool = False) -> None:
+        if unroll:
+            blocks = self.encoder.family.blocks
+            sliced = SlicedEncoder(sliced.arch, unrolled_state(sliced, blocks))
         if stock:
             shapes = {n: p.shape for n, p in target.encoder.named_parameters()}
             enc_state = sliced.dequantized_state(shapes)
@@ -207,6 +218,9 @@ class Extractor:
                 f"{name}: the cut encoder does not fit the "
                 f"{type(target.encoder).__name__} built from its config: {e}"
             ) from e
+        if unroll:
+            tie_shared_blocks(target.encoder.get_submodule(self.encoder.family.blocks),
+                              sliced.arch.stored_schedule())
 
     @torch.no_grad()
     def _verify(self, target: torch.nn.Module, arch: SubnetArch, name: str,
@@ -244,8 +258,11 @@ def _arch_record(arch: SubnetArch) -> dict:
 
 
 def _float_bytes(module: torch.nn.Module) -> int:
-    """4 bytes a value: a stock encoder holding a low-bit record written dequantised."""
-    return 4 * sum(t.numel() for t in module.state_dict().values() if t.is_floating_point())
+    """4 bytes a value: a stock encoder holding a low-bit record written dequantised
+    (a tensor shared by several keys is saved, and counted, once)."""
+    unique = {t.untyped_storage().data_ptr(): t for t in module.state_dict().values()
+              if t.is_floating_point()}
+    return 4 * sum(t.numel() for t in unique.values())
 
 
 def probe_input(model: torch.nn.Module, input_size: int | None = None, seed: int = 0):
