@@ -180,7 +180,14 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
     def _features(
         self, speech: torch.Tensor, speech_lengths: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frontend + SpecAug + normalisation + pre-encoder: once per step."""
+        """Frontend + SpecAug + normalisation + pre-encoder: once per step.
+
+        The first half of ESPnet's ``encode``, which cannot be called per path:
+        it would recompute the frontend K times and draw K different SpecAug
+        masks, while every path must see the same augmented features (the
+        paths are compared, and distilled, on the same input). The parts are
+        ESPnet's own modules; only their order is repeated here.
+        """
         with torch.amp.autocast("cuda", enabled=self.autocast_frontend, dtype=autocast_type):
             feats, feats_lengths = self._extract_feats(speech, speech_lengths)
             if self.specaug is not None and self.training:
