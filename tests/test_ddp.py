@@ -65,12 +65,15 @@ from espnet_allinone.encoders.elastic_conformer import ElasticConformerEncoder
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 log = sys.argv[2]
+# stacked: 2 blocks, depths 1 and 2; unfolded: a 1-block seed run at depths 1, 2 and 3
+shape = ({"num_blocks": 2, "depths": [1, 2]} if sys.argv[3] == "stacked"
+         else {"num_blocks": 3, "seed_blocks": 1, "depths": [1, 2, 3]})
 
 def make(sampling_log=None):
     torch.manual_seed(0)
     enc = ElasticConformerEncoder(
-        20, output_size=16, attention_heads=2, linear_units=32, num_blocks=2,
-        input_layer="linear", use_cnn_module=False, depths=[1, 2], widths=[0.5, 1.0],
+        20, output_size=16, attention_heads=2, linear_units=32, **shape,
+        input_layer="linear", use_cnn_module=False, widths=[0.5, 1.0],
         precisions=["int4", "int8", "fp"], dropout_rate=0.0, positional_dropout_rate=0.0,
     )
     return build(encoder=enc, sampling="sandwich", num_random=1, distill_weight=0.5,
@@ -121,10 +124,11 @@ dist.destroy_process_group()
 """
 
 
-def test_ddp_two_ranks_same_paths_same_result(tmp_path: Path) -> None:
+@pytest.mark.parametrize("shape", ["stacked", "unfolded"])
+def test_ddp_two_ranks_same_paths_same_result(tmp_path: Path, shape: str) -> None:
     script = tmp_path / "fast_ddp.py"
     script.write_text(FAST)
-    proc = _launch(tmp_path, str(script), str(ROOT), str(tmp_path / "paths.{rank}.log"),
+    proc = _launch(tmp_path, str(script), str(ROOT), str(tmp_path / "paths.{rank}.log"), shape,
                    timeout=300)
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -49,6 +49,18 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def source_digest(model: Path) -> str:
+    """What the export depends on: a zip itself, or a directory's config, weights,
+    feature statistics and BPE model (anything else in it, e.g. a README, is ignored)."""
+    model = Path(model)
+    if not model.is_dir():
+        return _sha256(model)
+    names = sorted(p.name for p in model.iterdir() if p.is_file() and (
+        p.name in MODEL_FILES or p.suffix in (".npz", ".model")))
+    return hashlib.sha256("".join(f"{n}:{_sha256(model / n)};" for n in names)
+                          .encode()).hexdigest()
+
+
 def export_dir_for(model: Path) -> Path:
     """Where the exported files of ``model`` (a directory or a zip) live."""
     model = Path(model)
@@ -82,8 +94,7 @@ def is_current(model: Path, variants: Sequence[str], kernels: str, convs: str = 
         meta = read_meta(out)
     except (DeployError, ValueError):
         return False
-    source = model / "model.pth" if model.is_dir() else model
-    return (meta.get("source_sha256") == _sha256(source) and meta.get("kernels") == kernels
+    return (meta.get("source_sha256") == source_digest(model) and meta.get("kernels") == kernels
             and ("int8" not in variants or meta.get("int8_convs") == convs)
             and all(v in meta["variants"] and (out / meta["variants"][v]["file"]).is_file()
                     for v in variants))
@@ -113,7 +124,9 @@ def ensure_exported(model: str | Path, variants: Sequence[str] = ("exact",),
         with contextlib.redirect_stdout(sys.stderr):
             meta = _export_source(model, tmp, variants, kernels, convs, threads, log)
         meta["source"] = str(model)
+        meta["source_sha256"] = source_digest(model)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        tmp.chmod(0o755)  # mkdtemp makes it private
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -129,7 +142,6 @@ def _export_source(model: Path, tmp: Path, variants: Sequence[str], kernels: str
     if model.is_dir():
         meta = _export(model / "config.yaml", model / "model.pth", tmp, variants, kernels,
                        convs, threads, log)
-        meta["source_sha256"] = _sha256(model / "model.pth")
         return meta
     from espnet2.main_funcs.pack_funcs import unpack
 
@@ -143,7 +155,6 @@ def _export_source(model: Path, tmp: Path, variants: Sequence[str], kernels: str
     meta = _export(Path(files["asr_train_config"]), Path(files["asr_model_file"]), tmp,
                    variants, kernels, convs, threads, log)
     shutil.rmtree(tmp / "unpacked")
-    meta["source_sha256"] = _sha256(model)
     return meta
 
 

@@ -10,7 +10,8 @@ encoder forward (which enumerates ``self.encoders``, also for intermediate
 CTC) runs them unchanged, and stochastic depth (inside each block) and layer
 drop (``MultiSequential.forward``) keep their semantics. ``len()`` is the
 number of logical blocks (what the stock forward draws layer-drop
-probabilities for); indexing and ``state_dict`` see every physical block once.
+probabilities for); integer indexing and ``state_dict`` see every physical
+block once.
 
 A block run at several positions tells its position-aware modules (a
 BatchNorm keeping statistics per position, ``set_repeat``) which occurrence
@@ -69,6 +70,15 @@ class ElasticLayerStack:
 
     def __len__(self) -> int:
         return len(self.schedule)
+
+    def __getitem__(self, idx):
+        """An integer index names a physical block (``stack[3]``: block 3, active or not)."""
+        if isinstance(idx, int):
+            blocks = list(self._modules.values())
+            if not -len(blocks) <= idx < len(blocks):
+                raise IndexError(f"block {idx} out of range: {len(blocks)} blocks")
+            return blocks[idx]
+        return super().__getitem__(idx)
 
     def __iter__(self) -> Iterator[nn.Module]:
         blocks = list(self._modules.values())
