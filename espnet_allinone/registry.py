@@ -19,6 +19,10 @@ ENTRIES: tuple[tuple[str, str, str], ...] = (
      "espnet_allinone.encoders.elastic_conformer:ElasticConformerEncoder"),
     ("encoder_choices", "packed_conformer",
      "espnet_allinone.encoders.packed_conformer:PackedConformerEncoder"),
+    ("encoder_choices", "elastic_wav2vec2",
+     "espnet_allinone.encoders.elastic_wav2vec2:ElasticWav2Vec2Encoder"),
+    ("encoder_choices", "packed_wav2vec2",
+     "espnet_allinone.encoders.packed_wav2vec2:PackedWav2Vec2Encoder"),
     ("model_choices", "allinone", "espnet_allinone.train.model:ESPnetAllInOneASRModel"),
 )
 """What ``register()`` adds; a later encoder or model is one more line here."""

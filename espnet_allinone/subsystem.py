@@ -77,6 +77,18 @@ def _width(value: Any) -> Fraction:
     return width
 
 
+def _prune(value: Any) -> Fraction | None:
+    if value is None:
+        return None
+    try:
+        target = Fraction(str(value)) if isinstance(value, float | str) else Fraction(value)
+    except (TypeError, ValueError):
+        raise SubsystemError(f"pruning target must be a number in (0, 1], got {value!r}") from None
+    if not 0 < target <= 1:
+        raise SubsystemError(f"pruning target must be in (0, 1], got {value!r}")
+    return target
+
+
 def _bits(value: Any) -> int:
     try:
         return parse_precision(value)
@@ -93,9 +105,9 @@ class SubsystemPart:
 
     ``field`` is the Subsystem attribute, ``prefix`` + ``pattern`` its text,
     ``parse``/``format`` convert text and value, ``check`` normalises and
-    validates a value (raising SubsystemError), ``choices`` names the search
-    space attribute holding the valid values. A part with a ``default`` is
-    optional: left out of the string when equal to it.
+    validates a value (raising SubsystemError), ``order`` gives its sort key,
+    ``choices`` names the search space attribute holding the valid values. A
+    part with a ``default`` is optional: left out of the string when equal to it.
     """
 
     field: str
@@ -106,6 +118,7 @@ class SubsystemPart:
     check: Callable[[Any], Any]
     choices: str
     label: str
+    order: Callable[[Any], Any] = lambda value: value
     default: Any = _REQUIRED
 
     @property
@@ -123,6 +136,8 @@ PARTS: tuple[SubsystemPart, ...] = (
                   "width"),
     SubsystemPart("bits", "", r"int\d+|fp", _bits, precision_name, _bits, "bits",
                   "precision"),
+    SubsystemPart("prune", "p", r"\d+(?:\.\d+)?", Fraction, _format_width, _prune, "prunes",
+                  "pruning target", order=lambda p: (p is None, p or 0), default=None),
 )
 """The parts of the string, in order (optional parts, with defaults, come last)."""
 
@@ -136,11 +151,14 @@ _SPELLING = "-".join(f"{p.prefix}<{p.label}>" for p in PARTS if not p.optional)
 
 @dataclass(frozen=True)
 class Subsystem:
-    """One nested system: depth (logical blocks), width fraction, weight bits."""
+    """One nested system: depth (logical blocks), width fraction, weight bits and,
+    for a pruned model, the pruning target (its learned architecture for a size
+    fraction, e.g. ``d4-w1-int4-p0.5``)."""
 
     depth: int
     width: Fraction
     bits: int
+    prune: Fraction | None = None
 
     def __post_init__(self) -> None:
         for part in PARTS:
@@ -183,7 +201,7 @@ class Subsystem:
     @property
     def canonical_key(self) -> tuple:
         """Deterministic order of the parts (depth, width, precision, ...)."""
-        return tuple(getattr(self, p.field) for p in PARTS)
+        return tuple(p.order(getattr(self, p.field)) for p in PARTS)
 
     def __str__(self) -> str:
         out = []
@@ -207,7 +225,9 @@ class SearchSpace:
     units and attention heads (and conv channels when ``elastic_conv``) for
     the full-size dimensions. ``num_blocks`` is the deepest logical depth
     (an unfolding encoder builds fewer physical blocks and says which depths
-    its seed can make).
+    its seed can make). ``prunes`` lists the pruning targets (None: unpruned);
+    a target applies to the full model, so ``d<max>-w<max>-<precision>-p<t>``
+    are the pruned members.
     """
 
     depths: tuple[int, ...]
@@ -218,6 +238,7 @@ class SearchSpace:
     attention_heads: int
     output_size: int
     elastic_conv: bool = False
+    prunes: tuple[Fraction | None, ...] = (None,)
     _members: frozenset = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -239,9 +260,13 @@ class SearchSpace:
         object.__setattr__(self, "depths", depths)
         object.__setattr__(self, "widths", widths)
         object.__setattr__(self, "bits", bits)
-        choices = [getattr(self, p.choices) for p in PARTS]
-        members = frozenset(Subsystem(*combo) for combo in itertools.product(*choices))
-        object.__setattr__(self, "_members", members)
+        prune_part = PARTS[-1]
+        prunes = tuple(sorted({_prune(p) for p in self.prunes} | {None}, key=prune_part.order))
+        object.__setattr__(self, "prunes", prunes)
+        members = {Subsystem(d, w, b) for d, w, b in itertools.product(depths, widths, bits)}
+        members |= {Subsystem(depths[-1], widths[-1], b, p)
+                    for b, p in itertools.product(bits, prunes) if p is not None}
+        object.__setattr__(self, "_members", frozenset(members))
 
     @classmethod
     def from_encoder_conf(cls, conf: Mapping[str, Any]) -> SearchSpace:
@@ -259,6 +284,7 @@ class SearchSpace:
             raise SubsystemError(f"encoder_conf lacks {', '.join(missing)} to build a search space")
         num_blocks = int(conf["num_blocks"])
         return cls(
+            prunes=(None, *(conf.get("prune_targets") or ())),
             depths=tuple(conf.get("depths") or (num_blocks,)),
             widths=tuple(_width(w) for w in (conf.get("widths") or (1,))),
             bits=tuple(_bits(p) for p in (conf.get("precisions") or ("fp",))),
@@ -295,10 +321,16 @@ class SearchSpace:
         for part in PARTS:
             value, valid = getattr(sub, part.field), getattr(self, part.choices)
             if value not in valid:
+                named = [part.format(v) for v in valid if v is not None]
                 problems.append(
                     f"{part.label} {part.format(value)} "
-                    f"(valid: {', '.join(part.format(v) for v in valid)})"
+                    f"(valid: {', '.join(named) if named else 'none in this model'})"
                 )
+        if not problems and sub.prune is not None and (
+                sub.depth, sub.width) != (self.depths[-1], self.widths[-1]):
+            problems.append(
+                f"a pruning target applies to the full model: use d{self.depths[-1]}-w"
+                f"{_format_width(self.widths[-1])}-{sub.precision}-p{_format_width(sub.prune)}")
         if problems:
             raise SubsystemError(
                 f"subsystem {item} is not in this model's search space: " + "; ".join(problems)
@@ -328,11 +360,18 @@ class SearchSpace:
 
     @property
     def largest(self) -> Subsystem:
-        return Subsystem(*(getattr(self, p.choices)[-1] for p in PARTS))
+        """The deepest, widest, most precise unpruned member."""
+        return Subsystem(self.depths[-1], self.widths[-1], self.bits[-1])
 
     @property
     def smallest(self) -> Subsystem:
-        return Subsystem(*(getattr(self, p.choices)[0] for p in PARTS))
+        """The shallowest, narrowest, least precise unpruned member."""
+        return Subsystem(self.depths[0], self.widths[0], self.bits[0])
+
+    @property
+    def pruned(self) -> list[Subsystem]:
+        """The pruned members (every target at every precision)."""
+        return [s for s in self.members() if s.prune is not None]
 
     def members(self) -> list[Subsystem]:
         """Every member in the canonical order (depth, then width, then precision)."""
@@ -344,4 +383,4 @@ class SearchSpace:
         ``nbytes`` the canonical order."""
         if nbytes is None:
             return self.members()
-        return sorted(self._members, key=lambda s: (nbytes(s), s.depth, s.width, s.bits))
+        return sorted(self._members, key=lambda s: (nbytes(s), *s.canonical_key))

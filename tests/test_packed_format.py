@@ -146,7 +146,7 @@ def test_bad_options_name_the_valid_choices():
     with pytest.raises(ValueError, match=r"weight_bits: unsupported weight precision 3; "
                        "valid: int2, int4, int8, fp"):
         PackedConformerEncoder(input_size=20, **BASE, weight_bits=3)
-    with pytest.raises(ValueError, match=r"block_archs\[1\]: heads 5 must be in 1\.\.4"):
+    with pytest.raises(ValueError, match=r"block_archs\[1\]: heads 5 must be in 0\.\.4"):
         PackedConformerEncoder(input_size=20, **dict(BASE, num_blocks=2), block_archs=[
             {"heads": 2}, {"heads": 5}])
     with pytest.raises(ValueError, match=r"block_archs\[0\]: unknown key\(s\) \['head'\]"):

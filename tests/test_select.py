@@ -91,6 +91,9 @@ def test_cli_dry_run_and_errors(exp, capsys):
     assert "give at least one budget" in capsys.readouterr().err
     assert main(["--exp", str(exp / "missing"), "--max_wer", "20"]) == 2
     assert "results.json not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    assert stop.value.code == 0 and "budget on WER %" in capsys.readouterr().out
 
 
 def test_cli_extracts_packs_and_records_the_choice(exp, capsys):

@@ -147,3 +147,23 @@ def test_space_rejects_widths_that_do_not_divide():
         paper_space(depths=[6, 13])
     with pytest.raises(SubsystemError, match="unsupported weight precision"):
         paper_space(precisions=[3])
+
+
+def test_pruning_target_is_an_optional_part_left_out_by_default():
+    sub = Subsystem.parse("d12-w1-int4-p0.5")
+    assert sub.prune == Fraction(1, 2) and str(sub) == "d12-w1-int4-p0.5"
+    assert str(Subsystem.parse("d12-w1-int4")) == "d12-w1-int4"  # no existing name changes
+    assert sub.with_precision("fp") == Subsystem.parse("d12-w1-fp-p0.5")
+    with pytest.raises(SubsystemError, match=r"pruning target must be in \(0, 1\]"):
+        Subsystem.parse("d12-w1-fp-p1.5")
+    space = paper_space(prune_targets=[0.5, 0.3])
+    assert space.largest == Subsystem.parse("d12-w1-fp")  # the unpruned model
+    assert [str(s) for s in space.pruned][:2] == ["d12-w1-int2-p0.3", "d12-w1-int2-p0.5"]
+    assert len(space) == 24 + 2 * 4
+    with pytest.raises(SubsystemError, match=r"pruning target 0\.7 \(valid: 0\.3, 0\.5\)"):
+        space.validate("d12-w1-fp-p0.7")
+    with pytest.raises(SubsystemError, match="a pruning target applies to the full model: use "
+                       "d12-w1-int4-p0.5"):
+        space.validate("d6-w1-int4-p0.5")
+    with pytest.raises(SubsystemError, match=r"pruning target 0\.5 \(valid: none in this model\)"):
+        paper_space().validate("d12-w1-fp-p0.5")

@@ -194,6 +194,28 @@ def test_cli_sample_rate_and_bad_model(exported, tmp_path, capsys):
     assert "model not found" in capsys.readouterr().err
     assert main(["--model", str(directory)]) == 2
     assert "no audio given" in capsys.readouterr().err
+    not_a_zip = tmp_path / "model.zip"
+    not_a_zip.write_bytes(b"PK\x05\x06" + bytes(18))  # an empty zip: no meta.yaml
+    assert main(["--model", str(not_a_zip), str(wav8k)]) == 2
+    assert "not a model-zoo zip with meta.yaml" in capsys.readouterr().err
+    assert not not_a_zip.with_suffix(".onnx").exists()  # nothing half-written
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_changed_model_is_exported_again(exported, tmp_path):
+    import shutil
+
+    from espnet_allinone.deploy.build import is_current
+
+    _, dirs, _, _ = exported
+    copy = tmp_path / "d4-w1-fp"
+    shutil.copytree(dirs["d4-w1-fp"], copy)
+    shutil.copytree(export_dir_for(dirs["d4-w1-fp"]), export_dir_for(copy))
+    assert is_current(copy, ("exact",), "nbits")
+    assert not is_current(copy, ("exact",), "auto")  # other export options
+    with (copy / "config.yaml").open("a") as f:
+        f.write("# edited\n")
+    assert not is_current(copy, ("exact",), "nbits")
 
 
 def test_zip_model_and_python_api(exported, tmp_path):

@@ -49,7 +49,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--exp", type=Path, required=True, help="experiment dir (exp/<tag>)")
     p.add_argument("--results", type=Path, default=None, help="default EXP/results.json")
     for option, (_, what) in BUDGETS.items():
-        p.add_argument(f"--{option}", default=None, help=f"budget on {what}")
+        p.add_argument(f"--{option}", default=None,
+                       help=f"budget on {what}".replace("%", "%%"))  # argparse formats help
     p.add_argument("--asr_model_file", type=Path, default=None,
                    help="all-in-one checkpoint to extract from; default: the first of "
                         + ", ".join(CHECKPOINTS) + " in EXP")

@@ -25,6 +25,7 @@ from espnet_allinone.elastic.layers import (
     convert_weight_layer,
 )
 from espnet_allinone.elastic.norm import ElasticBatchNorm1d
+from espnet_allinone.elastic.size import UNCOUNTED_CHILDREN
 from espnet_allinone.quant.packed_format import QuantizedLayer, to_state
 
 
@@ -83,11 +84,15 @@ class FamilySpec:
 
     def weight_layer_paths(self, block: nn.Module) -> list[str]:
         """Block-relative paths of every weight layer a precision applies to."""
-        paths = [f"{self.attention}.{n}" for n in (*self.attention_in, self.attention_out)
-                 if _optional(self.attention_of(block), n) is not None]
-        for role, _ in self.feed_forwards_of(block):
-            paths += [f"{role.path}.{role.inner}", f"{role.path}.{role.outer}"]
-        if self.conv_of(block) is not None:
+        attention = self.attention_of(block)
+        paths = [] if is_removed(attention) else [
+            f"{self.attention}.{n}" for n in (*self.attention_in, self.attention_out)
+            if _optional(attention, n) is not None]
+        for role, ff in self.feed_forwards_of(block):
+            if not is_removed(ff):
+                paths += [f"{role.path}.{role.inner}", f"{role.path}.{role.outer}"]
+        conv = self.conv_of(block)
+        if conv is not None and not is_removed(conv):
             c = self.conv
             paths += [f"{c.path}.{c.expand}", f"{c.path}.{c.depthwise}", f"{c.path}.{c.project}"]
         paths += [p for p in self.whole_linears if _optional(block, p) is not None]
@@ -101,6 +106,33 @@ def _optional(module: nn.Module, path: str) -> nn.Module | None:
         return None
 
 
+class RemovedModule(nn.Module):
+    """A pruned-away attention, feed-forward or conv module: its branch adds nothing.
+
+    Returns zeros shaped like its first input, so the block's residual sum is
+    unchanged without it (the norm before it stays, as in the gated model).
+    """
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
+def is_removed(module: nn.Module) -> bool:
+    """A removed module: replaced (extracted model) or switched off (elastic model)."""
+    return isinstance(module, RemovedModule) or bool(module.__dict__.get("removed", False))
+
+
+def _set_removed(module: nn.Module, removed: bool) -> None:
+    module.__dict__["removed"] = removed
+
+
+def _zero_if_removed(module: nn.Module, args, output):
+    """Forward hook of an elastic role module: a switched-off module adds nothing."""
+    if module.__dict__.get("removed", False):
+        return torch.zeros_like(args[0])
+    return None
+
+
 # --- elastic blocks ----------------------------------------------------------------
 def make_block_elastic(block: nn.Module, spec: FamilySpec,
                        attention_class: Callable[[nn.Module], nn.Module],
@@ -108,11 +140,14 @@ def make_block_elastic(block: nn.Module, spec: FamilySpec,
     """Convert a built block's role modules to elastic layers in place (same tensors);
     the conv norm keeps statistics for ``conv_widths`` and ``positions`` positions."""
     attention_class(spec.attention_of(block))
+    spec.attention_of(block).register_forward_hook(_zero_if_removed)
     for role, ff in spec.feed_forwards_of(block):
         convert_weight_layer(ff.get_submodule(role.inner))
         convert_weight_layer(ff.get_submodule(role.outer))
+        ff.register_forward_hook(_zero_if_removed)
     conv = spec.conv_of(block)
     if conv is not None:
+        conv.register_forward_hook(_zero_if_removed)
         c = spec.conv
         ElasticConv1d.convert(conv.get_submodule(c.expand), split_halves=True)
         ElasticConv1d.convert(conv.get_submodule(c.depthwise))
@@ -134,15 +169,23 @@ def block_limits(block: nn.Module, spec: FamilySpec, bits: Sequence[int]) -> Blo
 
 
 def apply_block(block: nn.Module, spec: FamilySpec, arch: BlockArch) -> None:
-    """Make an elastic block run ``arch`` (heads, units, channels, bits)."""
+    """Make an elastic block run ``arch`` (heads, units, channels, bits); an empty set
+    switches its module off (pruned away)."""
     bits = arch.bits
-    spec.attention_of(block).set_active(heads=arch.heads, bits=bits)
+    attention = spec.attention_of(block)
+    _set_removed(attention, not arch.heads)
+    if arch.heads:
+        attention.set_active(heads=arch.heads, bits=bits)
     for (role, ff), units in zip(spec.feed_forwards_of(block), arch.ffn_units):
-        ff.get_submodule(role.inner).set_active(out=units, bits=bits)
-        ff.get_submodule(role.outer).set_active(in_=units, bits=bits)
+        _set_removed(ff, not units)
+        if units:
+            ff.get_submodule(role.inner).set_active(out=units, bits=bits)
+            ff.get_submodule(role.outer).set_active(in_=units, bits=bits)
     conv = spec.conv_of(block)
     if conv is not None:
         c, channels = spec.conv, arch.conv_channels
+        _set_removed(conv, not channels)
+    if conv is not None and channels:
         conv.get_submodule(c.expand).set_active(out=channels, bits=bits)
         conv.get_submodule(c.depthwise).set_active(out=channels, bits=bits)
         conv.get_submodule(c.norm).set_active(channels)
@@ -153,7 +196,7 @@ def apply_block(block: nn.Module, spec: FamilySpec, arch: BlockArch) -> None:
 
 # --- export --------------------------------------------------------------------------
 def _skipped(name: str) -> bool:
-    return name.rsplit(".", 1)[-1] in ("weight_quantizer", "input_quantizer")
+    return name.rsplit(".", 1)[-1] in UNCOUNTED_CHILDREN
 
 
 @torch.no_grad()
@@ -183,12 +226,13 @@ def export_module(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _walk(module: nn.Module, name: str = "") -> Iterator[tuple[str, nn.Module]]:
-    """Modules of a tree, not descending into elastic layers or quantisers."""
+    """Modules of a tree, not descending into elastic layers, quantisers or modules
+    switched off by pruning."""
     yield name, module
     if isinstance(module, ElasticWeightMixin | ElasticBatchNorm1d):
         return
     for child_name, child in module.named_children():
-        if not _skipped(child_name):
+        if not _skipped(child_name) and not is_removed(child):
             yield from _walk(child, f"{name}.{child_name}" if name else child_name)
 
 
@@ -234,8 +278,10 @@ def narrow_block(block: nn.Module, spec: FamilySpec, heads: int, ffn_units: Sequ
                  conv_channels: int | None) -> None:
     """Replace a plain block's role modules by ones of the extracted sizes (fresh tensors,
     to be loaded). Head size stays; ``ffn_units`` has one entry per feed-forward."""
+    if heads == 0:
+        setattr(block, spec.attention, RemovedModule())
     attn = spec.attention_of(block)
-    if heads != attn.h:
+    if heads and heads != attn.h:
         model_dim = attn.get_submodule(spec.attention_in[0]).in_features
         inner = heads * attn.d_k
         for name in spec.attention_in:
@@ -253,12 +299,17 @@ def narrow_block(block: nn.Module, spec: FamilySpec, heads: int, ffn_units: Sequ
         raise ValueError(f"{len(ffn_units)} FFN sizes given, the block has {len(feed_forwards)} "
                          "feed-forward modules")
     for (role, ff), units in zip(feed_forwards, ffn_units):
+        if units == 0:
+            setattr(block, role.path, RemovedModule())
+            continue
         inner, outer = ff.get_submodule(role.inner), ff.get_submodule(role.outer)
         if units != inner.out_features:
             setattr(ff, role.inner, nn.Linear(inner.in_features, units, bias=inner.bias is not None))
             setattr(ff, role.outer, nn.Linear(units, outer.out_features, bias=outer.bias is not None))
     conv = spec.conv_of(block)
-    if conv is not None and conv_channels is not None:
+    if conv is not None and conv_channels == 0:
+        setattr(block, spec.conv.path, RemovedModule())
+    elif conv is not None and conv_channels is not None:
         c = spec.conv
         expand, depthwise = conv.get_submodule(c.expand), conv.get_submodule(c.depthwise)
         if conv_channels != depthwise.out_channels:

@@ -4,7 +4,7 @@ A module may describe its own tensors' active slices with
 ``active_own_sizes() -> [(parameters, storage_bits), ...]`` (elastic layers
 do; quantised weights report their exact packed bits including scales and
 zero points) and may hide children with ``inactive_children()`` (a stack
-beyond its depth). Every other module counts its own parameters in full at
+beyond its depth); a child flagged ``removed`` (pruned away) is not counted. Every other module counts its own parameters in full at
 4 bytes each, and its BatchNorm running statistics at 4 bytes each.
 Quantiser scales are overhead inside the weight's storage bits, not
 parameters. Reused by every encoder of the package.
@@ -19,8 +19,9 @@ from torch import nn
 
 from espnet_allinone.precision import FLOAT_BITS
 
-QUANTIZER_CHILDREN = ("weight_quantizer", "input_quantizer")
-"""Children counted inside their layer's storage bits, not as parameters."""
+UNCOUNTED_CHILDREN = ("weight_quantizer", "input_quantizer", "pruning")
+"""Children that are not part of a subsystem: quantiser scales (counted inside
+their layer's storage bits) and pruning gates (training-time only)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ def active_size(module: nn.Module) -> SizeReport:
             nbytes += math.ceil(bits / 8)
         hidden = {id(m) for m in getattr(current, "inactive_children", list)()}
         for name, child in current.named_children():
-            if id(child) not in hidden and name not in QUANTIZER_CHILDREN:
+            removed = child.__dict__.get("removed", False)  # switched off by pruning
+            if id(child) not in hidden and name not in UNCOUNTED_CHILDREN and not removed:
                 stack.append(child)
     return SizeReport(params, nbytes)

@@ -91,6 +91,10 @@ from espnet_allinone.encoders.options import (
     stock_defaults,
 )
 from espnet_allinone.precision import FLOAT_BITS
+from espnet_allinone.pruning.apply import gated
+from espnet_allinone.pruning.config import PruneConfig
+from espnet_allinone.pruning.costs import encoder_costs
+from espnet_allinone.pruning.targets import Pruning
 from espnet_allinone.quant.config import QuantConfig
 from espnet_allinone.subsystem import SearchSpace, Subsystem
 
@@ -189,10 +193,16 @@ class ElasticConformerEncoder(RejectUnknownOptions, ConformerEncoder):
         seed_blocks: int | None = None,
         unfold: str = "repeat",
         position_stats: bool = True,
+        prune_targets: list[float] | None = None,
+        prune_conf: dict | None = None,
         **stock_options: Any,
     ):
         space = self.search_space({**stock_options, "depths": depths, "widths": widths,
-                                   "precisions": precisions, "elastic_conv": elastic_conv})
+                                   "precisions": precisions, "elastic_conv": elastic_conv,
+                                   "prune_targets": prune_targets})
+        if prune_targets and seed_blocks:
+            raise ValueError("prune_targets with seed_blocks: pruning an unfolded encoder is "
+                             "not supported; prune a stacked one")
         if elastic_conv and not stock_options.get("use_cnn_module", True):
             raise ValueError("elastic_conv: true needs use_cnn_module: true")
         _check_unfolding(space, seed_blocks, unfold)
@@ -211,8 +221,11 @@ class ElasticConformerEncoder(RejectUnknownOptions, ConformerEncoder):
         self._active: Subsystem = space.largest
         self._active_arch: SubnetArch | None = None
         for sub in space.members():  # every member must be reachable (e.g. group sizes)
-            self.set_subsystem(sub)
+            if sub.prune is None:
+                self.set_subsystem(sub)
         self.set_subsystem(space.largest)
+        if prune_targets:
+            self.pruning = self._make_pruning(PruneConfig.from_dict(prune_conf))
 
     @classmethod
     def search_space(cls, encoder_conf: Mapping[str, Any]) -> SearchSpace:
@@ -241,6 +254,37 @@ class ElasticConformerEncoder(RejectUnknownOptions, ConformerEncoder):
                     except ValueError as err:
                         raise ValueError(f"encoder layer {name}: {err}") from None
 
+    def _make_pruning(self, config: PruneConfig) -> Pruning:
+        """Gate sets for every target, with the exact costs of the full model."""
+        group = config.unit_group
+        quantised = any(b != FLOAT_BITS for b in self.space.bits)
+        if quantised and self.quant_config.granularity == "group":
+            group = max(group, self.quant_config.group_size)  # keep whole quantiser groups
+            d_k = self.blocks[0].self_attn.d_k
+            if d_k % self.quant_config.group_size:
+                raise ValueError(
+                    f"pruning heads with group_size {self.quant_config.group_size} needs the "
+                    f"head size {d_k} to be a multiple of it (whole quantiser groups)")
+        full = self.resolve(self.space.largest)
+        outside, costs = encoder_costs(self, full)
+        limits = [block_limits(b, self.family, self.space.bits) for b in self.blocks]
+        targets = [t for t in self.space.prunes if t is not None]
+        return Pruning(targets, limits, config, group, outside, costs, self.num_params(full))
+
+    def pruned_arch(self, sub: Subsystem) -> SubnetArch:
+        """The architecture a pruned subsystem's gates have learned (hard gates)."""
+        front = sub.bits if self.quantize_input_layer else FLOAT_BITS
+        return self.pruning.arch(sub.prune, sub.bits, front)
+
+    @contextlib.contextmanager
+    def gated(self, sub: Subsystem) -> Iterator[Subsystem]:
+        """Run a pruned subsystem's training path: the full model at its precision,
+        with the target's gates (sampled in training) applied as masks."""
+        sub = self.space.validate(sub)
+        with self.use_subsystem(sub.replace(prune=None)), \
+                gated(self.blocks, self.family, self.pruning.masks(sub.prune)):
+            yield sub
+
     @property
     def blocks(self) -> list[nn.Module]:
         """Every physical block (active or not)."""
@@ -250,6 +294,8 @@ class ElasticConformerEncoder(RejectUnknownOptions, ConformerEncoder):
     def resolve(self, sub: str | Subsystem) -> SubnetArch:
         """The architecture record of ``sub`` (validated against the space)."""
         sub = self.space.validate(sub)
+        if sub.prune is not None:  # learned by the gates: never cached
+            return self.pruned_arch(sub)
         arch = self._archs.get(sub)
         if arch is None:
             space = self.space
@@ -311,7 +357,8 @@ class ElasticConformerEncoder(RejectUnknownOptions, ConformerEncoder):
     def set_subsystem(self, sub: str | Subsystem) -> Subsystem:
         """Switch to ``sub`` (validated against the search space); returns it."""
         sub = self.space.validate(sub)
-        if sub != self._active or self._active_arch is not self._archs.get(sub):
+        if sub != self._active or sub.prune is not None \
+                or self._active_arch is not self._archs.get(sub):
             self._force(sub)
         return sub
 

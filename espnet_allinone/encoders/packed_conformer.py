@@ -31,7 +31,7 @@ import torch
 from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 from torch import nn
 
-from espnet_allinone.elastic.family import narrow_block
+from espnet_allinone.elastic.family import is_removed, narrow_block
 from espnet_allinone.elastic.norm import ElasticBatchNorm1d
 from espnet_allinone.encoders.conformer_family import (
     CONFORMER,
@@ -149,7 +149,7 @@ def _per_position_norms(encoder: PackedConformerEncoder, schedule: list[int]) ->
     for i, block in enumerate(blocks):
         conv = encoder.family.conv_of(block)
         count = schedule.count(i)
-        if conv is not None and count > 1:
+        if conv is not None and not is_removed(conv) and count > 1:
             norm = conv.get_submodule(encoder.family.conv.norm)
             if type(norm) is nn.BatchNorm1d:
                 ElasticBatchNorm1d.convert(norm, repeats=count)
@@ -177,14 +177,16 @@ def _block_shape(i: int, arch: dict, conf: dict, n_ffn: int) -> dict:
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; valid: {sorted(valid)}")
     heads = int(arch.get("heads", conf["attention_heads"]))
-    if not 1 <= heads <= conf["attention_heads"]:
-        raise ValueError(f"{where}: heads {heads} must be in 1..{conf['attention_heads']}")
+    if not 0 <= heads <= conf["attention_heads"]:
+        raise ValueError(f"{where}: heads {heads} must be in 0..{conf['attention_heads']} "
+                         "(0: attention pruned away)")
     units = [int(u) for u in arch.get("ffn_units", [conf["linear_units"]] * n_ffn)]
-    if len(units) != n_ffn or min(units) < 1:
-        raise ValueError(f"{where}: ffn_units {units} must list {n_ffn} positive sizes")
+    if len(units) != n_ffn or min(units) < 0:
+        raise ValueError(f"{where}: ffn_units {units} must list {n_ffn} sizes >= 0 "
+                         "(0: that feed-forward module pruned away)")
     channels = int(arch.get("conv_channels", conf["output_size"]))
-    if conf["use_cnn_module"] and not 1 <= channels <= conf["output_size"]:
-        raise ValueError(f"{where}: conv_channels {channels} must be in 1..{conf['output_size']}")
+    if conf["use_cnn_module"] and not 0 <= channels <= conf["output_size"]:
+        raise ValueError(f"{where}: conv_channels {channels} must be in 0..{conf['output_size']}")
     try:
         bits = parse_precision(arch.get("bits", FLOAT_BITS))
     except PrecisionError as e:

@@ -141,21 +141,29 @@ class Extractor:
         fingerprint = self.fingerprint(name, explicit, plugin_free)
         _check_existing(final, fingerprint, overwrite)
         sliced = slice_encoder(self.encoder, arch)
-        unroll = plugin_free and not arch.is_stacked
-        misfit = stock_conformer_misfit(arch.unrolled() if unroll else arch,
-                                        self.space.attention_heads, self.space.output_size,
-                                        plugin_free)
-        stock = misfit is None
-        if plugin_free and not stock:
-            raise ExtractionError(
-                f"{name} {misfit}, which ESPnet's conformer encoder cannot express; extract "
-                "it without --plugin_free (it then uses encoder: packed_conformer)"
-            )
-        encoder_name = "conformer" if stock else "packed_conformer"
-        conf = encoder_conf(self.config.get("encoder_conf") or {},
-                            arch.unrolled() if unroll else arch, stock=stock,
-                            quant_symmetric=self.encoder.quant_config.symmetric,
-                            position_stats=self.encoder.positions > 1)
+        plan = getattr(self.encoder, "extracted_encoder", None)
+        if plan is not None:  # the encoder names its own extracted encoder (wav2vec2 family)
+            try:
+                encoder_name, conf, stock = plan(arch, plugin_free)
+            except ValueError as e:
+                raise ExtractionError(f"{name}: {e}") from None
+            unroll = False
+        else:
+            unroll = plugin_free and not arch.is_stacked
+            misfit = stock_conformer_misfit(arch.unrolled() if unroll else arch,
+                                            self.space.attention_heads, self.space.output_size,
+                                            plugin_free)
+            stock = misfit is None
+            if plugin_free and not stock:
+                raise ExtractionError(
+                    f"{name} {misfit}, which ESPnet's conformer encoder cannot express; "
+                    "extract it without --plugin_free (it then uses encoder: packed_conformer)"
+                )
+            encoder_name = "conformer" if stock else "packed_conformer"
+            conf = encoder_conf(self.config.get("encoder_conf") or {},
+                                arch.unrolled() if unroll else arch, stock=stock,
+                                quant_symmetric=self.encoder.quant_config.symmetric,
+                                position_stats=self.encoder.positions > 1)
         with atomic_directory(final) as tmp:
             config = standalone_config(self.config, encoder_name, conf, tmp, final)
             build_config = standalone_config(self.config, encoder_name, conf, tmp, tmp)
@@ -197,6 +205,10 @@ class Extractor:
     # ------------------------------------------------------------------
     def _load_target(self, target: torch.nn.Module, sliced: SlicedEncoder, stock: bool,
                      name: str, unroll: bool = False) -> None:
+        adapt = getattr(self.encoder, "extracted_state", None)
+        if adapt is not None:  # the encoder keys the tensors for its extracted encoder
+            sliced = SlicedEncoder(sliced.arch, adapt(sliced.state, sliced.arch, stock,
+                                                      target.encoder))
         if unroll:
             blocks = self.encoder.family.blocks
             sliced = SlicedEncoder(sliced.arch, unrolled_state(sliced, blocks))
@@ -226,7 +238,9 @@ class Extractor:
     def _verify(self, target: torch.nn.Module, arch: SubnetArch, name: str,
                 tol: float = 1e-4) -> float:
         """Max abs difference of CTC log-posteriors, all-in-one vs extracted."""
-        speech, lengths = probe_input(self.model, self.config.get("input_size"))
+        probe = getattr(self.encoder, "probe_input", None)  # e.g. raw audio long enough
+        speech, lengths = probe() if probe else probe_input(self.model,
+                                                            self.config.get("input_size"))
         with self.encoder.use_arch(arch):
             ref, ref_lens = self.model.encode(speech, lengths)
             ref = self.model.ctc.log_softmax(ref)

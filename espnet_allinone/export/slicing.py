@@ -20,6 +20,7 @@ import torch
 
 from espnet_allinone.arch import SubnetArch
 from espnet_allinone.elastic.family import export_module
+from espnet_allinone.elastic.size import UNCOUNTED_CHILDREN
 from espnet_allinone.quant import packed_format
 
 CODES_SUFFIX = "_codes"
@@ -98,7 +99,7 @@ def slice_encoder(encoder: torch.nn.Module, arch: SubnetArch) -> SlicedEncoder:
             for key, value in export_module(physical).items():
                 state[f"{spec.blocks}.{stored}.{key}"] = value
         for name, child in encoder.named_children():
-            if name != spec.blocks:
+            if name != spec.blocks and name not in UNCOUNTED_CHILDREN:
                 state.update({f"{name}.{k}": v for k, v in export_module(child).items()})
         for name, value in [*encoder.named_parameters(recurse=False),
                             *encoder.named_buffers(recurse=False)]:

@@ -65,17 +65,20 @@ are those of the largest validated subsystem, so a stock
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
 from espnet2.asr.espnet_model import ESPnetASRModel, autocast_type
 from espnet2.torch_utils.device_funcs import force_gatherable
 
+from espnet_allinone.pruning.distill import LayerDistillation, block_outputs
+from espnet_allinone.pruning.targets import target_key
 from espnet_allinone.subsystem import Subsystem
 from espnet_allinone.train.distill import length_mask, masked_kl
 from espnet_allinone.train.sampling import (
@@ -85,6 +88,10 @@ from espnet_allinone.train.sampling import (
 )
 
 _LOG = logging.getLogger(__name__)
+
+LAYER_TEACHERS = ("self", "frozen")
+"""Teachers of layer-wise distillation: the same weights with the gates open (the
+step's largest path), or a frozen copy of the encoder at the first step."""
 
 RANDOM_KEY = "random"
 """Suffix of the stats averaged over a step's randomly drawn paths (``loss_random`` ...)."""
@@ -122,6 +129,8 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
         sampling_seed: int = 0,
         sampling_log: str | None = None,
         share_input_layer: bool = True,
+        layer_distill_weight: float = 0.0,
+        layer_distill_teacher: str = "self",
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -175,6 +184,28 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
         )
         # The sampler position: in the state dict, hence in every checkpoint.
         self.register_buffer("sampler_step", torch.zeros((), dtype=torch.long))
+        self._setup_pruning(layer_distill_weight, layer_distill_teacher)
+
+    def _setup_pruning(self, weight: float, teacher: str) -> None:
+        """Pruned paths (one per target, float, every step) and layer distillation."""
+        self.pruned_paths = [s for s in self.space.pruned if s.bits == self.space.largest.bits]
+        if weight < 0:
+            raise ValueError(f"layer_distill_weight must be >= 0, got {weight}")
+        if teacher not in LAYER_TEACHERS:
+            raise ValueError(f"layer_distill_teacher {teacher!r}; valid: "
+                             f"{', '.join(LAYER_TEACHERS)}")
+        if weight > 0 and not self.pruned_paths:
+            raise ValueError("layer_distill_weight > 0 needs pruning targets "
+                             "(encoder_conf.prune_targets)")
+        if weight > 0 and teacher == "self" and not self.sampler.always_has_largest:
+            raise ValueError("layer distillation from the same weights (layer_distill_teacher: "
+                             f"self) needs the largest subsystem {self.space.largest} every "
+                             "step: use sampling sandwich, or layer_distill_teacher: frozen")
+        self.layer_distill_weight = float(weight)
+        self.layer_distill_teacher = teacher
+        if weight > 0:
+            self.layer_distill = LayerDistillation(len(self.encoder.blocks),
+                                                   self.encoder.output_size())
 
     # --- the shared front part ------------------------------------------
     def _features(
@@ -299,11 +330,16 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
         stats: dict[str, torch.Tensor] = {}
         random_stats: dict[str, list[torch.Tensor]] = {}
         teacher: dict | None = None
+        teacher_layers: list[torch.Tensor] = []
+        if self._distils_layers("frozen"):
+            teacher_layers = self._frozen_teacher_layers(feats, feats_lengths)
         total = None
         with self._shared_input_layer():
             for i, (sub, weight) in enumerate(zip(drawn.paths, self.path_weights)):
-                with self.encoder.use_subsystem(sub):
+                capture = sub == self.teacher and self._distils_layers("self")
+                with self.encoder.use_subsystem(sub), self._layers(capture) as layers:
                     enc, enc_lens = self._encode_features(feats, feats_lengths)
+                teacher_layers = layers if capture else teacher_layers
                 loss, pstats, logits = self._path_loss(enc, enc_lens, text, text_lengths)
                 if self.distill_weight > 0:
                     if sub == self.teacher:
@@ -320,11 +356,66 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
                     for key, value in pstats.items():
                         random_stats.setdefault(key, []).append(value)
                 total = weight * loss if total is None else total + weight * loss
+            if self.pruned_paths:
+                for sub in self.pruned_paths:
+                    loss, pstats = self._pruned_path_loss(
+                        sub, feats, feats_lengths, text, text_lengths, teacher, teacher_layers)
+                    stats.update((f"{key}_{sub}", value) for key, value in pstats.items())
+                    total = total + loss
         for key, values in random_stats.items():
             stats[f"{key}_{RANDOM_KEY}"] = torch.stack(values).mean()
         stats["loss"] = total.detach()
         total, stats, weight = force_gatherable((total, stats, batch_size), total.device)
         return total, stats, weight
+
+    # --- pruned paths -------------------------------------------------------
+    def _distils_layers(self, teacher: str) -> bool:
+        return self.layer_distill_weight > 0 and self.layer_distill_teacher == teacher
+
+    def _layers(self, capture: bool):
+        """Collect the encoder blocks' outputs while the block runs (if ``capture``)."""
+        return block_outputs(self.encoder.blocks) if capture else nullcontext([])
+
+    @torch.no_grad()
+    def _frozen_teacher_layers(self, feats: torch.Tensor,
+                               lengths: torch.Tensor) -> list[torch.Tensor]:
+        """Block outputs of a frozen copy of the encoder as it was at this process's first
+        step (after ``init_param``; after ``--resume``, the resumed weights), unpruned and
+        float: the other teacher DPHuBERT uses."""
+        frozen = self.__dict__.get("_frozen_encoder")  # not a submodule: not trained/saved
+        if frozen is None:
+            frozen = copy.deepcopy(self.encoder).eval()
+            frozen.set_subsystem(self.space.largest)
+            self.__dict__["_frozen_encoder"] = frozen
+        with block_outputs(frozen.blocks) as layers:
+            frozen(feats, lengths)
+        return list(layers)
+
+    def _pruned_path_loss(self, sub: Subsystem, feats: torch.Tensor, feats_lengths: torch.Tensor,
+                          text: torch.Tensor, text_lengths: torch.Tensor, teacher: dict | None,
+                          teacher_layers: list[torch.Tensor]):
+        """One pruned path: the full model through the target's sampled gates, its ASR
+        loss, the Lagrangian towards the (ramped) target size, and the distillations."""
+        capture = self.layer_distill_weight > 0
+        with self.encoder.gated(sub), self._layers(capture) as layers:
+            enc, enc_lens = self._encode_features(feats, feats_lengths)
+        loss, pstats, logits = self._path_loss(enc, enc_lens, text, text_lengths)
+        step = int(self.sampler_step) - 1
+        penalty, fraction, target = self.encoder.pruning.penalty(sub.prune, step)
+        loss = loss + penalty
+        if self.distill_weight > 0 and teacher is not None:
+            kl = self._kl(teacher, logits)
+            pstats["kl"] = kl.detach()
+            loss = loss + self.distill_weight * kl
+        if capture:
+            layer_loss = self.layer_distill(list(layers), teacher_layers, enc_lens)
+            pstats["layer_distill"] = layer_loss.detach()
+            loss = loss + self.layer_distill_weight * layer_loss
+        lambda1, lambda2 = self.encoder.pruning.lagrangians[target_key(sub.prune)].multipliers()
+        pstats.update(loss=loss.detach(), expected_size=fraction.detach(),
+                      target_size=torch.tensor(target), lambda1=lambda1.detach(),
+                      lambda2=lambda2.detach())
+        return loss, pstats
 
     @contextmanager
     def _shared_input_layer(self) -> Iterator[None]:

@@ -87,8 +87,15 @@ class SubsystemSampler:
                 "sampling 'explicit' needs a list in model_conf.subsystems, "
                 f"e.g. [{space.largest}, {space.smallest}]"
             )
-        # The pool: where paths come from (validated against the space).
-        pool = space.resolve(subsystems) if subsystems else space.ordered()
+        # The pool: where paths come from (validated against the space). Pruned
+        # subsystems are not drawn: their gated paths run every step (the model).
+        pool = space.resolve(subsystems) if subsystems else space.members()
+        pruned = [str(s) for s in pool if s.prune is not None]
+        if pruned and subsystems:
+            raise ValueError(
+                f"model_conf.subsystems lists pruned subsystem(s) {', '.join(pruned)}: their "
+                "gated paths run every step by themselves; list unpruned subsystems only")
+        pool = [s for s in pool if s.prune is None]
         if strategy == "explicit":  # the given order (path_weights follow it), teacher first
             pool = sorted(pool, key=lambda s: s != space.largest)
         else:

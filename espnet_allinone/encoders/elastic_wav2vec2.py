@@ -1,0 +1,325 @@
+"""ElasticWav2Vec2Encoder: one wav2vec2 / HuBERT model holding a family of subsystems.
+
+``encoder: elastic_wav2vec2`` in an ESPnet YAML (``input_size: 1``, ``frontend:
+null``, raw waveforms). It is torchaudio's ``Wav2Vec2Model`` (the same class for
+wav2vec2 and HuBERT) whose transformer layers are converted in place to elastic
+layers with the same parameter names, so at full size and float it computes
+exactly what torchaudio computes with the same weights.
+
+A subsystem ``d<depth>-w<width>-<precision>`` resolves (``resolve``) to an
+architecture record: the first ``depth`` transformer layers (or, with
+``seed_blocks: S``, S layers unfolded to ``depth``), the first ``width *
+encoder_num_heads`` heads (head size fixed) and ``width *
+encoder_ff_interm_features`` FFN units, and every Linear of the transformer
+layers (attention q/k/v/out, FFN) fake-quantised at the precision. The conv
+feature extractor, feature projection, positional conv and layer norms stay float.
+
+Weights: ``pretrained_path`` names a user's checkpoint (a Hugging Face folder, a
+fairseq ``.pt`` or a torchaudio state dict, see :mod:`espnet_allinone.foundation`).
+It is read once when the encoder is built; ESPnet's ``initialize()``
+re-initialises the model and then calls :meth:`reload_pretrained_parameters`,
+which loads it again from memory. The architecture keys of ``encoder_conf``
+must agree with the checkpoint (``python -m espnet_allinone.foundation.conf``
+writes them); an unfolded encoder takes the checkpoint's first ``seed_blocks`` layers.
+
+Fine-tuning: ``mask_prob`` > 0 masks time spans of the projected features with
+the checkpoint's mask embedding (torchaudio's ``MaskGenerator``, training only);
+``freeze_feature_extractor`` (default true) keeps the conv front fixed (and then
+computes it once per batch for all subsystems); ``freeze_encoder_updates: N``
+runs the whole encoder without gradient for the first N training steps (a step
+is a new input batch, not a subsystem path); layer drop is off
+(``encoder_layer_drop: 0``, depth is elastic instead).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torchaudio.models.wav2vec2.components import MaskGenerator
+
+from espnet_allinone.arch import (
+    UNFOLD_RULES,
+    ArchError,
+    BlockArch,
+    SubnetArch,
+    prefix,
+    unfold_schedule,
+)
+from espnet_allinone.elastic.family import apply_block, block_limits, make_block_elastic
+from espnet_allinone.elastic.layers import ElasticWeightMixin
+from espnet_allinone.encoders.elastic_conformer import (
+    ElasticConformerEncoder as _Conformer,
+)
+from espnet_allinone.encoders.wav2vec2_family import (
+    ARCH_DEFAULTS,
+    WAV2VEC2,
+    ElasticSelfAttention,
+    Wav2Vec2EncoderBase,
+    space_conf,
+)
+from espnet_allinone.precision import FLOAT_BITS
+from espnet_allinone.quant.config import QuantConfig
+from espnet_allinone.subsystem import SearchSpace, Subsystem, SubsystemError
+
+_D = ARCH_DEFAULTS
+
+
+class ElasticWav2Vec2Encoder(Wav2Vec2EncoderBase):
+    """wav2vec2 / HuBERT encoder with elastic depth, heads, FFN units and weight bits."""
+
+    family = WAV2VEC2
+    quantize_input_layer = False
+
+    def __init__(
+        self,
+        input_size: int = 1,
+        *,
+        extractor_mode: str = _D["extractor_mode"],
+        extractor_conv_layer_config: list[list[int]] | None = None,
+        extractor_conv_bias: bool = _D["extractor_conv_bias"],
+        encoder_embed_dim: int = _D["encoder_embed_dim"],
+        encoder_projection_dropout: float = _D["encoder_projection_dropout"],
+        encoder_pos_conv_kernel: int = _D["encoder_pos_conv_kernel"],
+        encoder_pos_conv_groups: int = _D["encoder_pos_conv_groups"],
+        encoder_num_layers: int = _D["encoder_num_layers"],
+        encoder_num_heads: int = _D["encoder_num_heads"],
+        encoder_attention_dropout: float = _D["encoder_attention_dropout"],
+        encoder_ff_interm_features: int = _D["encoder_ff_interm_features"],
+        encoder_ff_interm_dropout: float = _D["encoder_ff_interm_dropout"],
+        encoder_dropout: float = _D["encoder_dropout"],
+        encoder_layer_norm_first: bool = _D["encoder_layer_norm_first"],
+        encoder_layer_drop: float = _D["encoder_layer_drop"],
+        normalize_waveform: bool = False,
+        pretrained_path: str | None = None,
+        mask_prob: float = 0.0,
+        mask_length: int = 10,
+        mask_selection: str = "static",
+        mask_other: float = 0.0,
+        no_mask_overlap: bool = False,
+        mask_min_space: int = 1,
+        mask_channel_prob: float = 0.0,
+        mask_channel_length: int = 10,
+        freeze_feature_extractor: bool = True,
+        freeze_encoder_updates: int = 0,
+        depths: list[int] | None = None,
+        widths: list[float | str] | None = None,
+        precisions: list[int | str] | None = None,
+        quant_conf: dict | None = None,
+        seed_blocks: int | None = None,
+        unfold: str = "repeat",
+    ):
+        conf = {k: v for k, v in locals().items() if k in _D}
+        if extractor_conv_layer_config is None:
+            conf["extractor_conv_layer_config"] = _D["extractor_conv_layer_config"]
+        if input_size != 1:
+            raise ValueError(f"elastic_wav2vec2 reads raw waveforms: input_size must be 1 "
+                             f"(frontend: null), got {input_size}")
+        try:
+            space = SearchSpace.from_encoder_conf(
+                {**space_conf(conf), "depths": depths, "widths": widths,
+                 "precisions": precisions})
+        except SubsystemError as err:
+            raise ValueError(f"elastic_wav2vec2 search space: {err}") from None
+        _check_seed(space, seed_blocks, unfold)
+        physical = dict(conf, encoder_num_layers=seed_blocks or encoder_num_layers)
+        super().__init__(physical, normalize_waveform)
+        self.conf = conf
+        self.space = space
+        self.seed_blocks = seed_blocks
+        self.unfold = unfold
+        self.positions = 1
+        self.quant_config = QuantConfig.from_dict(quant_conf)
+        self.mask_generator = MaskGenerator(
+            encoder_embed_dim, mask_prob, mask_selection, mask_other, mask_length,
+            no_mask_overlap, mask_min_space, mask_channel_prob, "static", 0.0,
+            mask_channel_length, False, 1)
+        self.freeze_feature_extractor = bool(freeze_feature_extractor)
+        self.freeze_encoder_updates = int(freeze_encoder_updates)
+        self.register_buffer("global_step", torch.zeros((), dtype=torch.long))
+        self._last_batch: weakref.ref | None = None
+        self._input_layers: list = []
+        for block in self.blocks:
+            make_block_elastic(block, WAV2VEC2, ElasticSelfAttention.convert)
+        if any(b != FLOAT_BITS for b in space.bits):
+            for name, module in self.named_modules():
+                if isinstance(module, ElasticWeightMixin):
+                    try:
+                        module.enable_quantization(space.bits, self.quant_config)
+                    except ValueError as err:
+                        raise ValueError(f"encoder layer {name}: {err}") from None
+        self._freeze_front()
+        self.pretrained_path = pretrained_path
+        self._pretrained: dict[str, torch.Tensor] | None = None
+        if pretrained_path:
+            self._pretrained = self._read_pretrained(pretrained_path)
+            self.reload_pretrained_parameters()
+        self._archs: dict[Subsystem, SubnetArch] = {}
+        self._active: Subsystem = space.largest
+        self._active_arch: SubnetArch | None = None
+        for sub in space.members():  # every member must be reachable (e.g. group sizes)
+            self.set_subsystem(sub)
+        self.set_subsystem(space.largest)
+
+    @classmethod
+    def search_space(cls, encoder_conf: Mapping[str, Any]) -> SearchSpace:
+        """The space an ``encoder_conf`` defines (torchaudio defaults filled in)."""
+        return SearchSpace.from_encoder_conf(space_conf(encoder_conf))
+
+    # --- weights ------------------------------------------------------------------------
+    def _read_pretrained(self, path: str) -> dict[str, torch.Tensor]:
+        from espnet_allinone.foundation.loader import (
+            load_foundation,
+            structural_mismatch,
+        )
+
+        ckpt = load_foundation(path)
+        bad = structural_mismatch(ckpt, self.conf, num_layers_at_least=bool(self.seed_blocks))
+        if bad:
+            raise ValueError(f"pretrained_path {path}: the checkpoint does not fit encoder_conf "
+                             f"({bad}); write encoder_conf from the checkpoint with python -m "
+                             "espnet_allinone.foundation.conf")
+        if ckpt.normalize_waveform != self.normalize_waveform:
+            raise ValueError(f"pretrained_path {path}: the checkpoint expects "
+                             f"normalize_waveform: {ckpt.normalize_waveform}, encoder_conf "
+                             f"says {self.normalize_waveform}")
+        n = len(self.blocks)
+        state = {}
+        for key, value in ckpt.state.items():
+            parts = key.split(".")
+            if key.startswith("encoder.transformer.layers.") and int(parts[3]) >= n:
+                continue  # an unfolded seed takes the first seed_blocks layers
+            state["model." + key] = value
+        if ckpt.mask_embedding is not None:
+            state["mask_generator.mask_embedding"] = ckpt.mask_embedding
+        return state
+
+    def reload_pretrained_parameters(self) -> None:
+        """Load the checkpoint read at build time (ESPnet calls this after ``init:``)."""
+        if self._pretrained is None:
+            return
+        missing, unexpected = self.load_state_dict(self._pretrained, strict=False)
+        bad = [k for k in missing if "weight_quantizer" not in k and k != "global_step"
+               and not k.startswith("mask_generator.")]
+        if bad or unexpected:
+            raise RuntimeError(f"pretrained_path {self.pretrained_path}: weights do not load "
+                               f"(missing {bad[:3]}, unexpected {unexpected[:3]})")
+        for module in self.modules():
+            quantizer = getattr(module, "weight_quantizer", None)
+            if quantizer is not None:
+                quantizer.reset()  # scales from the pretrained weights, on first use
+        self._freeze_front()
+
+    def _freeze_front(self) -> None:
+        for p in self.model.feature_extractor.parameters():
+            p.requires_grad_(not self.freeze_feature_extractor)
+
+    # --- forward --------------------------------------------------------------------------
+    def _mask(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.mask_generator.mask_prob <= 0 and \
+                self.mask_generator.mask_channel_prob <= 0:
+            return x
+        padding = torch.arange(x.shape[1], device=x.device)[None, :] >= lengths[:, None]
+        return self.mask_generator(x, padding)[0]
+
+    def forward(self, xs_pad: torch.Tensor, ilens: torch.Tensor,
+                prev_states: torch.Tensor | None = None):
+        frozen = False
+        if self.training:
+            if self._last_batch is None or self._last_batch() is not xs_pad:
+                self.global_step += 1
+                self._last_batch = weakref.ref(xs_pad)
+            frozen = int(self.global_step) <= self.freeze_encoder_updates
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            x, lengths = self._encode(xs_pad, ilens, self.freeze_feature_extractor or frozen)
+        return x, lengths, None
+
+    # --- architecture records ------------------------------------------------------------
+    def resolve(self, sub: str | Subsystem) -> SubnetArch:
+        """The architecture record of ``sub`` (validated against the space)."""
+        sub = self.space.validate(sub)
+        arch = self._archs.get(sub)
+        if arch is None:
+            heads, units = prefix(self.space.heads(sub)), prefix(self.space.ffn_units(sub))
+            blocks = tuple(BlockArch(physical=i, heads=heads, ffn_units=(units,), bits=sub.bits)
+                           for i in unfold_schedule(sub.depth, self.seed_blocks, self.unfold))
+            arch = self._archs[sub] = SubnetArch(blocks)
+        return arch
+
+    def check_arch(self, arch: SubnetArch) -> None:
+        """Raise ArchError naming the first entry of ``arch`` that does not fit."""
+        arch.check([block_limits(b, WAV2VEC2, self.space.bits) for b in self.blocks])
+        for i, block in enumerate(arch.blocks):
+            if not block.heads or not all(block.ffn_units):
+                raise ArchError(f"logical block {i}: removing a whole attention or feed-"
+                                "forward module is not supported for wav2vec2/HuBERT layers")
+        if arch.front_bits != FLOAT_BITS:
+            raise ArchError(f"front at {arch.front_bits} bits, but this encoder's feature "
+                            "extractor is float")
+
+    def apply_arch(self, arch: SubnetArch) -> None:
+        """Run ``arch`` (any record that fits the model, uniform or not)."""
+        self.check_arch(arch)
+        for block in arch.stored_blocks():
+            try:
+                apply_block(self.blocks[block.physical], WAV2VEC2, block)
+            except ValueError as err:
+                raise ArchError(f"physical block {block.physical}: {err}") from None
+        self.layers.set_schedule(arch.schedule)
+        self._active_arch = arch
+
+    # family-neutral switching and sizing: the same functions as the Conformer's
+    active_arch = _Conformer.active_arch
+    use_arch = _Conformer.use_arch
+    active_subsystem = _Conformer.active_subsystem
+    set_subsystem = _Conformer.set_subsystem
+    _force = _Conformer._force
+    use_subsystem = _Conformer.use_subsystem
+    _sized = _Conformer._sized
+    num_params = _Conformer.num_params
+    storage_bytes = _Conformer.storage_bytes
+    ordered_subsystems = _Conformer.ordered_subsystems
+
+    @torch.no_grad()
+    def reorder_by_importance(self) -> None:
+        """Heads and FFN units most important first (function-preserving at full width)."""
+        from espnet_allinone.elastic.family import reorder_block
+
+        for block in self.blocks:
+            reorder_block(block, WAV2VEC2, conv_channels=False)
+
+    # --- extraction ---------------------------------------------------------------------
+    def probe_input(self, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """1 s and 0.75 s of random 16 kHz audio (extraction's equality check)."""
+        gen = torch.Generator().manual_seed(seed)
+        return torch.randn(2, 16000, generator=gen) * 0.1, torch.tensor([16000, 12000])
+
+    def extracted_encoder(self, arch: SubnetArch, plugin_free: bool) -> tuple[str, dict, bool]:
+        """(encoder name, encoder_conf, stock?) of the standalone model for ``arch``."""
+        from espnet_allinone.encoders.packed_wav2vec2 import extracted_encoder
+
+        return extracted_encoder(self, arch, plugin_free)
+
+    def extracted_state(self, sliced_state: dict, arch: SubnetArch, stock: bool,
+                        target: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The sliced tensors keyed for the extracted encoder ``target``."""
+        from espnet_allinone.encoders.packed_wav2vec2 import extracted_state
+
+        return extracted_state(self, sliced_state, arch, stock, target)
+
+
+def _check_seed(space: SearchSpace, seed_blocks: int | None, rule: str) -> None:
+    if seed_blocks is None:
+        return
+    if rule not in UNFOLD_RULES:
+        raise ValueError(f"unknown unfold {rule!r}; valid: {', '.join(UNFOLD_RULES)}")
+    if not isinstance(seed_blocks, int) or not 1 <= seed_blocks <= space.num_blocks:
+        raise ValueError(f"seed_blocks {seed_blocks!r} must be in 1..encoder_num_layers "
+                         f"({space.num_blocks})")
+    bad = [d for d in space.depths if d % seed_blocks]
+    if bad:
+        raise ValueError(f"depth(s) {bad} cannot be made by unfolding a {seed_blocks}-layer "
+                         f"seed; valid depths: multiples of {seed_blocks} up to "
+                         f"{space.num_blocks}")

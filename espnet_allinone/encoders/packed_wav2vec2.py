@@ -1,0 +1,179 @@
+"""Extracted wav2vec2 / HuBERT subsystems: ``encoder: packed_wav2vec2`` or stock.
+
+An extracted foundation subsystem is torchaudio's ``Wav2Vec2Model`` with its
+layers narrowed to the architecture record's shapes (``block_archs``: per
+stored layer ``heads`` of the original head size, ``ffn_units``, ``bits``;
+``block_schedule`` when layers are shared), low-bit weights stored bit-packed
+exactly as ``packed_conformer`` stores them (the same load/save hooks) and
+dequantised on load onto the trained grid. A float, full-width, stacked record
+of a model without waveform normalisation instead becomes ESPnet's own
+``encoder: torchaudiohubert`` (``finetuning: true``), which needs no plugin.
+The mask embedding and training-only state are not kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from espnet_allinone.arch import SubnetArch
+from espnet_allinone.elastic.family import export_module, narrow_block
+from espnet_allinone.encoders.packed_conformer import _load_packed, _save_packed
+from espnet_allinone.encoders.wav2vec2_family import (
+    ARCH_DEFAULTS,
+    WAV2VEC2,
+    HeadedSelfAttention,
+    Wav2Vec2EncoderBase,
+    arch_conf,
+)
+from espnet_allinone.precision import FLOAT_BITS, PrecisionError, parse_precision
+
+STOCK = "torchaudiohubert"
+STOCK_PREFIX = "hubert_pretrain_model.wav2vec2."
+_D = ARCH_DEFAULTS
+
+
+class PackedWav2Vec2Encoder(Wav2Vec2EncoderBase):
+    """torchaudio wav2vec2/HuBERT of per-layer shapes, low-bit weights bit-packed."""
+
+    family = WAV2VEC2
+
+    def __init__(
+        self,
+        input_size: int = 1,
+        *,
+        extractor_mode: str = _D["extractor_mode"],
+        extractor_conv_layer_config: list[list[int]] | None = None,
+        extractor_conv_bias: bool = _D["extractor_conv_bias"],
+        encoder_embed_dim: int = _D["encoder_embed_dim"],
+        encoder_projection_dropout: float = _D["encoder_projection_dropout"],
+        encoder_pos_conv_kernel: int = _D["encoder_pos_conv_kernel"],
+        encoder_pos_conv_groups: int = _D["encoder_pos_conv_groups"],
+        encoder_num_layers: int = _D["encoder_num_layers"],
+        encoder_num_heads: int = _D["encoder_num_heads"],
+        encoder_attention_dropout: float = _D["encoder_attention_dropout"],
+        encoder_ff_interm_features: int = _D["encoder_ff_interm_features"],
+        encoder_ff_interm_dropout: float = _D["encoder_ff_interm_dropout"],
+        encoder_dropout: float = _D["encoder_dropout"],
+        encoder_layer_norm_first: bool = _D["encoder_layer_norm_first"],
+        encoder_layer_drop: float = 0.0,
+        normalize_waveform: bool = False,
+        block_archs: list[dict] | None = None,
+        block_schedule: list[int] | None = None,
+        quant_symmetric: bool | None = None,
+    ):
+        conf = {k: v for k, v in locals().items() if k in _D}
+        if extractor_conv_layer_config is None:
+            conf["extractor_conv_layer_config"] = _D["extractor_conv_layer_config"]
+        if input_size != 1:
+            raise ValueError(f"packed_wav2vec2 reads raw waveforms: input_size must be 1, "
+                             f"got {input_size}")
+        if block_archs is None:
+            block_archs = [{}] * encoder_num_layers
+        shapes = [_block_shape(i, b, conf) for i, b in enumerate(block_archs)]
+        if len(shapes) != encoder_num_layers:
+            raise ValueError(f"encoder_num_layers {encoder_num_layers} but {len(shapes)} "
+                             "block_archs")
+        super().__init__(conf, normalize_waveform)
+        out: dict[str, int] = {}
+        for i, (block, shape) in enumerate(zip(self.blocks, shapes)):
+            HeadedSelfAttention.convert(block.attention)
+            narrow_block(block, WAV2VEC2, shape["heads"], shape["ffn_units"], None)
+            if shape["bits"] != FLOAT_BITS:
+                for path in WAV2VEC2.weight_layer_paths(block):
+                    out[f"{WAV2VEC2.blocks}.{i}.{path}.weight"] = shape["bits"]
+        if block_schedule is not None:
+            self.layers.set_schedule(block_schedule)
+        self.weight_bits = out
+        self.quant_symmetric = quant_symmetric
+        self._packed: dict[str, torch.Tensor] = {}
+        self.state_dict_packed = True
+        self._register_state_dict_hook(_save_packed)
+        self._register_load_state_dict_pre_hook(_load_packed, with_module=True)
+
+
+def _block_shape(i: int, arch: dict, conf: dict) -> dict:
+    """Validate one ``block_archs`` entry against the model's dimensions."""
+    where = f"block_archs[{i}]"
+    unknown = set(arch) - {"heads", "ffn_units", "bits"}
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; valid: bits, ffn_units, "
+                         "heads")
+    full_heads, full_units = conf["encoder_num_heads"], conf["encoder_ff_interm_features"]
+    heads = int(arch.get("heads", full_heads))
+    if not 1 <= heads <= full_heads:
+        raise ValueError(f"{where}: heads {heads} must be in 1..{full_heads}")
+    units = [int(u) for u in arch.get("ffn_units", [full_units])]
+    if len(units) != 1 or not 1 <= units[0] <= full_units:
+        raise ValueError(f"{where}: ffn_units {units} must be one size in 1..{full_units}")
+    try:
+        bits = parse_precision(arch.get("bits", FLOAT_BITS))
+    except PrecisionError as e:
+        raise ValueError(f"{where}: {e}") from None
+    return {"heads": heads, "ffn_units": units, "bits": bits}
+
+
+# --- what extraction asks of the elastic encoder ------------------------------------------
+def stock_misfit(encoder: Any, arch: SubnetArch, plugin_free: bool) -> str | None:
+    """Why ESPnet's ``torchaudiohubert`` cannot hold ``arch`` (None: it can)."""
+    if not arch.is_stacked:
+        return "runs shared layers (a block schedule)"
+    space = encoder.space
+    for b in arch.blocks:
+        if len(b.heads) != space.attention_heads or b.heads != tuple(range(len(b.heads))):
+            return f"keeps {len(b.heads)} of {space.attention_heads} attention heads"
+        if b.ffn_units[0] != tuple(range(space.linear_units)):
+            return f"keeps {len(b.ffn_units[0])} of {space.linear_units} FFN units"
+    if not plugin_free and not arch.is_float:
+        return "has low-bit weights"
+    if encoder.normalize_waveform:
+        return "normalises the waveform (torchaudiohubert does not)"
+    return None
+
+
+def extracted_encoder(encoder: Any, arch: SubnetArch, plugin_free: bool
+                      ) -> tuple[str, dict[str, Any], bool]:
+    """(encoder name, encoder_conf, is stock) of the standalone model for ``arch``."""
+    misfit = stock_misfit(encoder, arch, plugin_free)
+    conf = arch_conf(encoder.conf)
+    if misfit is None:
+        conf.update(encoder_num_layers=arch.depth, encoder_layer_drop=0.0, finetuning=True,
+                    mask_prob=0.0)
+        return STOCK, conf, True
+    if plugin_free:
+        raise ValueError(f"{misfit}, which ESPnet's {STOCK} encoder cannot express; extract "
+                         "it without --plugin_free (it then uses encoder: packed_wav2vec2)")
+    conf.update(encoder_num_layers=len(arch.stored_blocks()), encoder_layer_drop=0.0,
+                normalize_waveform=encoder.normalize_waveform)
+    conf.update(arch.to_conf())
+    for block in conf["block_archs"]:
+        block.pop("conv_channels", None)
+    if not arch.is_float:
+        conf["quant_symmetric"] = bool(encoder.quant_config.symmetric)
+    return "packed_wav2vec2", conf, False
+
+
+@torch.no_grad()
+def extracted_state(encoder: Any, sliced_state: dict[str, torch.Tensor], arch: SubnetArch,
+                    stock: bool, target: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The cut tensors keyed like ``target``'s state_dict (packed entries kept).
+
+    The layers are exported again here, one per stored layer, because the generic
+    slicer walks only the encoder's direct children and the layer list sits inside
+    ``model``."""
+    head = WAV2VEC2.blocks + "."
+    state = {k: v for k, v in sliced_state.items()
+             if k.startswith("model.") and not k.startswith(head)}
+    with encoder.use_arch(arch):
+        for stored, block in enumerate(arch.stored_blocks()):
+            for key, value in export_module(encoder.blocks[block.physical]).items():
+                state[f"{head}{stored}.{key}"] = value
+    if not stock:
+        return state
+    out = {STOCK_PREFIX + k[len("model."):]: v for k, v in state.items()}
+    out["hubert_pretrain_model.mask_generator.mask_embedding"] = \
+        encoder.mask_generator.mask_embedding.detach().clone()
+    for key, value in target.state_dict().items():  # pretraining heads, step counter
+        out.setdefault(key, value)
+    return out

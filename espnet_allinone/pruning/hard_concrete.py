@@ -1,0 +1,51 @@
+"""Hard-concrete gates (Louizos et al. 2018): a relaxed, differentiable L0 norm.
+
+Each gate is a stretched, clamped binary concrete variable: in training it is
+sampled (``u ~ U(0, 1)``, ``s = sigmoid((log u - log(1-u) + log_alpha) / beta)``,
+``z = clamp(s * (r - l) + l, 0, 1)``), so exact zeros and ones occur and the
+gradient reaches ``log_alpha``; in eval it is deterministic and exactly 0 or 1
+(``log_alpha > 0``). ``keep_prob`` is P(z > 0), the expected L0 norm of a gate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class HardConcrete(nn.Module):
+    """``n`` independent gates with temperature ``beta`` and stretch limits ``(l, r)``."""
+
+    def __init__(self, n: int, init_keep: float = 0.9, beta: float = 2 / 3,
+                 limits: tuple[float, float] = (-0.1, 1.1)) -> None:
+        super().__init__()
+        if n < 1:
+            raise ValueError(f"a gate set needs n >= 1 gates, got {n}")
+        if not 0 < init_keep < 1:
+            raise ValueError(f"init_keep must be in (0, 1), got {init_keep}")
+        low, high = limits
+        if not (low < 0 and high > 1):
+            raise ValueError(f"stretch limits must satisfy l < 0 < 1 < r, got {limits}")
+        self.beta, self.low, self.high = float(beta), float(low), float(high)
+        self.log_alpha = nn.Parameter(torch.full((n,), math.log(init_keep / (1 - init_keep))))
+
+    def extra_repr(self) -> str:
+        return f"n={self.log_alpha.numel()}, beta={self.beta:.3g}, limits=({self.low}, {self.high})"
+
+    def forward(self) -> Tensor:
+        """Sampled gates in training; the deterministic 0/1 gates in eval."""
+        if not self.training:
+            return self.hard().to(self.log_alpha.dtype)
+        u = torch.rand_like(self.log_alpha).clamp(1e-6, 1 - 1e-6)
+        s = torch.sigmoid((u.log() - (-u).log1p() + self.log_alpha) / self.beta)
+        return (s * (self.high - self.low) + self.low).clamp(0.0, 1.0)
+
+    def keep_prob(self) -> Tensor:
+        """P(z > 0) of each gate: its expected contribution to the L0 norm."""
+        return torch.sigmoid(self.log_alpha - self.beta * math.log(-self.low / self.high))
+
+    def hard(self) -> Tensor:
+        """The deterministic gates: kept where the median of z is above 1/2."""
+        return self.log_alpha > 0

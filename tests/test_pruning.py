@@ -1,0 +1,163 @@
+"""Structured L0 pruning: gate maths, exact expected size, the Lagrangian reaching its
+target, and the learned architecture extracted as a physically smaller model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import yaml
+
+from espnet_allinone.encoders.elastic_conformer import ElasticConformerEncoder
+from espnet_allinone.export.extract import Extractor, probe_input
+from espnet_allinone.pruning.hard_concrete import HardConcrete
+from espnet_allinone.subsystem import SubsystemError
+from espnet_allinone.testing.toy_experiment import DEFAULT_ENCODER_CONF, write_toy_experiment
+
+STOCK = {
+    "output_size": 32, "attention_heads": 4, "linear_units": 64, "cnn_module_kernel": 5,
+    "input_layer": "linear", "macaron_style": True, "rel_pos_type": "latest",
+    "dropout_rate": 0.0, "positional_dropout_rate": 0.0, "attention_dropout_rate": 0.0,
+}
+
+
+def _pruned_encoder(**kw) -> ElasticConformerEncoder:
+    torch.manual_seed(0)
+    conf = {"num_blocks": 2, "precisions": ["int4", "fp"],
+            "quant_conf": {"granularity": "channel"}, "prune_targets": [0.5], **kw}
+    return ElasticConformerEncoder(input_size=10, **STOCK, **conf)
+
+
+@torch.no_grad()
+def _scramble(encoder: ElasticConformerEncoder, seed: int = 0) -> None:
+    """Random gate parameters: some units, heads and modules off."""
+    gen = torch.Generator().manual_seed(seed)
+    for gates in encoder.pruning.modules():
+        if isinstance(gates, HardConcrete):
+            gates.log_alpha.copy_(torch.randn(gates.log_alpha.shape, generator=gen) + 0.3)
+
+
+def test_hard_concrete_expected_l0_matches_sampling_and_eval_is_binary():
+    gates = HardConcrete(6)
+    with torch.no_grad():
+        gates.log_alpha.copy_(torch.tensor([-3.0, -1.0, 0.0, 0.5, 1.0, 3.0]))
+    gates.train()
+    samples = torch.stack([gates() for _ in range(20000)])
+    assert torch.allclose((samples > 0).float().mean(0), gates.keep_prob(), atol=0.01)
+    assert samples.min() == 0.0 and samples.max() == 1.0  # exact zeros and ones occur
+    gates.eval()
+    assert gates().tolist() == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match=r"init_keep must be in \(0, 1\)"):
+        HardConcrete(3, init_keep=1.0)
+
+
+@torch.no_grad()
+def test_a_unit_gated_off_contributes_nothing():
+    enc = _pruned_encoder().eval()
+    _scramble(enc)
+    arch = enc.resolve("d2-w1-fp-p0.5")
+    kept = set(arch.blocks[0].ffn_units[1])
+    off = next(u for u in range(64) if u not in kept)
+    x, lengths = torch.randn(2, 20, 10), torch.tensor([20, 14])
+    with enc.gated(enc.space.validate("d2-w1-fp-p0.5")):
+        before, _, _ = enc(x, lengths)
+        enc.encoders[0].feed_forward.w_1.weight[off].add_(5.0)
+        after, _, _ = enc(x, lengths)
+    assert torch.equal(before, after)
+    with enc.use_subsystem("d2-w1-fp-p0.5"):  # the record computes what the gates do
+        recorded, _, _ = enc(x, lengths)
+    assert (recorded - after).abs().max() <= 1e-5
+
+
+def test_expected_size_is_exact_when_the_gates_are_hard():
+    enc = _pruned_encoder()
+    for seed in range(4):
+        _scramble(enc, seed)
+        arch = enc.resolve("d2-w1-fp-p0.5")
+        assert float(enc.pruning.expected_params(arch and 0.5, hard=True)) == \
+            enc.num_params(arch)
+    full = enc.num_params("d2-w1-fp")
+    assert enc.pruning.full_params == full
+    soft = float(enc.pruning.expected_params(0.5))
+    assert 0 < soft < full
+
+
+def test_the_lagrangian_drives_the_expected_size_to_the_target():
+    enc = _pruned_encoder(prune_conf={"warmup_steps": 50})
+    params = list(enc.pruning.parameters())
+    opt = torch.optim.Adam(params, lr=0.05)
+    target = 0.5
+    for step in range(400):
+        penalty, fraction, ramp = enc.pruning.penalty(target, step)
+        opt.zero_grad()
+        penalty.backward()
+        opt.step()
+    assert ramp == target
+    assert abs(float(fraction) - target) < 0.01, float(fraction)
+    lagrangian = enc.pruning.lagrangians["p0_5"]
+    assert float(lagrangian.lambda1) != 0.0  # the multipliers moved (gradient ascent)
+
+
+def test_bad_pruning_input_names_the_value_and_the_choices():
+    with pytest.raises(SubsystemError, match=r"pruning target must be in \(0, 1\], got 1.5"):
+        _pruned_encoder(prune_targets=[1.5])
+    with pytest.raises(ValueError, match=r"unknown \['channels'\]; valid: heads, ffn_units, "
+                       "conv_channels, modules"):
+        _pruned_encoder(prune_conf={"kinds": ["heads", "channels"]})
+    unpruned = ElasticConformerEncoder(input_size=10, **STOCK, num_blocks=2)
+    with pytest.raises(SubsystemError, match=r"pruning target 0\.5 \(valid: none in this model\)"):
+        unpruned.set_subsystem("d2-w1-fp-p0.5")
+    with pytest.raises(SubsystemError, match=r"pruning target 0\.3 \(valid: 0\.5\)"):
+        _pruned_encoder().resolve("d2-w1-fp-p0.3")
+    with pytest.raises(ValueError, match="pruning an unfolded encoder is not supported"):
+        _pruned_encoder(num_blocks=4, seed_blocks=2, depths=[2, 4])
+
+
+@pytest.fixture(scope="module")
+def pruned_experiment(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prune")
+    conf = dict(DEFAULT_ENCODER_CONF, depths=[4], widths=[1], precisions=["int4", "fp"],
+                elastic_conv=False, quant_conf={"granularity": "channel"}, prune_targets=[0.5])
+    paths = write_toy_experiment(root / "aio", encoder_conf=conf)
+    extractor = Extractor(paths["config"], paths["model"])
+    with torch.no_grad():  # a learned-looking architecture: whole modules off too
+        gen = torch.Generator().manual_seed(3)
+        for gates in extractor.encoder.pruning.modules():
+            if isinstance(gates, HardConcrete):
+                gates.log_alpha.copy_(torch.randn(gates.log_alpha.shape, generator=gen))
+    return root, extractor
+
+
+@pytest.mark.parametrize("sub", ["d4-w1-fp-p0.5", "d4-w1-int4-p0.5"])
+@torch.no_grad()
+def test_pruned_subsystem_extracts_physically_smaller_and_loads_in_speech2text(
+        pruned_experiment, sub):
+    from espnet2.bin.asr_inference import Speech2Text
+
+    root, extractor = pruned_experiment
+    result = extractor.extract(sub, root / "out")
+    full = extractor.extract("d4-w1-fp", root / "out")
+    arch = extractor.encoder.resolve(sub)
+    assert result.encoder == "packed_conformer" and result.disk_bytes < full.disk_bytes
+    conf = yaml.safe_load((result.directory / "config.yaml").read_text())["encoder_conf"]
+    assert [b["heads"] for b in conf["block_archs"]] == [len(b.heads) for b in arch.blocks]
+    assert any(0 in [b["heads"], *b["ffn_units"], b["conv_channels"]]
+               for b in conf["block_archs"])  # a module removed outright
+    s2t = Speech2Text(asr_train_config=result.directory / "config.yaml",
+                      asr_model_file=result.directory / "model.pth", ctc_weight=1.0)
+    speech, lengths = probe_input(extractor.model, seed=6)
+    extractor.model.eval()
+    with extractor.encoder.gated(extractor.space.validate(sub)):  # eval: hard gates as masks
+        if sub.endswith("fp-p0.5"):
+            gated, _ = extractor.model.encode(speech, lengths)
+    with extractor.encoder.use_subsystem(sub):
+        ref, _ = extractor.model.encode(speech, lengths)
+    out, _ = s2t.asr_model.encode(speech, lengths)
+    assert (out - ref).abs().max() <= 1e-5
+    if sub.endswith("fp-p0.5"):
+        assert (out - gated).abs().max() <= 1e-5
+    n = sum(p.numel() for p in s2t.asr_model.encoder.parameters())
+    assert n == extractor.encoder.num_params(arch) == round(float(
+        extractor.encoder.pruning.expected_params(0.5, hard=True)))
+    assert not math.isnan(result.compression)
