@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-import torch
 from torch import Tensor, nn
 
 from espnet_allinone.elastic.family import FamilySpec
