@@ -37,6 +37,10 @@ if [ ! -f "$stamp" ] || [ "$repo/setup.py" -nt "$stamp" ]; then
   # pip >= 25 refuses espnet's ci_sdr dependency; espnet pins setuptools < 74.
   "$venv/bin/python" -m pip install -q "pip<25" "setuptools<74" wheel
   "$venv/bin/python" -m pip install -q -e "$repo[test]"
+  # espnet_onnx, only for benchmarks/bench_inference.py: its typeguard pin conflicts
+  # with ESPnet's, so without its dependencies (it works with ESPnet's typeguard).
+  "$venv/bin/python" -m pip install -q --no-deps espnet_onnx==0.2.1 six \
+    || echo "[setup] espnet_onnx not installed: bench_inference.py skips its rows" >&2
   touch "$stamp"
 fi
 echo "[setup] ready: $venv"

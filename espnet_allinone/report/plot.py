@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from espnet_allinone.deploy.select import mark_selected
 from espnet_allinone.report.results import Row, pareto_front
 
 
@@ -36,6 +37,7 @@ def plot_wer_vs_size(rows: list[Row], path: Path, title: str = "") -> Path:
     ax.set_ylabel("WER (%)")
     ax.set_title(title or "WER against model size")
     ax.grid(True, alpha=0.3)
+    mark_selected(ax, path.parent)  # the subsystem `select` chose, if any
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
