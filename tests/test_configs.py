@@ -61,7 +61,9 @@ def test_conf_dir_has_the_canonical_configs() -> None:
     assert {"train_allinone_tiny.yaml", "train_allinone_default.yaml",
             "train_allinone_conformer_librispeech100.yaml",
             "train_allinone_conformer_swbd.yaml", "train_allinone_unfold_default.yaml",
-            "train_allinone_unfold_conformer_librispeech100.yaml"} <= names
+            "train_allinone_unfold_conformer_librispeech100.yaml",
+            "train_allinone_prune_default.yaml",
+            "train_allinone_prune_conformer_librispeech100.yaml"} <= names
     for conf in CONFS:
         cfg = yaml.safe_load(conf.read_text())
         assert cfg["model"] == "allinone", conf.name
@@ -96,7 +98,9 @@ def test_every_conf_dry_runs(tmp_path: Path) -> None:
         assert results[conf.name] == ["ok", ""], (conf.name, results[conf.name])
         dumped = yaml.safe_load((tmp_path / conf.stem / "config.yaml").read_text())
         assert dumped["model"] == "allinone"
-        assert dumped["model_conf"]["sampling"] == "sandwich"
+        given = yaml.safe_load(conf.read_text())
+        assert dumped["model_conf"]["sampling"] == given["model_conf"]["sampling"]
+        assert dumped["encoder_conf"] == {**dumped["encoder_conf"], **given["encoder_conf"]}
     for override, message in BAD.items():
         kind, text = results[override]
         assert kind in ("ValueError", "SubsystemError"), (override, kind, text)

@@ -132,3 +132,17 @@ def test_recipe_refuses_a_missing_pretrained_path(tmp_path):
                          capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode == 2
     assert f"--pretrained {tmp_path / 'missing.pt'} does not exist" in run.stderr
+
+
+def test_kmeans_targets_find_separated_clusters_and_mfcc_frames():
+    import torch
+
+    from espnet_allinone.foundation.kmeans_targets import fit_kmeans, mfcc_features
+
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    x = torch.cat([c + 0.1 * torch.randn(50, 2, generator=gen) for c in centres])
+    found = fit_kmeans(x, 3)
+    assert torch.cdist(centres, found).min(1).values.max() < 0.2
+    feats = mfcc_features(torch.randn(16000, generator=gen) * 0.1)
+    assert feats.shape == (98, 39)  # 25 ms windows every 10 ms; 13 MFCC + deltas

@@ -20,6 +20,8 @@ class PruneConfig:
     whole quantiser groups, so the encoder raises it to the group size.
     ``warmup_steps``: the target falls linearly from 1 to the target over
     these many updates (DPHuBERT ramps it over the first part of training).
+    ``gate_lr_scale``: the gates learn this many times faster than the weights
+    (ESPnet has one optimiser; see ``HardConcrete``).
     ``lambda_scale``: the multipliers are ``lambda_scale`` times their trained
     parameters, so with Adam (steps of about the learning rate) they can grow
     to the size of an ASR loss summed over an utterance within a few hundred
@@ -32,6 +34,7 @@ class PruneConfig:
     limits: tuple[float, float] = (-0.1, 1.1)
     unit_group: int = 1
     warmup_steps: int = 1000
+    gate_lr_scale: float = 1.0
     lambda_scale: float = 1.0
 
     def __post_init__(self) -> None:

@@ -38,7 +38,8 @@ class BlockGates(nn.Module):
 
     def __init__(self, limits: BlockLimits, config: PruneConfig, unit_group: int) -> None:
         super().__init__()
-        gate = {"init_keep": config.init_keep, "beta": config.beta, "limits": config.limits}
+        gate = {"init_keep": config.init_keep, "beta": config.beta, "limits": config.limits,
+                "lr_scale": config.gate_lr_scale}
         kinds = config.kinds
         self.unit_group = unit_group
         self.limits = limits

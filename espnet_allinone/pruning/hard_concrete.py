@@ -5,6 +5,11 @@ sampled (``u ~ U(0, 1)``, ``s = sigmoid((log u - log(1-u) + log_alpha) / beta)``
 ``z = clamp(s * (r - l) + l, 0, 1)``), so exact zeros and ones occur and the
 gradient reaches ``log_alpha``; in eval it is deterministic and exactly 0 or 1
 (``log_alpha > 0``). ``keep_prob`` is P(z > 0), the expected L0 norm of a gate.
+
+``lr_scale``: the gate logits are ``lr_scale`` times the stored parameter, so
+one optimiser (ESPnet builds a single one, at the model's learning rate) moves
+the gates ``lr_scale`` times faster than the weights, as DPHuBERT's separate
+learning rate for them does.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ class HardConcrete(nn.Module):
     """``n`` independent gates with temperature ``beta`` and stretch limits ``(l, r)``."""
 
     def __init__(self, n: int, init_keep: float = 0.9, beta: float = 2 / 3,
-                 limits: tuple[float, float] = (-0.1, 1.1)) -> None:
+                 limits: tuple[float, float] = (-0.1, 1.1), lr_scale: float = 1.0) -> None:
         super().__init__()
         if n < 1:
             raise ValueError(f"a gate set needs n >= 1 gates, got {n}")
@@ -28,8 +33,17 @@ class HardConcrete(nn.Module):
         low, high = limits
         if not (low < 0 and high > 1):
             raise ValueError(f"stretch limits must satisfy l < 0 < 1 < r, got {limits}")
+        if lr_scale <= 0:
+            raise ValueError(f"lr_scale must be > 0, got {lr_scale}")
         self.beta, self.low, self.high = float(beta), float(low), float(high)
-        self.log_alpha = nn.Parameter(torch.full((n,), math.log(init_keep / (1 - init_keep))))
+        self.lr_scale = float(lr_scale)
+        self.log_alpha = nn.Parameter(
+            torch.full((n,), math.log(init_keep / (1 - init_keep)) / self.lr_scale))
+
+    @property
+    def logits(self) -> Tensor:
+        """The gates' log alpha (the stored parameter times ``lr_scale``)."""
+        return self.lr_scale * self.log_alpha
 
     def extra_repr(self) -> str:
         return f"n={self.log_alpha.numel()}, beta={self.beta:.3g}, limits=({self.low}, {self.high})"
@@ -39,12 +53,12 @@ class HardConcrete(nn.Module):
         if not self.training:
             return self.hard().to(self.log_alpha.dtype)
         u = torch.rand_like(self.log_alpha).clamp(1e-6, 1 - 1e-6)
-        s = torch.sigmoid((u.log() - (-u).log1p() + self.log_alpha) / self.beta)
+        s = torch.sigmoid((u.log() - (-u).log1p() + self.logits) / self.beta)
         return (s * (self.high - self.low) + self.low).clamp(0.0, 1.0)
 
     def keep_prob(self) -> Tensor:
         """P(z > 0) of each gate: its expected contribution to the L0 norm."""
-        return torch.sigmoid(self.log_alpha - self.beta * math.log(-self.low / self.high))
+        return torch.sigmoid(self.logits - self.beta * math.log(-self.low / self.high))
 
     def hard(self) -> Tensor:
         """The deterministic gates: kept where the median of z is above 1/2."""

@@ -37,14 +37,20 @@ class Pruning(nn.Module):
         self.lagrangians = nn.ModuleDict(
             {target_key(t): Lagrangian(config.lambda_scale) for t in targets})
         self.outside, self.costs, self.full_params = outside, costs, full_params
+        # Updates since pruning began (the target ramp's clock): in the checkpoint, and
+        # 0 when pruning starts from a model trained without gates (init_param).
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
     def expected_params(self, target: Fraction, hard: bool = False) -> Tensor:
         """Expected encoder parameters under the target's gates (exact when ``hard``)."""
         gates = self.gates[target_key(target)]
         return self.outside + gates.expected_params(self.costs, hard=hard)
 
-    def penalty(self, target: Fraction, step: int) -> tuple[Tensor, Tensor, float]:
-        """(Lagrangian term, expected size fraction, the ramped target at ``step``)."""
+    def penalty(self, target: Fraction, step: int | None = None
+                ) -> tuple[Tensor, Tensor, float]:
+        """(Lagrangian term, expected size fraction, the ramped target at ``step``;
+        default: the pruning clock ``self.step``)."""
+        step = int(self.step) if step is None else step
         fraction = self.expected_params(target) / self.full_params
         ramp = ramped_target(float(target), step, self.config.warmup_steps)
         return self.lagrangians[target_key(target)](fraction, ramp), fraction, ramp

@@ -357,6 +357,7 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
                         random_stats.setdefault(key, []).append(value)
                 total = weight * loss if total is None else total + weight * loss
             if self.pruned_paths:
+                self.encoder.pruning.step += 1
                 for sub in self.pruned_paths:
                     loss, pstats = self._pruned_path_loss(
                         sub, feats, feats_lengths, text, text_lengths, teacher, teacher_layers)
@@ -400,8 +401,7 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
         with self.encoder.gated(sub), self._layers(capture) as layers:
             enc, enc_lens = self._encode_features(feats, feats_lengths)
         loss, pstats, logits = self._path_loss(enc, enc_lens, text, text_lengths)
-        step = int(self.sampler_step) - 1
-        penalty, fraction, target = self.encoder.pruning.penalty(sub.prune, step)
+        penalty, fraction, target = self.encoder.pruning.penalty(sub.prune)
         loss = loss + penalty
         if self.distill_weight > 0 and teacher is not None:
             kl = self._kl(teacher, logits)
