@@ -89,13 +89,10 @@ class Extractor:
             "model_sha256": sha256_file(self.model_path),
         }
         enc_params = {id(p) for p in self.encoder.parameters()}
-        self.rest_params = sum(
-            p.numel() for p in self.model.parameters() if id(p) not in enc_params
-        )
+        kept = [(n, p) for n, p in self.model.named_parameters() if not _training_only(n)]
+        self.rest_params = sum(p.numel() for _, p in kept if id(p) not in enc_params)
         self.rest_bytes = 4 * self.rest_params
-        self.full_float_bytes = 4 * sum(
-            p.numel() for n, p in self.model.named_parameters() if "weight_quantizer" not in n
-        )
+        self.full_float_bytes = 4 * sum(p.numel() for _, p in kept)
 
     # ------------------------------------------------------------------
     def resolve(self, subsystems: str | Iterable[str]) -> list[Subsystem]:
@@ -255,6 +252,16 @@ class Extractor:
                 f"(max abs diff of CTC log-posteriors {diff:.3g} > {tol})"
             )
         return diff
+
+
+TRAINING_ONLY = ("weight_quantizer", "input_quantizer", "pruning", "layer_distill")
+"""Module names whose parameters only training uses (quantiser scales are counted
+inside the packed weights; gates, multipliers and distillation projections are
+not part of any extracted model)."""
+
+
+def _training_only(name: str) -> bool:
+    return any(part in TRAINING_ONLY for part in name.split("."))
 
 
 def _arch_record(arch: SubnetArch) -> dict:
