@@ -36,10 +36,6 @@ def prefix(n: int) -> tuple[int, ...]:
     return tuple(range(int(n)))
 
 
-def is_prefix(index: Sequence[int]) -> bool:
-    return tuple(index) == prefix(len(index))
-
-
 @dataclass(frozen=True)
 class BlockArch:
     """One logical block: the physical block it runs and what of it is kept.
