@@ -105,10 +105,10 @@ def pretrain(work: Path, data: Path, epochs: int) -> Path:
 
 
 def finetune(work: Path, data: Path, name: str, pretrained: Path | None, epochs: int) -> Path:
-    from espnet_allinone.testing.toy_experiment import token_list
-
-    tokens = work / "chars.txt"
-    tokens.write_text("\n".join(token_list()) + "\n")
+    tokens = work / "chars.txt"  # the corpus's own characters (its texts are upper case)
+    chars = sorted({c for line in (data / "train" / "text").read_text().splitlines()
+                    for c in line.split(maxsplit=1)[1] if c != " "})
+    tokens.write_text("\n".join(["<blank>", "<unk>", *chars, "<space>", "<sos/eos>"]) + "\n")
     enc = {**ARCH, **SPACE, "mask_prob": 0.3, "mask_length": 5,
            "freeze_feature_extractor": pretrained is not None}
     if pretrained is not None:
@@ -192,6 +192,7 @@ def main() -> None:
     parser.add_argument("--num_train", type=int, default=600)
     parser.add_argument("--pretrain_epochs", type=int, default=8)
     parser.add_argument("--finetune_epochs", type=int, default=10)
+    parser.add_argument("--which", choices=["both", "pretrained", "random"], default="both")
     args = parser.parse_args()
     work = args.work.absolute()
     work.mkdir(parents=True, exist_ok=True)
@@ -201,6 +202,10 @@ def main() -> None:
              str(args.num_train), "--num_dev", "50", "--num_test", "80", "--nj", "1"],
             work / "corpus.log")
     ckpt = pretrain(work, data, args.pretrain_epochs)
+    if args.which != "both":  # one fine-tuning run (two can run side by side)
+        finetune(work, data, args.which, ckpt if args.which == "pretrained" else None,
+                 args.finetune_epochs)
+        return
     exps = {"pretrained": finetune(work, data, "pretrained", ckpt, args.finetune_epochs),
             "random": finetune(work, data, "random", None, args.finetune_epochs)}
     table = {name: wer_table(exp, data / "test") for name, exp in exps.items()}
