@@ -88,11 +88,15 @@ def read_results(path: Path | None) -> dict[str, dict[str, Any]]:
     return rows
 
 
+STOCK_ENCODERS = ("conformer", "torchaudiohubert")
+"""Extracted encoders that plain ESPnet knows (no plugin needed)."""
+
+
 def model_card(info: dict[str, Any], result: dict[str, Any] | None, repo_id: str | None) -> str:
     """README.md of a packed subsystem: what it is, its size, WER, how to load it."""
     sub = Subsystem.parse(info["subsystem"])
     sizes = info["bytes"]
-    plugin = info["encoder"] != "conformer"
+    plugin = info["encoder"] not in STOCK_ENCODERS
     wer = None if not result else result.get("wer")
     rows = [
         ("subsystem", f"`{sub}`"),
@@ -112,10 +116,10 @@ def model_card(info: dict[str, Any], result: dict[str, Any] | None, repo_id: str
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     tag = repo_id or f"{sub}.zip"
     need = (
-        "This model uses `encoder: packed_conformer`; install espnet-allinone "
+        f"This model uses `encoder: {info['encoder']}`; install espnet-allinone "
         "(`pip install espnet-allinone`) so ESPnet knows it."
         if plugin
-        else "This model runs with plain ESPnet (stock `encoder: conformer`)."
+        else f"This model runs with plain ESPnet (stock `encoder: {info['encoder']}`)."
     )
     return f"""---
 tags:
