@@ -188,7 +188,10 @@ def test_tiny_run_through_every_stage_to_the_report(prepared: Path) -> None:
     assert "| d1-w0.5-int4" in res.stdout  # the table is printed at the end
     train_log = (exp / "train.log").read_text()  # ESPnet's own training log
     assert "loss_random" in train_log or "loss_d" in train_log
-    assert not re.search(r"=\s*nan\b", train_log)  # a healthy run reads healthy
+    # a healthy run reads healthy in every training log window (validation of a CTC-only
+    # model shows ESPnet's own nan for its absent attention-decoder stats)
+    windows = [x for x in train_log.splitlines() if "epoch:train:" in x]
+    assert windows and not [x for x in windows if re.search(r"=\s*nan\b", x)]
     extract_log = (exp / "logs" / "stage12_extract.log").read_text()
     assert all(sub in extract_log for sub in rows)  # the extraction table names each one
 
