@@ -28,6 +28,22 @@ HEAD_PARAMETERS = ("pos_bias_u", "pos_bias_v")
 """Parameters with one row per head."""
 
 
+def head_index(heads: int | Sequence[int] | None, full_heads: int) -> tuple[int, ...]:
+    """The kept heads: None (all), h (the first h) or an index set, checked."""
+    if heads is None:
+        return tuple(range(full_heads))
+    if isinstance(heads, int) and not isinstance(heads, bool):
+        if not 1 <= heads <= full_heads:
+            raise ValueError(f"attention heads {heads} outside 1..{full_heads}")
+        return tuple(range(heads))
+    index = tuple(int(i) for i in heads)
+    bad = [i for i in index if not 0 <= i < full_heads]
+    if not index or bad or len(set(index)) != len(index):
+        raise ValueError(f"attention head set {list(index)} invalid; valid: distinct heads "
+                         f"0..{full_heads - 1}")
+    return index
+
+
 class ElasticAttentionMixin:
     """Selects whole heads of a stock ESPnet attention module."""
 
@@ -62,20 +78,7 @@ class ElasticAttentionMixin:
     def set_active(self, heads: int | Sequence[int] | None = None,
                    bits: int = FLOAT_BITS) -> None:
         """Keep ``heads`` (None: all; h: the first h; or an index set) at ``bits``."""
-        if heads is None:
-            index = tuple(range(self.full_heads))
-        elif isinstance(heads, int) and not isinstance(heads, bool):
-            if not 1 <= heads <= self.full_heads:
-                raise ValueError(f"attention heads {heads} outside 1..{self.full_heads}")
-            index = tuple(range(heads))
-        else:
-            index = tuple(int(i) for i in heads)
-            bad = [i for i in index if not 0 <= i < self.full_heads]
-            if not index or bad or len(set(index)) != len(index):
-                raise ValueError(
-                    f"attention head set {list(index)} invalid; valid: distinct heads "
-                    f"0..{self.full_heads - 1}"
-                )
+        index = head_index(heads, self.full_heads)
         rows = [h * self.d_k + j for h in index for j in range(self.d_k)]
         for name in IN_PROJECTIONS:
             if name in self._modules:

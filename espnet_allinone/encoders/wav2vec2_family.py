@@ -28,6 +28,7 @@ from torchaudio.models import wav2vec2_model
 from torchaudio.models.wav2vec2.components import SelfAttention
 
 from espnet_allinone.elastic import ElasticLayerStack
+from espnet_allinone.elastic.attention import head_index
 from espnet_allinone.elastic.family import FamilySpec, FeedForwardRole
 from espnet_allinone.elastic.layers import convert_weight_layer
 from espnet_allinone.precision import FLOAT_BITS
@@ -133,18 +134,7 @@ class ElasticSelfAttention(HeadedSelfAttention):
     def set_active(self, heads: int | Sequence[int] | None = None,
                    bits: int = FLOAT_BITS) -> None:
         """Keep ``heads`` (None: all; h: the first h; or an index set) at ``bits``."""
-        if heads is None:
-            index = tuple(range(self.full_heads))
-        elif isinstance(heads, int) and not isinstance(heads, bool):
-            if not 1 <= heads <= self.full_heads:
-                raise ValueError(f"attention heads {heads} outside 1..{self.full_heads}")
-            index = tuple(range(heads))
-        else:
-            index = tuple(int(i) for i in heads)
-            if not index or len(set(index)) != len(index) or not all(
-                    0 <= i < self.full_heads for i in index):
-                raise ValueError(f"attention head set {list(index)} invalid; valid: distinct "
-                                 f"heads 0..{self.full_heads - 1}")
+        index = head_index(heads, self.full_heads)
         d = self.head_dim
         rows = [h * d + j for h in index for j in range(d)]
         for name in WAV2VEC2.attention_in:
