@@ -53,21 +53,21 @@ from espnet_allinone.elastic.layers import ElasticWeightMixin
 from espnet_allinone.encoders.elastic_conformer import (
     ElasticConformerEncoder as _Conformer,
 )
+from espnet_allinone.encoders.options import RejectUnknownOptions, publish_signature
 from espnet_allinone.encoders.wav2vec2_family import (
     ARCH_DEFAULTS,
     WAV2VEC2,
     ElasticSelfAttention,
     Wav2Vec2EncoderBase,
+    arch_conf,
     space_conf,
 )
 from espnet_allinone.precision import FLOAT_BITS
 from espnet_allinone.quant.config import QuantConfig
 from espnet_allinone.subsystem import SearchSpace, Subsystem, SubsystemError
 
-_D = ARCH_DEFAULTS
 
-
-class ElasticWav2Vec2Encoder(Wav2Vec2EncoderBase):
+class ElasticWav2Vec2Encoder(RejectUnknownOptions, Wav2Vec2EncoderBase):
     """wav2vec2 / HuBERT encoder with elastic depth, heads, FFN units and weight bits."""
 
     family = WAV2VEC2
@@ -77,21 +77,6 @@ class ElasticWav2Vec2Encoder(Wav2Vec2EncoderBase):
         self,
         input_size: int = 1,
         *,
-        extractor_mode: str = _D["extractor_mode"],
-        extractor_conv_layer_config: list[list[int]] | None = None,
-        extractor_conv_bias: bool = _D["extractor_conv_bias"],
-        encoder_embed_dim: int = _D["encoder_embed_dim"],
-        encoder_projection_dropout: float = _D["encoder_projection_dropout"],
-        encoder_pos_conv_kernel: int = _D["encoder_pos_conv_kernel"],
-        encoder_pos_conv_groups: int = _D["encoder_pos_conv_groups"],
-        encoder_num_layers: int = _D["encoder_num_layers"],
-        encoder_num_heads: int = _D["encoder_num_heads"],
-        encoder_attention_dropout: float = _D["encoder_attention_dropout"],
-        encoder_ff_interm_features: int = _D["encoder_ff_interm_features"],
-        encoder_ff_interm_dropout: float = _D["encoder_ff_interm_dropout"],
-        encoder_dropout: float = _D["encoder_dropout"],
-        encoder_layer_norm_first: bool = _D["encoder_layer_norm_first"],
-        encoder_layer_drop: float = _D["encoder_layer_drop"],
         normalize_waveform: bool = False,
         pretrained_path: str | None = None,
         mask_prob: float = 0.0,
@@ -110,10 +95,9 @@ class ElasticWav2Vec2Encoder(Wav2Vec2EncoderBase):
         quant_conf: dict | None = None,
         seed_blocks: int | None = None,
         unfold: str = "repeat",
+        **architecture: Any,
     ):
-        conf = {k: v for k, v in locals().items() if k in _D}
-        if extractor_conv_layer_config is None:
-            conf["extractor_conv_layer_config"] = _D["extractor_conv_layer_config"]
+        conf = arch_conf(architecture)
         if input_size != 1:
             raise ValueError(f"elastic_wav2vec2 reads raw waveforms: input_size must be 1 "
                              f"(frontend: null), got {input_size}")
@@ -124,7 +108,7 @@ class ElasticWav2Vec2Encoder(Wav2Vec2EncoderBase):
         except SubsystemError as err:
             raise ValueError(f"elastic_wav2vec2 search space: {err}") from None
         _check_seed(space, seed_blocks, unfold)
-        physical = dict(conf, encoder_num_layers=seed_blocks or encoder_num_layers)
+        physical = dict(conf, encoder_num_layers=seed_blocks or conf["encoder_num_layers"])
         super().__init__(physical, normalize_waveform)
         self.conf = conf
         self.space = space
@@ -133,7 +117,7 @@ class ElasticWav2Vec2Encoder(Wav2Vec2EncoderBase):
         self.positions = 1
         self.quant_config = QuantConfig.from_dict(quant_conf)
         self.mask_generator = MaskGenerator(
-            encoder_embed_dim, mask_prob, mask_selection, mask_other, mask_length,
+            conf["encoder_embed_dim"], mask_prob, mask_selection, mask_other, mask_length,
             no_mask_overlap, mask_min_space, mask_channel_prob, "static", 0.0,
             mask_channel_length, False, 1)
         self.freeze_feature_extractor = bool(freeze_feature_extractor)
@@ -323,3 +307,6 @@ def _check_seed(space: SearchSpace, seed_blocks: int | None, rule: str) -> None:
         raise ValueError(f"depth(s) {bad} cannot be made by unfolding a {seed_blocks}-layer "
                          f"seed; valid depths: multiples of {seed_blocks} up to "
                          f"{space.num_blocks}")
+
+
+publish_signature(ElasticWav2Vec2Encoder, ARCH_DEFAULTS)

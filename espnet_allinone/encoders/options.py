@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -24,13 +25,17 @@ def stock_defaults(stock_class: type) -> dict[str, Any]:
     return {p.name: p.default for p in stock_parameters(stock_class)}
 
 
-def publish_signature(cls: type, stock_class: type) -> type:
-    """Give ``cls.__init__`` the signature ``(self, input_size, <stock options>, <own>)``."""
+def publish_signature(cls: type, stock: type | Mapping[str, Any]) -> type:
+    """Give ``cls.__init__`` the signature ``(self, input_size, <stock options>, <own>)``;
+    ``stock`` is the class whose options pass through ``**``, or their defaults."""
     own = inspect.signature(cls.__init__).parameters.values()
     head = [p for p in own if p.name in ("self", "input_size")]
     extra = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own
              if p.kind is inspect.Parameter.KEYWORD_ONLY]
-    stock = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in stock_parameters(stock_class)]
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    passed = (stock_parameters(stock) if isinstance(stock, type) else
+              [inspect.Parameter(k, keyword, default=v) for k, v in stock.items()])
+    stock = [p.replace(kind=keyword) for p in passed]
     cls.__init__.__signature__ = inspect.Signature([*head, *stock, *extra])
     return cls
 

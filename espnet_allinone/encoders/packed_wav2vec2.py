@@ -19,6 +19,7 @@ import torch
 
 from espnet_allinone.arch import SubnetArch
 from espnet_allinone.elastic.family import export_module, narrow_block
+from espnet_allinone.encoders.options import RejectUnknownOptions, publish_signature
 from espnet_allinone.encoders.packed_conformer import _load_packed, _save_packed
 from espnet_allinone.encoders.wav2vec2_family import (
     ARCH_DEFAULTS,
@@ -31,10 +32,9 @@ from espnet_allinone.precision import FLOAT_BITS, PrecisionError, parse_precisio
 
 STOCK = "torchaudiohubert"
 STOCK_PREFIX = "hubert_pretrain_model.wav2vec2."
-_D = ARCH_DEFAULTS
 
 
-class PackedWav2Vec2Encoder(Wav2Vec2EncoderBase):
+class PackedWav2Vec2Encoder(RejectUnknownOptions, Wav2Vec2EncoderBase):
     """torchaudio wav2vec2/HuBERT of per-layer shapes, low-bit weights bit-packed."""
 
     family = WAV2VEC2
@@ -43,37 +43,21 @@ class PackedWav2Vec2Encoder(Wav2Vec2EncoderBase):
         self,
         input_size: int = 1,
         *,
-        extractor_mode: str = _D["extractor_mode"],
-        extractor_conv_layer_config: list[list[int]] | None = None,
-        extractor_conv_bias: bool = _D["extractor_conv_bias"],
-        encoder_embed_dim: int = _D["encoder_embed_dim"],
-        encoder_projection_dropout: float = _D["encoder_projection_dropout"],
-        encoder_pos_conv_kernel: int = _D["encoder_pos_conv_kernel"],
-        encoder_pos_conv_groups: int = _D["encoder_pos_conv_groups"],
-        encoder_num_layers: int = _D["encoder_num_layers"],
-        encoder_num_heads: int = _D["encoder_num_heads"],
-        encoder_attention_dropout: float = _D["encoder_attention_dropout"],
-        encoder_ff_interm_features: int = _D["encoder_ff_interm_features"],
-        encoder_ff_interm_dropout: float = _D["encoder_ff_interm_dropout"],
-        encoder_dropout: float = _D["encoder_dropout"],
-        encoder_layer_norm_first: bool = _D["encoder_layer_norm_first"],
-        encoder_layer_drop: float = 0.0,
         normalize_waveform: bool = False,
         block_archs: list[dict] | None = None,
         block_schedule: list[int] | None = None,
         quant_symmetric: bool | None = None,
+        **architecture: Any,
     ):
-        conf = {k: v for k, v in locals().items() if k in _D}
-        if extractor_conv_layer_config is None:
-            conf["extractor_conv_layer_config"] = _D["extractor_conv_layer_config"]
+        conf = arch_conf(architecture)
         if input_size != 1:
             raise ValueError(f"packed_wav2vec2 reads raw waveforms: input_size must be 1, "
                              f"got {input_size}")
         if block_archs is None:
-            block_archs = [{}] * encoder_num_layers
+            block_archs = [{}] * conf["encoder_num_layers"]
         shapes = [_block_shape(i, b, conf) for i, b in enumerate(block_archs)]
-        if len(shapes) != encoder_num_layers:
-            raise ValueError(f"encoder_num_layers {encoder_num_layers} but {len(shapes)} "
+        if len(shapes) != conf["encoder_num_layers"]:
+            raise ValueError(f"encoder_num_layers {conf['encoder_num_layers']} but {len(shapes)} "
                              "block_archs")
         super().__init__(conf, normalize_waveform)
         out: dict[str, int] = {}
@@ -177,3 +161,6 @@ def extracted_state(encoder: Any, sliced_state: dict[str, torch.Tensor], arch: S
     for key, value in target.state_dict().items():  # pretraining heads, step counter
         out.setdefault(key, value)
     return out
+
+
+publish_signature(PackedWav2Vec2Encoder, {**ARCH_DEFAULTS, "encoder_layer_drop": 0.0})
