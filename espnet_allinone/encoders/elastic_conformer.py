@@ -72,10 +72,8 @@ from espnet_allinone.arch import (
 from espnet_allinone.elastic import (
     ElasticAttentionMixin,
     ElasticLinear,
-    active_size,
 )
 from espnet_allinone.elastic.family import (
-    apply_block,
     block_limits,
     make_block_elastic,
     reorder_block,
@@ -90,6 +88,7 @@ from espnet_allinone.encoders.options import (
     publish_signature,
     stock_defaults,
 )
+from espnet_allinone.encoders.switching import SubsystemSwitching
 from espnet_allinone.precision import FLOAT_BITS
 from espnet_allinone.pruning.apply import gated
 from espnet_allinone.pruning.config import PruneConfig
@@ -166,7 +165,7 @@ def convert_attention(module: nn.Module) -> nn.Module:
     return elastic.convert(module)
 
 
-class ElasticConformerEncoder(RejectUnknownOptions, ConformerEncoder):
+class ElasticConformerEncoder(RejectUnknownOptions, SubsystemSwitching, ConformerEncoder):
     """Conformer encoder with elastic depth, width and weight precision.
 
     Every stock ``ConformerEncoder`` option keeps its meaning and default. The
@@ -286,6 +285,11 @@ class ElasticConformerEncoder(RejectUnknownOptions, ConformerEncoder):
             yield sub
 
     @property
+    def block_stack(self) -> nn.Module:
+        """The scheduled block stack (ESPnet's ``encoders``)."""
+        return self.encoders
+
+    @property
     def blocks(self) -> list[nn.Module]:
         """Every physical block (active or not)."""
         return list(self.encoders._modules.values())
@@ -321,87 +325,6 @@ class ElasticConformerEncoder(RejectUnknownOptions, ConformerEncoder):
         if arch.front_bits != FLOAT_BITS and not self._input_layers:
             raise ArchError(f"front at {arch.front_bits} bits, but this encoder's front is "
                             "float (quantize_input_layer: false)")
-
-    def apply_arch(self, arch: SubnetArch) -> None:
-        """Run ``arch`` (any record that fits the model, uniform or not)."""
-        self.check_arch(arch)
-        for block in arch.stored_blocks():
-            try:
-                apply_block(self.blocks[block.physical], self.family, block)
-            except ValueError as err:
-                raise ArchError(f"physical block {block.physical}: {err}") from None
-        for layer in self._input_layers:
-            layer.set_active(bits=arch.front_bits)
-        self.encoders.set_schedule(arch.schedule)
-        self._active_arch = arch
-
-    @property
-    def active_arch(self) -> SubnetArch:
-        return self._active_arch
-
-    @contextlib.contextmanager
-    def use_arch(self, arch: SubnetArch) -> Iterator[SubnetArch]:
-        """Run a block with ``arch`` active; the previous subsystem comes back after."""
-        previous = self._active
-        try:
-            self.apply_arch(arch)
-            yield arch
-        finally:
-            self._force(previous)
-
-    # --- the active subsystem -----------------------------------------------
-    @property
-    def active_subsystem(self) -> Subsystem:
-        return self._active
-
-    def set_subsystem(self, sub: str | Subsystem) -> Subsystem:
-        """Switch to ``sub`` (validated against the search space); returns it."""
-        sub = self.space.validate(sub)
-        if sub != self._active or sub.prune is not None \
-                or self._active_arch is not self._archs.get(sub):
-            self._force(sub)
-        return sub
-
-    def _force(self, sub: Subsystem) -> None:
-        arch = self.resolve(sub)
-        try:
-            self.apply_arch(arch)
-        except ArchError as err:
-            raise ValueError(f"subsystem {sub}: {err}") from None
-        self._active = sub
-
-    @contextlib.contextmanager
-    def use_subsystem(self, sub: str | Subsystem) -> Iterator[Subsystem]:
-        """Run a block with ``sub`` active; the previous subsystem comes back after."""
-        previous = self._active
-        try:
-            yield self.set_subsystem(sub)
-        finally:
-            self.set_subsystem(previous)
-
-    # --- sizes ------------------------------------------------------------------
-    def _sized(self, sub: str | Subsystem | SubnetArch | None):
-        if sub is None:
-            return contextlib.nullcontext()
-        if isinstance(sub, SubnetArch):
-            return self.use_arch(sub)
-        return self.use_subsystem(sub)
-
-    def num_params(self, sub: str | Subsystem | SubnetArch | None = None) -> int:
-        """Exact parameters of ``sub`` (a subsystem or a record; default: the active
-        one), encoder only; shared blocks count once."""
-        with self._sized(sub):
-            return active_size(self).params
-
-    def storage_bytes(self, sub: str | Subsystem | SubnetArch | None = None) -> int:
-        """Exact bytes of ``sub``'s encoder: quantised weights packed (codes, fp16
-        scales, zero points), every other parameter and BatchNorm statistic 4 bytes."""
-        with self._sized(sub):
-            return active_size(self).bytes
-
-    def ordered_subsystems(self) -> list[Subsystem]:
-        """Every subsystem, smallest exact bytes first (ties: depth, then width)."""
-        return self.space.ordered(self.storage_bytes)
 
     # --- importance ---------------------------------------------------------
     @torch.no_grad()

@@ -48,12 +48,10 @@ from espnet_allinone.arch import (
     prefix,
     unfold_schedule,
 )
-from espnet_allinone.elastic.family import apply_block, block_limits, make_block_elastic
+from espnet_allinone.elastic.family import block_limits, make_block_elastic
 from espnet_allinone.elastic.layers import ElasticWeightMixin
-from espnet_allinone.encoders.elastic_conformer import (
-    ElasticConformerEncoder as _Conformer,
-)
 from espnet_allinone.encoders.options import RejectUnknownOptions, publish_signature
+from espnet_allinone.encoders.switching import SubsystemSwitching
 from espnet_allinone.encoders.wav2vec2_family import (
     ARCH_DEFAULTS,
     WAV2VEC2,
@@ -67,7 +65,7 @@ from espnet_allinone.quant.config import QuantConfig
 from espnet_allinone.subsystem import SearchSpace, Subsystem, SubsystemError
 
 
-class ElasticWav2Vec2Encoder(RejectUnknownOptions, Wav2Vec2EncoderBase):
+class ElasticWav2Vec2Encoder(RejectUnknownOptions, SubsystemSwitching, Wav2Vec2EncoderBase):
     """wav2vec2 / HuBERT encoder with elastic depth, heads, FFN units and weight bits."""
 
     family = WAV2VEC2
@@ -243,28 +241,10 @@ class ElasticWav2Vec2Encoder(RejectUnknownOptions, Wav2Vec2EncoderBase):
             raise ArchError(f"front at {arch.front_bits} bits, but this encoder's feature "
                             "extractor is float")
 
-    def apply_arch(self, arch: SubnetArch) -> None:
-        """Run ``arch`` (any record that fits the model, uniform or not)."""
-        self.check_arch(arch)
-        for block in arch.stored_blocks():
-            try:
-                apply_block(self.blocks[block.physical], WAV2VEC2, block)
-            except ValueError as err:
-                raise ArchError(f"physical block {block.physical}: {err}") from None
-        self.layers.set_schedule(arch.schedule)
-        self._active_arch = arch
-
-    # family-neutral switching and sizing: the same functions as the Conformer's
-    active_arch = _Conformer.active_arch
-    use_arch = _Conformer.use_arch
-    active_subsystem = _Conformer.active_subsystem
-    set_subsystem = _Conformer.set_subsystem
-    _force = _Conformer._force
-    use_subsystem = _Conformer.use_subsystem
-    _sized = _Conformer._sized
-    num_params = _Conformer.num_params
-    storage_bytes = _Conformer.storage_bytes
-    ordered_subsystems = _Conformer.ordered_subsystems
+    @property
+    def block_stack(self) -> torch.nn.Module:
+        """The scheduled transformer layer list."""
+        return self.layers
 
     @torch.no_grad()
     def reorder_by_importance(self) -> None:

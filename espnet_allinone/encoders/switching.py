@@ -1,0 +1,101 @@
+"""Switching and sizing shared by every elastic encoder family.
+
+An encoder provides ``family``, ``space``, ``blocks``, ``block_stack`` (the
+scheduled block stack), ``_input_layers``, ``resolve`` and ``check_arch``;
+this mixin runs records on it, switches subsystems and measures them exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from espnet_allinone.arch import ArchError, SubnetArch
+from espnet_allinone.elastic import active_size
+from espnet_allinone.elastic.family import apply_block
+from espnet_allinone.subsystem import Subsystem
+
+
+class SubsystemSwitching:
+    """Apply architecture records, switch subsystems, count exact sizes."""
+
+    def apply_arch(self, arch: SubnetArch) -> None:
+        """Run ``arch`` (any record that fits the model, uniform or not)."""
+        self.check_arch(arch)
+        for block in arch.stored_blocks():
+            try:
+                apply_block(self.blocks[block.physical], self.family, block)
+            except ValueError as err:
+                raise ArchError(f"physical block {block.physical}: {err}") from None
+        for layer in self._input_layers:
+            layer.set_active(bits=arch.front_bits)
+        self.block_stack.set_schedule(arch.schedule)
+        self._active_arch = arch
+
+    @property
+    def active_arch(self) -> SubnetArch:
+        return self._active_arch
+
+    @contextlib.contextmanager
+    def use_arch(self, arch: SubnetArch) -> Iterator[SubnetArch]:
+        """Run a block with ``arch`` active; the previous subsystem comes back after."""
+        previous = self._active
+        try:
+            self.apply_arch(arch)
+            yield arch
+        finally:
+            self._force(previous)
+
+    # --- the active subsystem -----------------------------------------------
+    @property
+    def active_subsystem(self) -> Subsystem:
+        return self._active
+
+    def set_subsystem(self, sub: str | Subsystem) -> Subsystem:
+        """Switch to ``sub`` (validated against the search space); returns it."""
+        sub = self.space.validate(sub)
+        if sub != self._active or sub.prune is not None \
+                or self._active_arch is not self._archs.get(sub):
+            self._force(sub)
+        return sub
+
+    def _force(self, sub: Subsystem) -> None:
+        arch = self.resolve(sub)
+        try:
+            self.apply_arch(arch)
+        except ArchError as err:
+            raise ValueError(f"subsystem {sub}: {err}") from None
+        self._active = sub
+
+    @contextlib.contextmanager
+    def use_subsystem(self, sub: str | Subsystem) -> Iterator[Subsystem]:
+        """Run a block with ``sub`` active; the previous subsystem comes back after."""
+        previous = self._active
+        try:
+            yield self.set_subsystem(sub)
+        finally:
+            self.set_subsystem(previous)
+
+    # --- sizes ------------------------------------------------------------------
+    def _sized(self, sub: str | Subsystem | SubnetArch | None):
+        if sub is None:
+            return contextlib.nullcontext()
+        if isinstance(sub, SubnetArch):
+            return self.use_arch(sub)
+        return self.use_subsystem(sub)
+
+    def num_params(self, sub: str | Subsystem | SubnetArch | None = None) -> int:
+        """Exact parameters of ``sub`` (a subsystem or a record; default: the active
+        one), encoder only; shared blocks count once."""
+        with self._sized(sub):
+            return active_size(self).params
+
+    def storage_bytes(self, sub: str | Subsystem | SubnetArch | None = None) -> int:
+        """Exact bytes of ``sub``'s encoder: quantised weights packed (codes, fp16
+        scales, zero points), every other parameter and BatchNorm statistic 4 bytes."""
+        with self._sized(sub):
+            return active_size(self).bytes
+
+    def ordered_subsystems(self) -> list[Subsystem]:
+        """Every subsystem, smallest exact bytes first (ties: depth, then width)."""
+        return self.space.ordered(self.storage_bytes)
