@@ -67,26 +67,23 @@ def _depth(value: Any) -> int:
     return value
 
 
-def _width(value: Any) -> Fraction:
+def _unit_fraction(value: Any, what: str) -> Fraction:
+    """A fraction in (0, 1] from a number or its decimal text, or an error naming ``what``."""
     try:
-        width = Fraction(str(value)) if isinstance(value, float | str) else Fraction(value)
+        fraction = Fraction(str(value)) if isinstance(value, float | str) else Fraction(value)
     except (TypeError, ValueError):
-        raise SubsystemError(f"width must be a number in (0, 1], got {value!r}") from None
-    if not 0 < width <= 1:
-        raise SubsystemError(f"width must be in (0, 1], got {value!r}")
-    return width
+        raise SubsystemError(f"{what} must be a number in (0, 1], got {value!r}") from None
+    if not 0 < fraction <= 1:
+        raise SubsystemError(f"{what} must be in (0, 1], got {value!r}")
+    return fraction
+
+
+def _width(value: Any) -> Fraction:
+    return _unit_fraction(value, "width")
 
 
 def _prune(value: Any) -> Fraction | None:
-    if value is None:
-        return None
-    try:
-        target = Fraction(str(value)) if isinstance(value, float | str) else Fraction(value)
-    except (TypeError, ValueError):
-        raise SubsystemError(f"pruning target must be a number in (0, 1], got {value!r}") from None
-    if not 0 < target <= 1:
-        raise SubsystemError(f"pruning target must be in (0, 1], got {value!r}")
-    return target
+    return None if value is None else _unit_fraction(value, "pruning target")
 
 
 def _bits(value: Any) -> int:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import yaml
@@ -179,35 +177,3 @@ def test_extraction_stores_the_seed_once_and_speech2text_runs_it_unfolded(unfold
     state = torch.load(result.directory / "model.pth", weights_only=True)
     assert not any(k.startswith("encoder.encoders.2.") for k in state)  # the seed, once
     assert any(k.endswith("norm.running_mean_r1") for k in state)
-
-
-def test_a_copy_of_the_seed_is_not_a_new_block():
-    enc = _unfolded()
-    twin = copy.deepcopy(enc)
-    assert sum(p.numel() for p in twin.parameters()) == sum(p.numel() for p in enc.parameters())
-
-
-@torch.no_grad()
-def test_plugin_free_unfolded_model_saves_the_seed_once_and_loads_as_copies(
-        unfolded_experiment):
-    from espnet2.bin.asr_inference import Speech2Text
-
-    root, extractor = unfolded_experiment
-    result = extractor.extract("d6-w1-fp", root / "free", plugin_free=True)
-    packed = extractor.extract("d6-w1-fp", root / "packed")
-    assert result.encoder == "conformer"
-    conf = yaml.safe_load((result.directory / "config.yaml").read_text())["encoder_conf"]
-    assert conf["num_blocks"] == 6 and "block_schedule" not in conf
-    assert abs(result.disk_bytes - packed.disk_bytes) < 0.05 * packed.disk_bytes
-    s2t = Speech2Text(asr_train_config=result.directory / "config.yaml",
-                      asr_model_file=result.directory / "model.pth", ctc_weight=1.0)
-    speech, lengths = probe_input(extractor.model, seed=4)
-    with extractor.encoder.use_subsystem("d6-w1-fp"):
-        ref, _ = extractor.model.encode(speech, lengths)
-    out, _ = s2t.asr_model.encode(speech, lengths)
-    assert (out - ref).abs().max() <= 1e-5
-    # in memory the stock encoder holds three copies of the seed
-    in_memory = sum(p.numel() for p in s2t.asr_model.encoder.encoders.parameters())
-    seed = sum(p.numel() for n, p in extractor.encoder.encoders.named_parameters()
-               if "quantizer" not in n)
-    assert in_memory == 3 * seed

@@ -14,6 +14,7 @@ part of ESPnet's attention is copied here.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -42,6 +43,12 @@ def head_index(heads: int | Sequence[int] | None, full_heads: int) -> tuple[int,
         raise ValueError(f"attention head set {list(index)} invalid; valid: distinct heads "
                          f"0..{full_heads - 1}")
     return index
+
+
+@functools.lru_cache(maxsize=1024)
+def head_columns(heads: tuple[int, ...], head_size: int) -> tuple[int, ...]:
+    """The projection rows (or output columns) of ``heads``, each ``head_size`` wide."""
+    return tuple(h * head_size + j for h in heads for j in range(head_size))
 
 
 class ElasticAttentionMixin:
@@ -79,7 +86,7 @@ class ElasticAttentionMixin:
                    bits: int = FLOAT_BITS) -> None:
         """Keep ``heads`` (None: all; h: the first h; or an index set) at ``bits``."""
         index = head_index(heads, self.full_heads)
-        rows = [h * self.d_k + j for h in index for j in range(self.d_k)]
+        rows = head_columns(index, self.d_k)
         for name in IN_PROJECTIONS:
             if name in self._modules:
                 self._modules[name].set_active(out=rows, bits=bits)

@@ -19,6 +19,7 @@ zero points and the float bias), which extraction stores as it is.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -40,7 +41,12 @@ def _as_index(units: Units, full: int, what: str) -> tuple[int, ...]:
         if not 1 <= units <= full:
             raise ValueError(f"active {what} {units} outside 1..{full}")
         return tuple(range(units))
-    index = tuple(int(i) for i in units)
+    return _checked_index(tuple(int(i) for i in units), full, what)
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked_index(index: tuple[int, ...], full: int, what: str) -> tuple[int, ...]:
+    """An index set checked once (records are switched to every training step)."""
     if not index:
         raise ValueError(f"active {what}: empty index set")
     bad = [i for i in index if not 0 <= i < full]
@@ -78,6 +84,7 @@ class ElasticWeightMixin:
         self.full_in = full_in
         self.out_index = tuple(range(full_out))
         self.in_index = tuple(range(full_in))
+        self.out_prefix = self.in_prefix = self.is_full = True
         self.bits = FLOAT_BITS
         self.split_halves = split_halves
         self.quantize_bits = ()
@@ -123,24 +130,22 @@ class ElasticWeightMixin:
                     "are multiples of it"
                 )
         previous = (self.out_index, self.in_index, self.bits)
-        self.out_index, self.in_index, self.bits = out_index, in_index, int(bits)
+        self._set_index(out_index, in_index, int(bits))
         cols = self._col_index() if bits != FLOAT_BITS else None
         if isinstance(cols, torch.Tensor):
             try:
                 self.weight_quantizer._check_cols(cols)  # whole groups, or a clear error
             except ValueError as e:
-                self.out_index, self.in_index, self.bits = previous
+                self._set_index(*previous)
                 raise ValueError(f"{name}: {e}") from None
 
-    @property
-    def is_full(self) -> bool:
-        return (
-            self.active_out == self.full_out
-            and self.active_in == self.full_in
-            and _is_prefix(self.out_index)
-            and _is_prefix(self.in_index)
-            and self.bits == FLOAT_BITS
-        )
+    def _set_index(self, out_index: tuple[int, ...], in_index: tuple[int, ...], bits: int) -> None:
+        """Store the active sets with what the forward asks of them (computed once here,
+        not on every call)."""
+        self.out_index, self.in_index, self.bits = out_index, in_index, bits
+        self.out_prefix, self.in_prefix = _is_prefix(out_index), _is_prefix(in_index)
+        self.is_full = (len(out_index) == self.full_out and len(in_index) == self.full_in
+                        and self.out_prefix and self.in_prefix and bits == FLOAT_BITS)
 
     def enable_quantization(self, bits_choices: Sequence[int], config) -> None:
         """Add the ``weight_quantizer`` child for the quantised bit-widths."""
@@ -184,7 +189,7 @@ class ElasticWeightMixin:
 
     def _row_index(self) -> torch.Tensor | None:
         """Weight rows of the active outputs (None: all rows, in order)."""
-        if self.active_out == self.full_out and _is_prefix(self.out_index):
+        if self.active_out == self.full_out and self.out_prefix:
             return None
 
         def make() -> torch.Tensor:
@@ -196,7 +201,7 @@ class ElasticWeightMixin:
     def _col_index(self) -> int | torch.Tensor | None:
         """Weight columns of the active inputs: None (all), a prefix length, or indices."""
         n_cols = self._n_cols()
-        if _is_prefix(self.in_index) or self._n_cols_for(1) == self.weight[0].numel():
+        if self.in_prefix or self._n_cols_for(1) == self.weight[0].numel():
             return None if n_cols == self.weight[0].numel() else n_cols
 
         def make() -> torch.Tensor:
@@ -210,7 +215,7 @@ class ElasticWeightMixin:
         rows = self._row_index()
         if rows is None:
             return tensor
-        if _is_prefix(self.out_index) and not self.split_halves:
+        if self.out_prefix and not self.split_halves:
             return tensor[: self.active_out]
         return tensor.index_select(0, rows)
 

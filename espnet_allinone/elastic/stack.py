@@ -39,7 +39,9 @@ class ElasticLayerStack:
         if type(stack) is not stock:
             raise TypeError(f"{cls.__name__} converts {stock.__name__}, got {type(stack).__name__}")
         stack.__class__ = cls
-        stack.set_schedule(range(len(stack._modules)))
+        # Each block once, in order; the position-aware modules are looked up on the
+        # first set_schedule (the blocks' own modules are converted after the stack).
+        stack.schedule, stack._shared, stack._aware = tuple(range(len(stack._modules))), False, None
         return stack
 
     @property
@@ -63,7 +65,8 @@ class ElasticLayerStack:
         self.schedule = schedule
         counts = Counter(schedule)
         self._shared = any(n > 1 for n in counts.values())
-        self._aware = [_position_aware(b) for b in self._modules.values()]
+        if self.__dict__.get("_aware") is None:  # a walk over every module: once, not per switch
+            self._aware = [_position_aware(b) for b in self._modules.values()]
         for i, modules in enumerate(self._aware):
             for module in modules:
                 module.set_active_repeats(min(counts.get(i, 1), module.repeats))

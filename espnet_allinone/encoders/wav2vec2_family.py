@@ -28,7 +28,7 @@ from torchaudio.models import wav2vec2_model
 from torchaudio.models.wav2vec2.components import SelfAttention
 
 from espnet_allinone.elastic import ElasticLayerStack
-from espnet_allinone.elastic.attention import head_index
+from espnet_allinone.elastic.attention import head_columns, head_index
 from espnet_allinone.elastic.family import FamilySpec, FeedForwardRole
 from espnet_allinone.elastic.layers import convert_weight_layer
 from espnet_allinone.precision import FLOAT_BITS
@@ -136,7 +136,7 @@ class ElasticSelfAttention(HeadedSelfAttention):
         """Keep ``heads`` (None: all; h: the first h; or an index set) at ``bits``."""
         index = head_index(heads, self.full_heads)
         d = self.head_dim
-        rows = [h * d + j for h in index for j in range(d)]
+        rows = head_columns(index, d)
         for name in WAV2VEC2.attention_in:
             getattr(self, name).set_active(out=rows, bits=bits)
         self.out_proj.set_active(in_=rows, bits=bits)
