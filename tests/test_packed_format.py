@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from espnet_allinone.arch import ArchError, BlockArch, SubnetArch
+from espnet_allinone.encoders.conformer_extraction import encoder_conf
 from espnet_allinone.encoders.elastic_conformer import ElasticConformerEncoder
 from espnet_allinone.encoders.packed_conformer import PackedConformerEncoder
 from espnet_allinone.export.slicing import slice_encoder
-from espnet_allinone.export.standalone_config import encoder_conf
 from espnet_allinone.quant import packed_format
 
 BASE = {

@@ -26,3 +26,9 @@ def test_a_class_missing_a_member_is_reported():
     assert "Partial lacks active_subsystem" in problems
     assert "Partial lacks use_subsystem" in problems
     assert any(p.startswith("Partial.set_subsystem['self', 'other']") for p in problems)
+
+
+def test_the_foundation_encoder_implements_the_extractable_protocol():
+    from espnet_allinone.encoders.elastic_wav2vec2 import ElasticWav2Vec2Encoder
+
+    assert protocol_violations(ElasticWav2Vec2Encoder, ExtractableEncoder) == []

@@ -79,6 +79,10 @@ from espnet_allinone.elastic.family import (
     reorder_block,
 )
 from espnet_allinone.elastic.layers import ElasticWeightMixin
+from espnet_allinone.encoders.conformer_extraction import (
+    encoder_conf,
+    stock_conformer_misfit,
+)
 from espnet_allinone.encoders.conformer_family import (
     CONFORMER,
     ScheduledMultiSequential,
@@ -325,6 +329,28 @@ class ElasticConformerEncoder(RejectUnknownOptions, SubsystemSwitching, Conforme
         if arch.front_bits != FLOAT_BITS and not self._input_layers:
             raise ArchError(f"front at {arch.front_bits} bits, but this encoder's front is "
                             "float (quantize_input_layer: false)")
+
+    # --- extraction -----------------------------------------------------------
+    def extracted_encoder(self, arch: SubnetArch, plugin_free: bool,
+                          source_conf: Mapping[str, Any]) -> tuple[str, dict, bool, bool]:
+        """(encoder name, encoder_conf, is stock, unrolled) of ``arch``'s extracted model.
+
+        ESPnet's ``conformer`` where it can hold the record (with ``plugin_free``,
+        low-bit weights dequantised and shared blocks unrolled); else ``packed_conformer``.
+        """
+        unroll = plugin_free and not arch.is_stacked
+        target = arch.unrolled() if unroll else arch
+        misfit = stock_conformer_misfit(target, self.space.attention_heads,
+                                        self.space.output_size, plugin_free)
+        if plugin_free and misfit:
+            raise ValueError(f"{misfit}, which ESPnet's conformer encoder cannot express; "
+                             "extract it without --plugin_free (it then uses encoder: "
+                             "packed_conformer)")
+        stock = misfit is None
+        conf = encoder_conf(dict(source_conf), target, stock=stock,
+                            quant_symmetric=self.quant_config.symmetric,
+                            position_stats=self.positions > 1)
+        return ("conformer" if stock else "packed_conformer"), conf, stock, unroll
 
     # --- importance ---------------------------------------------------------
     @torch.no_grad()

@@ -260,11 +260,13 @@ class ElasticWav2Vec2Encoder(RejectUnknownOptions, SubsystemSwitching, Wav2Vec2E
         gen = torch.Generator().manual_seed(seed)
         return torch.randn(2, 16000, generator=gen) * 0.1, torch.tensor([16000, 12000])
 
-    def extracted_encoder(self, arch: SubnetArch, plugin_free: bool) -> tuple[str, dict, bool]:
-        """(encoder name, encoder_conf, stock?) of the standalone model for ``arch``."""
+    def extracted_encoder(self, arch: SubnetArch, plugin_free: bool,
+                          source_conf: Mapping[str, Any]) -> tuple[str, dict, bool, bool]:
+        """(encoder name, encoder_conf, is stock, unrolled) of ``arch``'s extracted model
+        (built from this encoder's own architecture; shared layers are never unrolled)."""
         from espnet_allinone.encoders.packed_wav2vec2 import extracted_encoder
 
-        return extracted_encoder(self, arch, plugin_free)
+        return (*extracted_encoder(self, arch, plugin_free), False)
 
     def extracted_state(self, sliced_state: dict, arch: SubnetArch, stock: bool,
                         target: torch.nn.Module) -> dict[str, torch.Tensor]:

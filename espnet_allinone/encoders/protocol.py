@@ -10,8 +10,9 @@ records and exact sizes. Test fakes are checked against these with
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import Any, Protocol
 
 from espnet_allinone.arch import SubnetArch
 from espnet_allinone.elastic.family import FamilySpec
@@ -49,6 +50,9 @@ class ExtractableEncoder(ElasticEncoder, Protocol):
     def num_params(self, sub: str | Subsystem | SubnetArch | None = None) -> int: ...
 
     def storage_bytes(self, sub: str | Subsystem | SubnetArch | None = None) -> int: ...
+
+    def extracted_encoder(self, arch: SubnetArch, plugin_free: bool,
+                          source_conf: Mapping[str, Any]) -> tuple[str, dict, bool, bool]: ...
 
 
 def protocol_violations(cls: type, protocol: type) -> list[str]:

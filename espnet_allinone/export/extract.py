@@ -37,11 +37,7 @@ from espnet_allinone.export.slicing import (
     tie_shared_blocks,
     unrolled_state,
 )
-from espnet_allinone.export.standalone_config import (
-    encoder_conf,
-    standalone_config,
-    stock_conformer_misfit,
-)
+from espnet_allinone.export.standalone_config import standalone_config
 from espnet_allinone.subsystem import Subsystem
 
 
@@ -138,29 +134,11 @@ class Extractor:
         fingerprint = self.fingerprint(name, explicit, plugin_free)
         _check_existing(final, fingerprint, overwrite)
         sliced = slice_encoder(self.encoder, arch)
-        plan = getattr(self.encoder, "extracted_encoder", None)
-        if plan is not None:  # the encoder names its own extracted encoder (wav2vec2 family)
-            try:
-                encoder_name, conf, stock = plan(arch, plugin_free)
-            except ValueError as e:
-                raise ExtractionError(f"{name}: {e}") from None
-            unroll = False
-        else:
-            unroll = plugin_free and not arch.is_stacked
-            misfit = stock_conformer_misfit(arch.unrolled() if unroll else arch,
-                                            self.space.attention_heads, self.space.output_size,
-                                            plugin_free)
-            stock = misfit is None
-            if plugin_free and not stock:
-                raise ExtractionError(
-                    f"{name} {misfit}, which ESPnet's conformer encoder cannot express; "
-                    "extract it without --plugin_free (it then uses encoder: packed_conformer)"
-                )
-            encoder_name = "conformer" if stock else "packed_conformer"
-            conf = encoder_conf(self.config.get("encoder_conf") or {},
-                                arch.unrolled() if unroll else arch, stock=stock,
-                                quant_symmetric=self.encoder.quant_config.symmetric,
-                                position_stats=self.encoder.positions > 1)
+        try:  # the family's own choice: a stock encoder where shapes allow, else packed
+            encoder_name, conf, stock, unroll = self.encoder.extracted_encoder(
+                arch, plugin_free, self.config.get("encoder_conf") or {})
+        except ValueError as e:
+            raise ExtractionError(f"{name}: {e}") from None
         with atomic_directory(final) as tmp:
             config = standalone_config(self.config, encoder_name, conf, tmp, final)
             build_config = standalone_config(self.config, encoder_name, conf, tmp, tmp)
