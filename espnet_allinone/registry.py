@@ -24,6 +24,7 @@ ENTRIES: tuple[tuple[str, str, str], ...] = (
     ("encoder_choices", "packed_wav2vec2",
      "espnet_allinone.encoders.packed_wav2vec2:PackedWav2Vec2Encoder"),
     ("model_choices", "allinone", "espnet_allinone.train.model:ESPnetAllInOneASRModel"),
+    ("model_choices", "packed", "espnet_allinone.packed_model:PackedOutputASRModel"),
 )
 """What ``register()`` adds; a later encoder or model is one more line here."""
 

@@ -15,13 +15,15 @@ from espnet_allinone.corpus import CorpusConfig, ToolMissingError, make_corpus
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--outdir", required=True, help="writes OUTDIR/{train,dev,test}")
+    p.add_argument("--outdir", required=True, help="writes OUTDIR/{train,dev,test[,test_unseen]}")
     p.add_argument("--wavdir", default=None, help="where the wavs go (default OUTDIR/wavs)")
     p.add_argument("--num_train", type=int, default=2000)
     p.add_argument("--num_dev", type=int, default=100)
     p.add_argument("--num_test", type=int, default=200)
+    p.add_argument("--num_test_unseen", type=int, default=0,
+                   help="test_unseen: voices and rates held out of training (0: none)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num_speakers", type=int, default=0, help="0 = all 120 voices")
+    p.add_argument("--num_speakers", type=int, default=0, help="0 = all 656 training voices")
     p.add_argument("--no_noise", action="store_true", help="no additive white noise")
     p.add_argument("--no_reverb", action="store_true", help="no sox reverb")
     p.add_argument("--nj", type=int, default=4, help="parallel synthesis jobs")
@@ -33,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = CorpusConfig(
             num_train=args.num_train, num_dev=args.num_dev, num_test=args.num_test,
-            seed=args.seed, num_speakers=args.num_speakers,
+            num_test_unseen=args.num_test_unseen, seed=args.seed, num_speakers=args.num_speakers,
             noise=not args.no_noise, reverb=not args.no_reverb,
         )
         make_corpus(args.outdir, config, wavdir=args.wavdir, nj=args.nj)

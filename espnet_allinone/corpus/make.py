@@ -12,9 +12,8 @@ from espnet_allinone.corpus.datadir import write_datadir
 from espnet_allinone.corpus.synth import UttJob, synthesize
 from espnet_allinone.corpus.text import to_espeak, unique_transcripts
 from espnet_allinone.corpus.tools import require_tools
-from espnet_allinone.corpus.voices import make_speakers
+from espnet_allinone.corpus.voices import make_speakers, make_unseen_speakers
 
-SPLITS = ("train", "dev", "test")
 MANIFEST = "corpus.json"
 
 
@@ -25,41 +24,52 @@ class CorpusConfig:
     num_train: int = 2000
     num_dev: int = 100
     num_test: int = 200
+    num_test_unseen: int = 0       # test_unseen: voices and rates no training utterance has
     seed: int = 0
-    num_speakers: int = 0          # 0: every voice x variant pair (120)
+    num_speakers: int = 0          # 0: every training voice x variant pair (656)
     noise: bool = True             # white noise at 20-40 dB SNR on ~60% of utterances
     reverb: bool = True            # sox reverb on ~50% of utterances
+    band_limit: bool = True        # sox high/low-pass on ~30% of utterances
 
     def __post_init__(self) -> None:
         for name in ("num_train", "num_dev", "num_test"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.num_test_unseen < 0:
+            raise ValueError(f"num_test_unseen must be >= 0, got {self.num_test_unseen}")
 
     def counts(self) -> dict[str, int]:
-        return {"train": self.num_train, "dev": self.num_dev, "test": self.num_test}
+        counts = {"train": self.num_train, "dev": self.num_dev, "test": self.num_test}
+        if self.num_test_unseen:
+            counts["test_unseen"] = self.num_test_unseen
+        return counts
 
 
 def plan_jobs(config: CorpusConfig, wavdir: Path) -> dict[str, list[tuple[UttJob, str, str]]]:
     """Every utterance's (job, transcript, speaker id), per split; no audio made."""
     rng = random.Random(config.seed)
     speakers = make_speakers(rng, config.num_speakers)
+    unseen = make_unseen_speakers(rng)
     counts = config.counts()
     texts = unique_transcripts(rng, sum(counts.values()))
     plan: dict[str, list[tuple[UttJob, str, str]]] = {}
     start = 0
-    for split in SPLITS:
+    for split in counts:
         items = []
+        held_out = split == "test_unseen"
         for i, text in enumerate(texts[start:start + counts[split]]):
-            spk = rng.choice(speakers)
-            rate = spk.rate + rng.randint(-15, 15)
+            spk = rng.choice(unseen if held_out else speakers)
+            rate = spk.rate if held_out else spk.rate + rng.randint(-15, 15)
             pitch = min(99, max(0, spk.pitch + rng.randint(-8, 8)))
             reverb = ((rng.randint(10, 60), rng.randint(10, 60))
                       if config.reverb and rng.random() < 0.5 else None)
             snr = round(rng.uniform(20, 40), 2) if config.noise and rng.random() < 0.6 else None
+            band = ((rng.randint(60, 300), rng.randint(3000, 6500))
+                    if config.band_limit and rng.random() < 0.3 else None)
             utt_id = f"{spk.spk_id}-{split}{i:06d}"
             job = UttJob(utt_id, str((wavdir / split / f"{utt_id}.wav").resolve()),
                          to_espeak(text), spk.espeak_voice, rate, pitch, reverb, snr,
-                         noise_seed=rng.getrandbits(32))
+                         noise_seed=rng.getrandbits(32), band=band)
             items.append((job, text, spk.spk_id))
         plan[split] = items
         start += counts[split]
@@ -82,7 +92,7 @@ def make_corpus(
     manifest = out / MANIFEST
     wanted = {"config": asdict(config), "wavdir": str(wav_root.resolve())}
     if manifest.is_file() and json.loads(manifest.read_text()) == wanted and all(
-        (out / s / "wav.scp").is_file() for s in SPLITS
+        (out / s / "wav.scp").is_file() for s in config.counts()
     ):
         log(f"[make_corpus] {out} already holds this corpus ({MANIFEST} matches); kept")
         return config.counts()

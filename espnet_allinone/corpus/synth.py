@@ -1,4 +1,4 @@
-"""Synthesise one utterance: espeak-ng -> sox (16 kHz mono, reverb) -> light noise.
+"""Synthesise one utterance: espeak-ng -> sox (16 kHz mono, reverb, band limits) -> light noise.
 
 Every random choice is made by the caller and carried in the job, so an
 utterance is a pure function of its job: re-generation is bit-identical
@@ -30,6 +30,7 @@ class UttJob:
     reverb: tuple[int, int] | None   # (reverberance %, room scale %) or None
     snr_db: float | None             # white-noise SNR or None
     noise_seed: int
+    band: tuple[int, int] | None = None  # (high-pass Hz, low-pass Hz) or None
 
 
 def _add_noise(path: str, snr_db: float, seed: int) -> None:
@@ -55,6 +56,8 @@ def synthesize(job: UttJob) -> float:
            "-b", "16", "-e", "signed-integer", job.path, "pad", "0.15", "0.2"]
     if job.reverb is not None:
         sox += ["reverb", str(job.reverb[0]), "50", str(job.reverb[1])]
+    if job.band is not None:
+        sox += ["highpass", str(job.band[0]), "lowpass", str(job.band[1])]
     sox += ["gain", "-n", "-3"]
     p1 = subprocess.Popen(espeak, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     p2 = subprocess.run(sox, check=False, stdin=p1.stdout, capture_output=True)

@@ -9,6 +9,7 @@ the layers know nothing of subsystems or search spaces.
 from espnet_allinone.elastic.attention import ElasticAttentionMixin
 from espnet_allinone.elastic.layers import (
     ElasticConv1d,
+    ElasticConv2d,
     ElasticLinear,
     convert_weight_layer,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "ElasticAttentionMixin",
     "ElasticBatchNorm1d",
     "ElasticConv1d",
+    "ElasticConv2d",
     "ElasticLayerStack",
     "ElasticLinear",
     "SizeReport",

@@ -158,12 +158,11 @@ class ElasticWeightMixin:
         if not quant_bits:
             return
         rows, cols = self.rows_full, self.weight[0].numel()
-        if (
-            getattr(self, "groups", 1) > 1
-            and config.granularity == "group"
-            and cols % config.group_size
+        if config.granularity == "group" and cols % config.group_size and (
+            getattr(self, "groups", 1) > 1 or isinstance(self, ElasticConv2d)
         ):
-            # A depthwise row holds only kernel-size weights: one scale per channel.
+            # A depthwise row (kernel-size weights) or the first conv of the front (one
+            # input channel, 3x3) is shorter than a group: one scale per channel.
             config = dataclasses.replace(config, granularity="channel")
         self.weight_quantizer = WeightFakeQuantizer(rows, cols, quant_bits, config)
         if config.activation_bits is not None:
@@ -397,14 +396,63 @@ class ElasticConv1d(ElasticWeightMixin, nn.Conv1d):
         super().permute_in(perm)
 
 
+class ElasticConv2d(ElasticWeightMixin, nn.Conv2d):
+    """``nn.Conv2d`` (the subsampling front's) with elastic weight precision only.
+
+    The front is never narrowed, so the active sets are always all channels; the
+    weight's 2-D view is ``[out, in * kh * kw]``.
+    """
+
+    _kind = "conv2d"
+
+    @classmethod
+    def convert(cls, module: nn.Conv2d) -> ElasticConv2d:
+        """Turn a built ``nn.Conv2d`` into an ElasticConv2d in place (same tensors)."""
+        if type(module) is not nn.Conv2d:
+            raise TypeError(f"expected torch.nn.Conv2d, got {type(module).__name__}")
+        if module.groups != 1 or module.padding_mode != "zeros":
+            raise ValueError("only dense Conv2d with zero padding can be quantised "
+                             f"(groups {module.groups}, padding_mode {module.padding_mode!r})")
+        module.__class__ = cls
+        module._setup_elastic(module.out_channels, module.in_channels)
+        return module
+
+    @property
+    def cols_per_in(self) -> int:
+        return self.kernel_size[0] * self.kernel_size[1]
+
+    def set_active(self, out: Units = None, in_: Units = None, bits: int = FLOAT_BITS) -> None:
+        if out not in (None, self.full_out) or in_ not in (None, self.full_in):
+            raise ValueError("ElasticConv2d: the front runs all its channels; only bits change")
+        super().set_active(None, None, bits)
+
+    def active_weight_shape(self) -> tuple[int, ...]:
+        return tuple(self.weight.shape)
+
+    def _plain_twin(self) -> nn.Conv2d:
+        return nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size,
+                         stride=self.stride, padding=self.padding, dilation=self.dilation,
+                         bias=self.bias is not None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.is_full:
+            return self._conv_forward(x, self.weight, self.bias)
+        x = self._maybe_quantize_input(x)
+        return self._conv_forward(x, self.active_weight_2d().reshape(self.weight.shape),
+                                  self.bias)
+
+
 def convert_weight_layer(module: nn.Module) -> ElasticWeightMixin:
-    """``nn.Linear`` -> ElasticLinear, ``nn.Conv1d`` -> ElasticConv1d, in place."""
+    """``nn.Linear`` / ``Conv1d`` / ``Conv2d`` -> its elastic class, in place."""
     if type(module) is nn.Linear:
         return ElasticLinear.convert(module)
     if type(module) is nn.Conv1d:
         return ElasticConv1d.convert(module)
+    if type(module) is nn.Conv2d:
+        return ElasticConv2d.convert(module)
     if isinstance(module, ElasticWeightMixin):
         return module
     raise TypeError(
-        f"cannot make {type(module).__name__} elastic; valid: torch.nn.Linear, torch.nn.Conv1d"
+        f"cannot make {type(module).__name__} elastic; valid: torch.nn.Linear, "
+        "torch.nn.Conv1d, torch.nn.Conv2d"
     )

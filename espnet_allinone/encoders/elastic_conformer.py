@@ -36,10 +36,13 @@ blockwise``). Width and precision stay elastic. With ``position_stats: true``
 statistics (positions see different activations); nothing else is per
 position, so parameters do not grow with depth.
 
-What stays float: the subsampling front (``embed``), all LayerNorms and the
-conv BatchNorm, every bias, ``pos_bias_u/v`` and everything outside the
-encoder (CTC, decoder). ``quantize_input_layer: true`` also quantises the
-Linear layers of ``embed`` (its Conv2d layers stay float).
+``part_precisions`` (:class:`~espnet_allinone.quant.parts.PartPrecisions`)
+sets the bits of the subsampling front (``embed``: its Conv2d and Linear
+weights) and of the output layers (the model attaches its CTC linear, see
+``attach_output_layers``) in quantised subsystems: ``{front: int8, output:
+int8}`` with 2-bit blocks is the papers' mixed scheme; both are float by
+default. What stays float: all LayerNorms and the conv BatchNorm, every bias
+and ``pos_bias_u/v``.
 
 Narrower widths keep the FIRST units/heads/channels; call
 ``reorder_by_importance()`` (function-preserving at full width) before
@@ -63,7 +66,6 @@ from torch import nn
 
 from espnet_allinone.arch import (
     UNFOLD_RULES,
-    ArchError,
     BlockArch,
     SubnetArch,
     prefix,
@@ -71,7 +73,7 @@ from espnet_allinone.arch import (
 )
 from espnet_allinone.elastic import (
     ElasticAttentionMixin,
-    ElasticLinear,
+    convert_weight_layer,
 )
 from espnet_allinone.elastic.family import (
     block_limits,
@@ -99,6 +101,7 @@ from espnet_allinone.pruning.config import PruneConfig
 from espnet_allinone.pruning.costs import encoder_costs
 from espnet_allinone.pruning.targets import Pruning
 from espnet_allinone.quant.config import QuantConfig
+from espnet_allinone.quant.parts import PartPrecisions
 from espnet_allinone.subsystem import SearchSpace, Subsystem
 
 
@@ -176,9 +179,9 @@ class ElasticConformerEncoder(RejectUnknownOptions, SubsystemSwitching, Conforme
     search space: ``depths`` (block counts, default all blocks), ``widths``
     (fractions of FFN units / heads, default 1), ``precisions`` (int2, int4,
     int8, fp; default fp), ``elastic_conv`` (width also narrows the conv
-    module), ``quant_conf`` (QuantConfig options), ``quantize_input_layer``
-    (also quantise the Linear layers of the subsampling front). See the
-    module docstring for what is quantised and what stays float.
+    module), ``quant_conf`` (QuantConfig options), ``part_precisions`` (bits
+    of the front and output layers in quantised subsystems). See the module
+    docstring for what is quantised and what stays float.
     """
 
     family = CONFORMER
@@ -192,7 +195,7 @@ class ElasticConformerEncoder(RejectUnknownOptions, SubsystemSwitching, Conforme
         precisions: list[int | str] | None = None,
         elastic_conv: bool = False,
         quant_conf: dict | None = None,
-        quantize_input_layer: bool = False,
+        part_precisions: dict | None = None,
         seed_blocks: int | None = None,
         unfold: str = "repeat",
         position_stats: bool = True,
@@ -214,7 +217,8 @@ class ElasticConformerEncoder(RejectUnknownOptions, SubsystemSwitching, Conforme
         super().__init__(input_size=input_size, **{**stock_options, "num_blocks": physical})
         self.space = space
         self.quant_config = quant_config
-        self.quantize_input_layer = quantize_input_layer
+        self.part_precisions = PartPrecisions.from_conf(part_precisions)
+        self.output_layers: dict[str, nn.Module] = {}
         self.seed_blocks = seed_blocks
         self.unfold = unfold
         self.positions = space.num_blocks // seed_blocks if seed_blocks and position_stats else 1
@@ -245,15 +249,17 @@ class ElasticConformerEncoder(RejectUnknownOptions, SubsystemSwitching, Conforme
             make_block_elastic(block, self.family, convert_attention,
                                conv_widths if self.space.elastic_conv else (), self.positions)
         self._input_layers = []
-        if self.quantize_input_layer:
-            for module in self.embed.modules():
-                if type(module) is nn.Linear:
-                    self._input_layers.append(ElasticLinear.convert(module))
+        front_bits = self.part_precisions.quantised_bits("front", self.space.bits)
+        if front_bits:
+            self._input_layers = [convert_weight_layer(m) for m in self.embed.modules()
+                                  if type(m) in (nn.Linear, nn.Conv2d)]
         if any(b != FLOAT_BITS for b in self.space.bits):
+            front = set(map(id, self._input_layers))
             for name, module in self.named_modules():
                 if isinstance(module, ElasticWeightMixin):
+                    bits = front_bits if id(module) in front else self.space.bits
                     try:
-                        module.enable_quantization(self.space.bits, self.quant_config)
+                        module.enable_quantization(bits, self.quant_config)
                     except ValueError as err:
                         raise ValueError(f"encoder layer {name}: {err}") from None
 
@@ -276,8 +282,9 @@ class ElasticConformerEncoder(RejectUnknownOptions, SubsystemSwitching, Conforme
 
     def pruned_arch(self, sub: Subsystem) -> SubnetArch:
         """The architecture a pruned subsystem's gates have learned (hard gates)."""
-        front = sub.bits if self.quantize_input_layer else FLOAT_BITS
-        return self.pruning.arch(sub.prune, sub.bits, front)
+        parts = self.part_precisions
+        return self.pruning.arch(sub.prune, sub.bits, parts.bits("front", sub.bits),
+                                 parts.bits("output", sub.bits))
 
     @contextlib.contextmanager
     def gated(self, sub: Subsystem) -> Iterator[Subsystem]:
@@ -318,17 +325,17 @@ class ElasticConformerEncoder(RejectUnknownOptions, SubsystemSwitching, Conforme
                 blocks.append(BlockArch(physical=i, heads=heads, ffn_units=(units,) * n_ffn,
                                         conv_channels=channels if has_conv else None,
                                         bits=sub.bits))
-            front = sub.bits if self.quantize_input_layer else FLOAT_BITS
-            arch = self._archs[sub] = SubnetArch(tuple(blocks), front_bits=front)
+            parts = self.part_precisions
+            arch = self._archs[sub] = SubnetArch(
+                tuple(blocks), front_bits=parts.bits("front", sub.bits),
+                output_bits=parts.bits("output", sub.bits))
         return arch
 
     def check_arch(self, arch: SubnetArch) -> None:
         """Raise ArchError naming the first entry of ``arch`` that does not fit."""
         bits = self.space.bits
         arch.check([block_limits(b, self.family, bits) for b in self.blocks])
-        if arch.front_bits != FLOAT_BITS and not self._input_layers:
-            raise ArchError(f"front at {arch.front_bits} bits, but this encoder's front is "
-                            "float (quantize_input_layer: false)")
+        self.check_part_bits(arch)
 
     # --- extraction -----------------------------------------------------------
     def extracted_encoder(self, arch: SubnetArch, plugin_free: bool,

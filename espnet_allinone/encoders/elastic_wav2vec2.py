@@ -62,6 +62,7 @@ from espnet_allinone.encoders.wav2vec2_family import (
 )
 from espnet_allinone.precision import FLOAT_BITS
 from espnet_allinone.quant.config import QuantConfig
+from espnet_allinone.quant.parts import PartPrecisions
 from espnet_allinone.subsystem import SearchSpace, Subsystem, SubsystemError
 
 
@@ -69,7 +70,6 @@ class ElasticWav2Vec2Encoder(RejectUnknownOptions, SubsystemSwitching, Wav2Vec2E
     """wav2vec2 / HuBERT encoder with elastic depth, heads, FFN units and weight bits."""
 
     family = WAV2VEC2
-    quantize_input_layer = False
 
     def __init__(
         self,
@@ -91,6 +91,7 @@ class ElasticWav2Vec2Encoder(RejectUnknownOptions, SubsystemSwitching, Wav2Vec2E
         widths: list[float | str] | None = None,
         precisions: list[int | str] | None = None,
         quant_conf: dict | None = None,
+        part_precisions: dict | None = None,
         seed_blocks: int | None = None,
         unfold: str = "repeat",
         **architecture: Any,
@@ -114,6 +115,11 @@ class ElasticWav2Vec2Encoder(RejectUnknownOptions, SubsystemSwitching, Wav2Vec2E
         self.unfold = unfold
         self.positions = 1
         self.quant_config = QuantConfig.from_dict(quant_conf)
+        self.part_precisions = PartPrecisions.from_conf(part_precisions)
+        if self.part_precisions.quantised_bits("front", space.bits):
+            raise ValueError(f"part_precisions.front {self.part_precisions.front}: the conv "
+                             "feature extractor of elastic_wav2vec2 stays float; valid: fp")
+        self.output_layers: dict[str, torch.nn.Module] = {}
         self.mask_generator = MaskGenerator(
             conf["encoder_embed_dim"], mask_prob, mask_selection, mask_other, mask_length,
             no_mask_overlap, mask_min_space, mask_channel_prob, "static", 0.0,
@@ -227,7 +233,8 @@ class ElasticWav2Vec2Encoder(RejectUnknownOptions, SubsystemSwitching, Wav2Vec2E
             heads, units = prefix(self.space.heads(sub)), prefix(self.space.ffn_units(sub))
             blocks = tuple(BlockArch(physical=i, heads=heads, ffn_units=(units,), bits=sub.bits)
                            for i in unfold_schedule(sub.depth, self.seed_blocks, self.unfold))
-            arch = self._archs[sub] = SubnetArch(blocks)
+            arch = self._archs[sub] = SubnetArch(
+                blocks, output_bits=self.part_precisions.bits("output", sub.bits))
         return arch
 
     def check_arch(self, arch: SubnetArch) -> None:

@@ -27,7 +27,6 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-import torch
 from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 from torch import nn
 
@@ -95,10 +94,7 @@ class PackedConformerEncoder(RejectUnknownOptions, ConformerEncoder):
         self.quant_symmetric = quant_symmetric
         self.weight_bits = self._quantized_weights(shapes, front_bits, weight_bits,
                                                    quantized_modules)
-        self._packed: dict[str, torch.Tensor] = {}
-        self.state_dict_packed = True
-        self._register_state_dict_hook(_save_packed)
-        self._register_load_state_dict_pre_hook(_load_packed, with_module=True)
+        packed_format.store_packed(self)
 
     def _quantized_weights(self, shapes: list[dict], front_bits: int, legacy_bits: int,
                            legacy_modules: list[str] | None) -> dict[str, int]:
@@ -125,7 +121,7 @@ class PackedConformerEncoder(RejectUnknownOptions, ConformerEncoder):
         if front_bits != FLOAT_BITS:
             front = self.get_submodule(spec.front)
             for name, module in front.named_modules():
-                if type(module) is nn.Linear:
+                if type(module) in (nn.Linear, nn.Conv2d):
                     out[f"{spec.front}.{name}.weight"] = parse_precision(front_bits)
         return out
 
@@ -193,48 +189,6 @@ def _block_shape(i: int, arch: dict, conf: dict, n_ffn: int) -> dict:
         raise ValueError(f"{where}: {e}") from None
     return {"heads": heads, "ffn_units": units,
             "conv_channels": channels if conf["use_cnn_module"] else None, "bits": bits}
-
-
-def _load_packed(module: PackedConformerEncoder, state_dict, prefix, local_metadata, strict,
-                 missing_keys, unexpected_keys, error_msgs) -> None:
-    """Replace the packed entries by the dequantised float weights (before loading)."""
-    params = dict(module.named_parameters())
-    packed: dict[str, torch.Tensor] = {}
-    for name, bits in module.weight_bits.items():
-        entries = packed_format.pop_state(state_dict, prefix + name)
-        if entries is None:
-            if prefix + name in state_dict:
-                raise RuntimeError(
-                    f"{prefix}{name} is stored as a float weight, but this packed_conformer "
-                    f"expects it bit-packed ({bits} bits): the config and the model file do "
-                    "not belong together"
-                )
-            raise RuntimeError(
-                f"packed weight {prefix}{name} (codes/scale) missing from the model file: "
-                "the config and the model file do not belong together"
-            )
-        qw = packed_format.from_state(entries, prefix + name)
-        weight = packed_format.dequantize_to(qw, bits, tuple(params[name].shape),
-                                             module.quant_symmetric, prefix + name)
-        state_dict[prefix + name] = weight.to(params[name].dtype)
-        packed.update({k[len(prefix):]: v for k, v in entries.items()})
-    module._packed = packed
-
-
-def _save_packed(module: PackedConformerEncoder, state_dict, prefix, local_metadata):
-    """Write the packed codes/scales instead of the float quantised weights."""
-    if not module.weight_bits or not module.state_dict_packed:
-        return state_dict
-    if not module._packed:
-        raise RuntimeError(
-            "this packed_conformer holds no packed weights yet: load a model file "
-            "before saving it"
-        )
-    for name in module.weight_bits:
-        del state_dict[prefix + name]
-    for key, value in module._packed.items():
-        state_dict[prefix + key] = value
-    return state_dict
 
 
 publish_signature(PackedConformerEncoder, ConformerEncoder)

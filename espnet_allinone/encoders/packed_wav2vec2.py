@@ -20,7 +20,6 @@ import torch
 from espnet_allinone.arch import SubnetArch
 from espnet_allinone.elastic.family import export_module, narrow_block
 from espnet_allinone.encoders.options import RejectUnknownOptions, publish_signature
-from espnet_allinone.encoders.packed_conformer import _load_packed, _save_packed
 from espnet_allinone.encoders.wav2vec2_family import (
     ARCH_DEFAULTS,
     WAV2VEC2,
@@ -29,6 +28,7 @@ from espnet_allinone.encoders.wav2vec2_family import (
     arch_conf,
 )
 from espnet_allinone.precision import FLOAT_BITS, PrecisionError, parse_precision
+from espnet_allinone.quant import packed_format
 
 STOCK = "torchaudiohubert"
 STOCK_PREFIX = "hubert_pretrain_model.wav2vec2."
@@ -71,10 +71,7 @@ class PackedWav2Vec2Encoder(RejectUnknownOptions, Wav2Vec2EncoderBase):
             self.layers.set_schedule(block_schedule)
         self.weight_bits = out
         self.quant_symmetric = quant_symmetric
-        self._packed: dict[str, torch.Tensor] = {}
-        self.state_dict_packed = True
-        self._register_state_dict_hook(_save_packed)
-        self._register_load_state_dict_pre_hook(_load_packed, with_module=True)
+        packed_format.store_packed(self)
 
 
 def _block_shape(i: int, arch: dict, conf: dict) -> dict:

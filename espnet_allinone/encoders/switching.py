@@ -1,18 +1,24 @@
 """Switching and sizing shared by every elastic encoder family.
 
 An encoder provides ``family``, ``space``, ``blocks``, ``block_stack`` (the
-scheduled block stack), ``_input_layers``, ``resolve`` and ``check_arch``;
-this mixin runs records on it, switches subsystems and measures them exactly.
+scheduled block stack), ``_input_layers``, ``part_precisions``, ``quant_config``,
+``resolve`` and ``check_arch``; this mixin runs records on it, switches
+subsystems and measures them exactly. The model's output layers (CTC linear,
+decoder output layer) are switched with the record too once the model has
+attached them (``attach_output_layers``): a record's ``output_bits`` is theirs.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+
+from torch import nn
 
 from espnet_allinone.arch import ArchError, SubnetArch
-from espnet_allinone.elastic import active_size
+from espnet_allinone.elastic import SizeReport, active_size, convert_weight_layer
 from espnet_allinone.elastic.family import apply_block
+from espnet_allinone.precision import FLOAT_BITS
 from espnet_allinone.subsystem import Subsystem
 
 
@@ -29,8 +35,33 @@ class SubsystemSwitching:
                 raise ArchError(f"physical block {block.physical}: {err}") from None
         for layer in self._input_layers:
             layer.set_active(bits=arch.front_bits)
+        for layer in self.output_layers.values():
+            layer.set_active(bits=arch.output_bits)
         self.block_stack.set_schedule(arch.schedule)
         self._active_arch = arch
+
+    def check_part_bits(self, arch: SubnetArch) -> None:
+        """A quantised front needs quantisable front layers (``part_precisions.front``)."""
+        bits = {layer.quantize_bits for layer in self._input_layers}
+        if arch.front_bits != FLOAT_BITS and not any(arch.front_bits in b for b in bits):
+            raise ArchError(f"front at {arch.front_bits} bits, but this encoder's front runs "
+                            f"at {self.part_precisions.front} (part_precisions.front)")
+
+    def attach_output_layers(self, layers: Mapping[str, nn.Module]) -> None:
+        """Make the model's output layers (keys: their names in the model) elastic in
+        precision and switch them with every record (``arch.output_bits``).
+
+        They stay the model's modules (not the encoder's: no second copy in the
+        state_dict); the encoder only sets their bits.
+        """
+        bits = self.part_precisions.quantised_bits("output", self.space.bits)
+        for name, layer in layers.items():
+            layer = convert_weight_layer(layer)
+            if bits:
+                layer.enable_quantization(bits, self.quant_config)
+            self.output_layers[name] = layer
+        if self._active_arch is not None:
+            self.apply_arch(self._active_arch)
 
     @property
     def active_arch(self) -> SubnetArch:
@@ -96,6 +127,13 @@ class SubsystemSwitching:
         with self._sized(sub):
             return active_size(self).bytes
 
+    def output_layers_size(self, sub: str | Subsystem | SubnetArch | None = None) -> SizeReport:
+        """Exact parameters and bytes of the attached output layers under ``sub``
+        (packed when quantised); zero when the model attached none."""
+        with self._sized(sub):
+            return sum((active_size(layer) for layer in self.output_layers.values()),
+                       SizeReport(0, 0))
+
     def ordered_subsystems(self) -> list[Subsystem]:
         """Every subsystem, smallest exact bytes first (ties: depth, then width)."""
-        return self.space.ordered(self.storage_bytes)
+        return self.space.ordered(lambda s: self.storage_bytes(s) + self.output_layers_size(s).bytes)

@@ -38,6 +38,8 @@ from espnet_allinone.export.slicing import (
     unrolled_state,
 )
 from espnet_allinone.export.standalone_config import standalone_config
+from espnet_allinone.precision import FLOAT_BITS
+from espnet_allinone.quant import packed_format
 from espnet_allinone.subsystem import Subsystem
 
 
@@ -139,11 +141,12 @@ class Extractor:
                 arch, plugin_free, self.config.get("encoder_conf") or {})
         except ValueError as e:
             raise ExtractionError(f"{name}: {e}") from None
+        output = {} if plugin_free else self._output_conf(arch, name)
         with atomic_directory(final) as tmp:
-            config = standalone_config(self.config, encoder_name, conf, tmp, final)
-            build_config = standalone_config(self.config, encoder_name, conf, tmp, tmp)
+            config = standalone_config(self.config, encoder_name, conf, tmp, final, output)
+            build_config = standalone_config(self.config, encoder_name, conf, tmp, tmp, output)
             target = model_io.build_asr_model(build_config)
-            self._load_target(target, sliced, stock, name, unroll)
+            self._load_target(target, sliced, stock, name, unroll, packed_output=bool(output))
             diff = self._verify(target, arch, name) if verify else None
             _write_yaml(tmp / CONFIG_NAME, config)
             torch.save(target.state_dict(), tmp / MODEL_NAME)
@@ -152,13 +155,15 @@ class Extractor:
             exact_encoder = (
                 _float_bytes(target.encoder) if dequantised else self.encoder.storage_bytes(arch)
             )
+            out = self.encoder.output_layers_size(arch) if output else None  # packed
+            packed_out = 0 if out is None else out.bytes - 4 * out.params  # vs float
             result = ExtractResult(
                 subsystem=name,
                 directory=final,
                 encoder=encoder_name,
                 params=self.encoder.num_params(arch) + self.rest_params,
                 disk_bytes=disk,
-                exact_bytes=exact_encoder + self.rest_bytes,
+                exact_bytes=exact_encoder + self.rest_bytes + packed_out,
                 full_float_bytes=self.full_float_bytes,
                 max_abs_diff=diff,
             )
@@ -178,8 +183,33 @@ class Extractor:
         return result
 
     # ------------------------------------------------------------------
+    def _output_conf(self, arch: SubnetArch, name: str) -> dict:
+        """``model_conf`` of a model with low-bit output layers (``model: packed``)."""
+        if arch.output_bits == FLOAT_BITS:
+            return {}
+        if not self.encoder.output_layers:
+            raise ExtractionError(f"{name}: output layers at {arch.output_bits} bits, but the "
+                                  "model attached none to its encoder")
+        return {"output_bits": arch.output_bits,
+                "quant_symmetric": self.encoder.quant_config.symmetric}
+
+    def _output_state(self, arch: SubnetArch, packed: bool) -> dict[str, torch.Tensor]:
+        """The low-bit output layers' weights (keyed in the model): packed entries, or
+        dequantised onto their grid (``packed`` false: a plugin-free model)."""
+        if arch.output_bits == FLOAT_BITS:
+            return {}
+        state = {}
+        with self.encoder.use_arch(arch):
+            for name, layer in self.encoder.output_layers.items():
+                twin = layer.static_twin()
+                if packed:
+                    state.update(packed_format.to_state(twin.weight, f"{name}.weight"))
+                else:
+                    state[f"{name}.weight"] = twin.dequantized_weight()
+        return state
+
     def _load_target(self, target: torch.nn.Module, sliced: SlicedEncoder, stock: bool,
-                     name: str, unroll: bool = False) -> None:
+                     name: str, unroll: bool = False, packed_output: bool = False) -> None:
         adapt = getattr(self.encoder, "extracted_state", None)
         if adapt is not None:  # the encoder keys the tensors for its extracted encoder
             sliced = SlicedEncoder(sliced.arch, adapt(sliced.state, sliced.arch, stock,
@@ -194,10 +224,14 @@ class Extractor:
             enc_state = sliced.state
         state = {f"encoder.{k}": v for k, v in enc_state.items()}
         source_state = self.model.state_dict()
+        output_state = self._output_state(sliced.arch, packed_output)
         for key in _non_encoder_keys(target):
+            if key in output_state or f"{key}_codes" in output_state:
+                continue
             if key not in source_state:
                 raise ExtractionError(f"{key} of the extracted model has no source tensor")
             state[key] = source_state[key]
+        state.update(output_state)
         try:
             target.load_state_dict(state, strict=True)
         except RuntimeError as e:
@@ -253,7 +287,7 @@ def _arch_record(arch: SubnetArch) -> dict:
             for b in arch.blocks
         ],
         "front_bits": arch.front_bits,
-    }
+    } | ({"output_bits": arch.output_bits} if arch.output_bits != FLOAT_BITS else {})
 
 
 def _float_bytes(module: torch.nn.Module) -> int:

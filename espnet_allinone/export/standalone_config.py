@@ -2,7 +2,7 @@
 
 From the all-in-one config it keeps everything ESPnet needs to rebuild the
 model (frontend, normalisation, decoder, CTC, token list), turns the model
-into a stock ``espnet`` one, and replaces the encoder by the one the
+into a stock ``espnet`` one (``packed`` when its output layers are low-bit), and replaces the encoder by the one the
 elastic encoder names for the architecture (``encoder.extracted_encoder``). The token list is written inline and the BPE model and
 feature statistics are copied next to the config, so the directory stands
 alone.
@@ -35,19 +35,24 @@ def standalone_config(
     conf: dict[str, Any],
     outdir: Path,
     path_root: Path,
+    output: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The extracted config; copies the BPE model / stats into ``outdir``.
+
+    ``output``: the ``model_conf`` keys of low-bit output layers (``output_bits``,
+    ``quant_symmetric``); the model is then ``packed``
+    (:mod:`espnet_allinone.packed_model`), else a stock ``espnet`` one.
 
     Paths written into the config point into ``path_root`` (the final
     directory), while the files are copied into ``outdir`` (which may be a
     temporary directory renamed to ``path_root`` afterwards).
     """
     config = copy.deepcopy(source)
-    config["model"] = "espnet"
+    config["model"] = "packed" if output else "espnet"
     model_keys = set(stock_model_options())
     config["model_conf"] = {
         k: v for k, v in (source.get("model_conf") or {}).items() if k in model_keys
-    }
+    } | dict(output or {})
     config["encoder"] = encoder
     config["encoder_conf"] = conf
     token_list = config.get("token_list")

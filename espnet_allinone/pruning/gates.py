@@ -146,6 +146,7 @@ class PruningGates(nn.Module):
         return sum(b.expected_params(c, b.hard() if hard else b.keep_probs(), hard)
                    for b, c in zip(self.blocks, costs))
 
-    def arch(self, bits: int = FLOAT_BITS, front_bits: int = FLOAT_BITS) -> SubnetArch:
+    def arch(self, bits: int = FLOAT_BITS, front_bits: int = FLOAT_BITS,
+             output_bits: int = FLOAT_BITS) -> SubnetArch:
         blocks = tuple(b.block_arch(i, bits) for i, b in enumerate(self.blocks))
-        return SubnetArch(blocks, front_bits=front_bits)
+        return SubnetArch(blocks, front_bits=front_bits, output_bits=output_bits)

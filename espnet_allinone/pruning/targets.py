@@ -58,6 +58,7 @@ class Pruning(nn.Module):
     def masks(self, target: Fraction) -> list[dict]:
         return self.gates[target_key(target)].masks()
 
-    def arch(self, target: Fraction, bits: int, front_bits: int) -> SubnetArch:
+    def arch(self, target: Fraction, bits: int, front_bits: int,
+             output_bits: int) -> SubnetArch:
         with torch.no_grad():
-            return self.gates[target_key(target)].arch(bits, front_bits)
+            return self.gates[target_key(target)].arch(bits, front_bits, output_bits)

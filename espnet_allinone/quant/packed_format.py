@@ -133,3 +133,58 @@ def dequantize_to(qw: QuantizedWeight, bits: int, weight_shape: Sequence[int],
             "together"
         )
     return qw.dequantize().reshape(tuple(int(s) for s in weight_shape))
+
+
+# --- modules that keep some weights bit-packed in their state_dict ---------------
+def store_packed(module: torch.nn.Module) -> None:
+    """Make ``module`` keep the weights named in ``module.weight_bits`` (name -> bits)
+    bit-packed in its state_dict: loading dequantises them exactly
+    (``module.quant_symmetric``: the signedness the config promises, or None), saving
+    writes the loaded entries back. Used by the packed encoders and the packed model."""
+    module._packed = {}
+    module.state_dict_packed = True
+    module._register_state_dict_hook(_save_packed)
+    module._register_load_state_dict_pre_hook(_load_packed, with_module=True)
+
+
+def _load_packed(module, state_dict, prefix, local_metadata, strict,
+                 missing_keys, unexpected_keys, error_msgs) -> None:
+    """Replace the packed entries by the dequantised float weights (before loading)."""
+    params = dict(module.named_parameters())
+    packed: dict[str, Tensor] = {}
+    kind = type(module).__name__
+    for name, bits in module.weight_bits.items():
+        entries = pop_state(state_dict, prefix + name)
+        if entries is None:
+            if prefix + name in state_dict:
+                raise PackedFormatError(
+                    f"{prefix}{name} is stored as a float weight, but this {kind} expects it "
+                    f"bit-packed ({bits} bits): the config and the model file do not belong "
+                    "together"
+                )
+            raise PackedFormatError(
+                f"packed weight {prefix}{name} (codes/scale) missing from the model file: "
+                "the config and the model file do not belong together"
+            )
+        qw = from_state(entries, prefix + name)
+        weight = dequantize_to(qw, bits, tuple(params[name].shape), module.quant_symmetric,
+                               prefix + name)
+        state_dict[prefix + name] = weight.to(params[name].dtype)
+        packed.update({k[len(prefix):]: v for k, v in entries.items()})
+    module._packed = packed
+
+
+def _save_packed(module, state_dict, prefix, local_metadata):
+    """Write the packed codes/scales instead of the float quantised weights."""
+    if not module.weight_bits or not module.state_dict_packed:
+        return state_dict
+    if not module._packed:
+        raise PackedFormatError(
+            f"this {type(module).__name__} holds no packed weights yet: load a model file "
+            "before saving it"
+        )
+    for name in module.weight_bits:
+        del state_dict[prefix + name]
+    for key, value in module._packed.items():
+        state_dict[prefix + key] = value
+    return state_dict

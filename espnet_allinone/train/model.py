@@ -42,9 +42,12 @@ needs ``unused_parameters: true`` (the ``conf/train_allinone_*`` YAMLs set it).
   loss with weight 0.5 vs 0: 1-4% lower after 8 epochs, but 0.3-0.9% and 1-5%
   higher after 20 (two runs). The paper-scale configs turn it on (weight 1.0)
   as the paper does;
+- ``float_warmup_steps``: for the first N updates every path runs its float twin
+  (same depth and width; stats keep the path's own key), so depth and width
+  settle before the quantisers join (a precision curriculum);
 - ``valid_subsystems``: evaluated every epoch (default: largest, smallest);
-- ``share_input_layer`` (default true): run the float subsampling front once per
-  step; ``sampling_log``: append ``rank= step= paths=`` lines to this file
+- ``share_input_layer`` (default true): run the subsampling front once per step
+  and front precision; ``sampling_log``: append ``rank= step= paths=`` lines to this file
   (``{rank}`` is formatted), for checking what each DDP rank ran.
 
 Training stats: every key is reported on every step, so ESPnet's log (which
@@ -77,6 +80,7 @@ import torch
 from espnet2.asr.espnet_model import ESPnetASRModel, autocast_type
 from espnet2.torch_utils.device_funcs import force_gatherable
 
+from espnet_allinone.packed_model import output_layers
 from espnet_allinone.pruning.distill import LayerDistillation, block_outputs
 from espnet_allinone.pruning.targets import target_key
 from espnet_allinone.subsystem import Subsystem
@@ -131,6 +135,7 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
         share_input_layer: bool = True,
         layer_distill_weight: float = 0.0,
         layer_distill_teacher: str = "self",
+        float_warmup_steps: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -176,15 +181,26 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
             valid = space.resolve(valid_subsystems)
         self.valid_subsystems: list[Subsystem] = list(dict.fromkeys(valid))
         self.sampling_log = sampling_log
-        # The subsampling front (``encoder.embed``) is float and outside the search
-        # space unless the encoder quantises it: then every path computes the same
-        # output, so it runs once per step (a large share of a CPU step).
-        self.share_input_layer = bool(share_input_layer) and not getattr(
-            self.encoder, "quantize_input_layer", False
-        )
+        if not isinstance(float_warmup_steps, int) or float_warmup_steps < 0:
+            raise ValueError(f"float_warmup_steps must be an integer >= 0, got "
+                             f"{float_warmup_steps!r}")
+        self.float_warmup_steps = float_warmup_steps
+        # The subsampling front (``encoder.embed``) is outside the search space:
+        # every path with the same front bits computes the same output, so it runs
+        # once per step and precision (a large share of a CPU step).
+        self.share_input_layer = bool(share_input_layer)
+        self._attach_output_layers()
         # The sampler position: in the state dict, hence in every checkpoint.
         self.register_buffer("sampler_step", torch.zeros((), dtype=torch.long))
         self._setup_pruning(layer_distill_weight, layer_distill_teacher)
+
+    def _attach_output_layers(self) -> None:
+        """Hand the CTC linear (and the decoder's output layer) to the encoder, which
+        switches their bits with every record (``part_precisions.output``)."""
+        parts = getattr(self.encoder, "part_precisions", None)
+        if parts is None or not parts.quantised_bits("output", self.space.bits):
+            return
+        self.encoder.attach_output_layers(output_layers(self))
 
     def _setup_pruning(self, weight: float, teacher: str) -> None:
         """Pruned paths (one per target, float, every step) and layer distillation."""
@@ -326,6 +342,7 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
         text[text == -1] = self.ignore_id
         text = text[:, : text_lengths.max()]
         feats, feats_lengths = self._features(speech, speech_lengths)
+        float_phase = int(self.sampler_step) < self.float_warmup_steps
         drawn = self.next_paths()
         stats: dict[str, torch.Tensor] = {}
         random_stats: dict[str, list[torch.Tensor]] = {}
@@ -337,7 +354,8 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
         with self._shared_input_layer():
             for i, (sub, weight) in enumerate(zip(drawn.paths, self.path_weights)):
                 capture = sub == self.teacher and self._distils_layers("self")
-                with self.encoder.use_subsystem(sub), self._layers(capture) as layers:
+                running = sub.with_precision("fp") if float_phase else sub
+                with self.encoder.use_subsystem(running), self._layers(capture) as layers:
                     enc, enc_lens = self._encode_features(feats, feats_lengths)
                 teacher_layers = layers if capture else teacher_layers
                 loss, pstats, logits = self._path_loss(enc, enc_lens, text, text_lengths)
@@ -419,17 +437,18 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
 
     @contextmanager
     def _shared_input_layer(self) -> Iterator[None]:
-        """Within the block, ``encoder.embed`` computes once and then returns that output
-        again for the same input (the float subsampling front is the same in every path).
-        """
+        """Within the block, ``encoder.embed`` computes once per front precision and then
+        returns that output again for the same input (paths whose front runs at the
+        same bits compute the same output)."""
         embed = getattr(self.encoder, "embed", None)
         if not self.share_input_layer or embed is None:
             yield
             return
         original = embed.forward
-        cache: dict = {}
+        outputs: dict[int, dict] = {}
 
         def forward(x: torch.Tensor, *args: Any) -> Any:
+            cache = outputs.setdefault(self.encoder.active_arch.front_bits, {})
             if cache and cache["x"] is x and len(args) == len(cache["args"]) and all(
                 torch.equal(a, b) for a, b in zip(args, cache["args"])
             ):

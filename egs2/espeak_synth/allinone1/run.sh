@@ -20,7 +20,7 @@ cd "$(dirname "$0")"
     --inference_config conf/decode_ctc.yaml \
     --train_set train \
     --valid_set dev \
-    --test_sets test \
+    --test_sets "test test_unseen" \
     --subsystems all \
-    --local_data_opts "--num_train 2000 --num_dev 100 --num_test 100 --seed 0 --nj 2" \
+    --local_data_opts "--num_train 2000 --num_dev 100 --num_test 400 --num_test_unseen 400 --seed 0 --nj 2" \
     "$@"
