@@ -23,6 +23,7 @@ from espnet_allinone.corpus.datadir import (
     validate_datadir,
 )
 from espnet_allinone.corpus.text import LETTER_PHONEMES, to_espeak, vocabulary
+from espnet_allinone.corpus.voices import UNSEEN_VARIANTS
 
 
 def _digest(data: Path) -> dict[str, str]:
@@ -105,8 +106,29 @@ def test_missing_tools_error_names_install_command(tmp_path: Path, monkeypatch, 
 def test_bad_sizes_are_refused() -> None:
     with pytest.raises(ValueError, match="num_dev must be at least 1"):
         CorpusConfig(num_dev=0)
-    with pytest.raises(ValueError, match="num_speakers must be in 0..120"):
-        plan_jobs(CorpusConfig(num_speakers=500), Path("/x"))
+    with pytest.raises(ValueError, match="num_speakers must be in 0..656"):
+        plan_jobs(CorpusConfig(num_speakers=700), Path("/x"))
+    with pytest.raises(ValueError, match="num_test_unseen must be >= 0, got -1"):
+        CorpusConfig(num_test_unseen=-1)
+
+
+def test_unseen_voice_split_uses_voices_and_rates_no_training_utterance_has() -> None:
+    plan = plan_jobs(CorpusConfig(num_train=400, num_dev=20, num_test=40, num_test_unseen=60,
+                                  seed=3), Path("/x"))
+    assert list(plan) == ["train", "dev", "test", "test_unseen"]
+    seen = [job for split in ("train", "dev", "test") for job, _, _ in plan[split]]
+    unseen = [job for job, _, _ in plan["test_unseen"]]
+    assert len(unseen) == 60
+    variants = {j.voice.split("+")[1] for j in unseen}
+    assert variants <= set(UNSEEN_VARIANTS) and len(variants) >= 10
+    assert variants.isdisjoint(j.voice.split("+")[1] for j in seen)
+    train_rates = {j.rate for j, _, _ in plan["train"]}
+    assert all(not min(train_rates) <= j.rate <= max(train_rates) for j in unseen)
+    assert {s for _, _, s in plan["test_unseen"]}.isdisjoint(s for _, _, s in plan["train"])
+    assert "test_unseen" not in plan_jobs(CorpusConfig(num_train=5, num_dev=1, num_test=1),
+                                          Path("/x"))
+    band = [j.band for j in seen if j.band is not None]
+    assert 0.2 < len(band) / len(seen) < 0.4 and all(lo < hi for lo, hi in band)
 
 
 def test_datadir_helpers(tiny_corpus: Path, tmp_path: Path) -> None:

@@ -18,9 +18,10 @@ cd "$(dirname "$0")"
     --token_type char \
     --train_config conf/train_allinone.yaml \
     --inference_config conf/decode_ctc.yaml \
+    --inference_args "--ctc_greedy" \
     --train_set train \
     --valid_set dev \
     --test_sets "test test_unseen" \
     --subsystems all \
-    --local_data_opts "--num_train 2000 --num_dev 100 --num_test 400 --num_test_unseen 400 --seed 0 --nj 2" \
+    --local_data_opts "--num_train 2000 --num_dev 100 --num_test 400 --num_test_unseen 200 --seed 0 --nj 2" \
     "$@"
