@@ -143,7 +143,7 @@ def test_stock_espnet_entry_points_see_the_registration(tmp_path):
     assert config["encoder"] == "elastic_conformer"
     conf = config["encoder_conf"]
     for key in ("depths", "widths", "precisions", "elastic_conv", "quant_conf",
-                "quantize_input_layer", "interctc_layer_idx", "stochastic_depth_rate",
+                "part_precisions", "interctc_layer_idx", "stochastic_depth_rate",
                 "use_flash_attn", "rel_pos_type"):
         assert key in conf, key
     assert conf["num_blocks"] == 6 and conf["rel_pos_type"] == "legacy"  # stock defaults

@@ -175,3 +175,113 @@ def test_report_cli_names_the_missing_stage(tmp_path: Path, capsys) -> None:
     assert report_cli.main(["--asr_exp", str(exp), "--subsystems", "d2-w1-fp", "--rtf_utts",
                             "3"]) == 2
     assert "scoring stage (14)" in capsys.readouterr().err
+
+
+def test_plot_labels_do_not_overlap(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from espnet_allinone.report.plot import label_without_overlap
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    points = [("d2-w1-int2", 1.95, 29.3), ("d2-w0.5-int2", 1.82, 29.8), ("d2-w0.5-int4", 1.96, 29.1),
+              ("d4-w1-fp", 9.7, 11.8)]
+    ax.scatter([p[1] for p in points], [p[2] for p in points])
+    labels = label_without_overlap(ax, points)
+    renderer = fig.canvas.get_renderer()
+    boxes = [a.get_window_extent(renderer) for a in labels]
+    assert sorted(a.get_text() for a in labels) == sorted(p[0] for p in points)
+    assert not any(boxes[i].overlaps(boxes[j]) for i in range(len(boxes))
+                   for j in range(i + 1, len(boxes)))
+    plt.close(fig)
+
+
+def _trn(path: Path, hyps: dict[str, str]) -> Path:
+    path.write_text("".join(f"{text} (spk{int(utt[1:]) % 20}-{utt})\n"
+                            for utt, text in hyps.items()))
+    return path
+
+
+def _systems(tmp_path: Path, n: int = 120) -> tuple[Path, Path, Path]:
+    """A reference and two systems: one right on 95% of the utterances, one on 30%."""
+    rng = random.Random(0)
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf"]
+    ref = {f"u{i:03d}": " ".join(rng.choice(words) for _ in range(6)) for i in range(n)}
+
+    def noisy(p_right: float) -> dict[str, str]:
+        out = {}
+        for utt, text in ref.items():
+            toks = text.split()
+            if rng.random() > p_right:
+                toks[rng.randrange(6)] = "zulu"
+                toks[rng.randrange(6)] = "yankee"
+            out[utt] = " ".join(toks)
+        return out
+
+    return (_trn(tmp_path / "ref.trn", ref), _trn(tmp_path / "good.trn", noisy(0.95)),
+            _trn(tmp_path / "bad.trn", noisy(0.3)))
+
+
+def test_significance_finds_a_clear_difference_and_none_between_equal_systems(tmp_path):
+    from espnet_allinone.report.significance import compare
+
+    ref, good, bad = _systems(tmp_path)
+    clear = compare(ref, good, bad, tmp_path / "clear")
+    assert clear["mapsswe"].better == "a" and clear["mapsswe"].p < 0.05
+    assert clear["sign"].better == "a" and clear["sign"].p < 0.05
+    flipped = compare(ref, bad, good, tmp_path / "flipped")
+    assert flipped["mapsswe"].better == "b"
+    same = compare(ref, good, good, tmp_path / "same")
+    assert same["mapsswe"].better is None and same["mapsswe"].p == 1.0
+    assert not same["sign"].significant
+
+
+def test_missing_sc_stats_names_the_install_command(tmp_path, monkeypatch):
+    from espnet_allinone.report import significance
+
+    monkeypatch.setattr(significance, "SC_STATS_CANDIDATES", ())
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("SC_STATS", raising=False)
+    ref, good, bad = _systems(tmp_path)
+    with pytest.raises(RuntimeError, match="sc_stats not found.*apt-get install sctk"):
+        significance.compare(ref, good, bad, tmp_path / "x")
+
+
+def test_report_marks_significance_and_names_missing_baselines(tmp_path, capsys):
+    exp = _fake_exp(tmp_path, {"d2-w1-fp": (8.0, 5000), "d2-w0.5-int2": (40.0, 800),
+                               "d2-w1-int4": (8.5, 1500)})
+    ref, good, bad = _systems(tmp_path)
+    for sub, hyp in (("d2-w1-fp", good), ("d2-w0.5-int2", bad), ("d2-w1-int4", good)):
+        d = exp / "decode" / sub / "test" / "score_wer"
+        d.mkdir()
+        (d / "ref.trn").write_text(ref.read_text())
+        (d / "hyp.trn").write_text(hyp.read_text())
+        unseen = exp / "decode" / sub / "test_unseen"
+        unseen.mkdir()
+        (unseen / "scores.json").write_text(json.dumps(
+            {"wer": {"words": 50, "error_rate": 20.0}, "cer": {"error_rate": 9.0}}))
+    base = tmp_path / "baselines.json"
+    base.write_text(json.dumps({
+        "d2-w1-int4": {"wer": 9.0, "cer": 4.0, "train_seconds": 50, "hyp_trn": str(bad)},
+        "d2-w1-fp": {"wer": 8.4, "cer": 4.0, "train_seconds": 70, "hyp_trn": str(good)},
+        "missing": {"d2-w0.5-int2": "no baselines/d2-w0.5-int2/train_seconds (training "
+                                    "or scoring did not finish)"}}))
+    assert report_cli.main(["--asr_exp", str(exp), "--rtf_utts", "0", "--baselines", str(base),
+                            "--other_test_sets", "test_unseen",
+                            "--allinone_train_seconds", "60"]) == 0
+    rows = {r["subsystem"]: r for r in json.loads((exp / "results.json").read_text())["rows"]}
+    assert rows["d2-w0.5-int2"]["vs_float"]["mapsswe"]["better"] == "a"  # worse than float
+    assert rows["d2-w1-int4"]["vs_float"]["mapsswe"]["better"] is None
+    assert rows["d2-w1-int4"]["vs_alone"]["mapsswe"]["better"] == "b"   # beats its twin
+    assert rows["d2-w1-fp"]["vs_float"] is None and rows["d2-w0.5-int2"]["baseline_wer"] is None
+    assert rows["d2-w1-int4"]["alone_ratio"] == pytest.approx(8.5 / 9.0)
+    assert rows["d2-w1-fp"]["other_wer"] == {"test_unseen": 20.0}
+    md = (exp / "RESULTS.md").read_text()
+    assert "no baseline for d2-w0.5-int2: no baselines/d2-w0.5-int2/train_seconds" in md
+    assert "| d2-w0.5-int2 * | 40.00 | worse (p=<0.001) | 20.00 |" in md
+    assert "test_unseen WER %" in md and "ratio 2.00x" in md
+    assert "not significantly worse than the float full model d2-w1-fp (MAPSSWE, p < 0.05): " \
+           f"{rows['d2-w1-int4']['compression']:.2f}x (d2-w1-int4" in md
+    assert "median 0.948, worst 0.952 (d2-w1-fp), over 2 subsystems" in md

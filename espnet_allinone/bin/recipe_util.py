@@ -121,28 +121,36 @@ def baseline_config(config_path: Path, subsystem: str, out: Path) -> None:
 
 
 def baselines_summary(baselines_dir: Path, inference_tag: str, test_set: str,
-                      subsystems: Sequence[str]) -> dict[str, dict[str, float]]:
-    """WER, CER and training seconds of each subsystem trained alone (stage 15's output).
+                      subsystems: Sequence[str]) -> dict[str, dict]:
+    """WER, CER, training seconds and scored hypotheses of each subsystem trained alone
+    (stage 15's output), and under ``"missing"`` why a subsystem has none.
 
     Reads ``<baselines_dir>/<sub>/<inference_tag>/<sub>/<test_set>/scores.json`` and
-    ``<baselines_dir>/<sub>/train_seconds``; a missing one is named with the stage
-    that makes it.
+    ``<baselines_dir>/<sub>/train_seconds``. A baseline that failed or never ran is
+    named with the file it lacks (the report then shows no baseline for it), never
+    filled in.
     """
-    out = {}
+    out: dict[str, dict] = {}
+    missing: dict[str, str] = {}
     for sub in subsystems:
-        scores_path = baselines_dir / sub / inference_tag / sub / test_set / "scores.json"
-        seconds_path = baselines_dir / sub / "train_seconds"
-        for path in (scores_path, seconds_path):
-            if not path.is_file():
-                raise RecipeError(f"missing {path}: the baselines stage (15) makes it for {sub}")
+        scored = baselines_dir / sub / inference_tag / sub / test_set
+        scores_path, seconds_path = scored / "scores.json", baselines_dir / sub / "train_seconds"
+        absent = [p for p in (seconds_path, scores_path) if not p.is_file()]
+        if absent:
+            missing[sub] = (f"no {absent[0]} (training or scoring did not finish; see "
+                            f"{baselines_dir / sub / 'train.log'})")
+            continue
         scores = load_yaml(scores_path)  # JSON is YAML; a bad file is named
         try:
             out[sub] = {"wer": float(scores["wer"]["error_rate"]),
                         "cer": float(scores["cer"]["error_rate"]),
-                        "train_seconds": float(seconds_path.read_text())}
+                        "train_seconds": float(seconds_path.read_text()),
+                        "hyp_trn": str((scored / "score_wer" / "hyp.trn").absolute())}
         except (KeyError, TypeError, ValueError) as e:
             raise RecipeError(f"{scores_path} or {seconds_path} is not as the scoring and "
                               f"training steps write them ({type(e).__name__}: {e})") from None
+    if missing:
+        out["missing"] = missing
     return out
 
 

@@ -32,9 +32,12 @@ from espnet_allinone.report.results import (
     Row,
     fill_compression,
     read_scores,
+    summary_notes,
     to_markdown,
     to_text_table,
 )
+from espnet_allinone.report.scoring import ScoringError
+from espnet_allinone.report.significance import compare
 from espnet_allinone.subsystem import Subsystem, SubsystemError
 
 
@@ -44,6 +47,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode_dir", type=Path, default=None, help="default ASR_EXP/decode")
     p.add_argument("--extracted_dir", type=Path, default=None, help="default ASR_EXP/extracted")
     p.add_argument("--test_set", default="test")
+    p.add_argument("--other_test_sets", nargs="*", default=[],
+                   help="further scored test sets, one WER column each (e.g. test_unseen)")
     p.add_argument("--subsystems", default=None,
                    help="space/comma separated; default: every subsystem decoded")
     p.add_argument("--data_dir", type=Path, default=None, help="test data dir (for the RTF)")
@@ -99,25 +104,65 @@ def build_rows(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
         params, nbytes = subsystem_size(sub_dir)
         rows.append(Row(name, scores["wer"]["error_rate"], scores["cer"]["error_rate"],
                         scores["wer"]["words"], params, nbytes))
+        for other in args.other_test_sets:
+            rows[-1].other_wer[other] = read_scores(decode_dir, name, other)["wer"]["error_rate"]
     notes = [f"test set `{args.test_set}`: {rows[0].words} words; WER/CER by sclite",
              "bytes: the extracted model file on disk (low-bit weights packed)"]
+    for other in args.other_test_sets:
+        words = read_scores(decode_dir, rows[0].subsystem, other)["wer"]["words"]
+        notes.append(f"`{other} WER %`: test set `{other}`, {words} words")
     notes.append("compression against the float full model: "
                  + fill_compression(rows, full_float_bytes(extracted, rows)))
     if args.baselines and args.baselines.is_file():
         base = json.loads(args.baselines.read_text())
+        missing = base.pop("missing", {})
         total = 0.0
         for r in rows:
             if r.subsystem in base:
                 r.baseline_wer = base[r.subsystem]["wer"]
                 r.baseline_train_seconds = base[r.subsystem]["train_seconds"]
                 total += r.baseline_train_seconds
+        for sub, why in missing.items():
+            notes.append(f"no baseline for {sub}: {why}")
         if total and args.allinone_train_seconds:
+            trained = sum(r.baseline_train_seconds is not None for r in rows)
             notes.append(
-                f"training time (wall clock, process start included): the listed subsystems "
+                f"training time (wall clock, process start included): {trained} subsystems "
                 f"trained one by one {total:.0f} s, all-in-one {args.allinone_train_seconds:.0f} s"
                 f": ratio {total / args.allinone_train_seconds:.2f}x"
             )
     return rows, notes
+
+
+def add_significance(rows: list[Row], args: argparse.Namespace, notes: list[str]) -> str:
+    """sc_stats against the float full model and against each twin trained alone, from
+    the scoring stage's sclite inputs; returns the float reference's name."""
+    decode_dir = args.decode_dir or args.asr_exp / "decode"
+    subs = {Subsystem.parse(r.subsystem): r for r in rows}
+    largest = max(subs, key=lambda s: (s.depth, s.width, s.bits))
+    reference = largest.with_precision("fp")
+    trn = {r.subsystem: decode_dir / r.subsystem / args.test_set / "score_wer"
+           for r in rows}
+    if reference not in subs or not all((d / "hyp.trn").is_file() for d in trn.values()):
+        notes.append("significance not tested: the float full model or the sclite inputs "
+                     "(score_wer/hyp.trn, scoring stage 14) are missing")
+        return str(reference)
+    ref_dir = trn[str(reference)]
+    work = (args.outdir or args.asr_exp) / "significance"
+    base = json.loads(args.baselines.read_text()) if args.baselines and \
+        args.baselines.is_file() else {}
+    for r in rows:
+        hyp = trn[r.subsystem] / "hyp.trn"
+        if r.subsystem != str(reference):
+            r.vs_float = {k: v.to_dict() for k, v in compare(
+                ref_dir / "ref.trn", ref_dir / "hyp.trn", hyp,
+                work / f"{r.subsystem}_vs_{reference}").items()}
+        alone = (base.get(r.subsystem) or {}).get("hyp_trn")
+        if alone and Path(alone).is_file():
+            r.vs_alone = {k: v.to_dict() for k, v in compare(
+                ref_dir / "ref.trn", Path(alone), hyp,
+                work / f"{r.subsystem}_vs_alone").items()}
+    return f"the float full model {reference}"
 
 
 def add_rtf(rows: list[Row], args: argparse.Namespace, notes: list[str]) -> None:
@@ -165,8 +210,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_inputs(args)
         rows, notes = build_rows(args)
+        reference = add_significance(rows, args, notes)
+        notes += summary_notes(rows, reference)
         add_rtf(rows, args, notes)
-    except (LoadError, ReportError, SubsystemError, FileNotFoundError) as e:
+    except (LoadError, ReportError, ScoringError, SubsystemError, FileNotFoundError) as e:
         print(f"report: error: {e}", file=sys.stderr)
         return 2
     title = args.title or f"Results: {args.asr_exp.name}"

@@ -8,6 +8,27 @@ from espnet_allinone.deploy.select import mark_selected
 from espnet_allinone.report.results import Row, pareto_front
 
 
+def label_without_overlap(ax, points: list[tuple[str, float, float]], fontsize: int = 7,
+                          step: float = 3.0) -> list:
+    """Annotate each point with its label; a label whose box would overlap one already
+    placed moves up (then down) in ``step``-point steps until it is free."""
+    ax.figure.canvas.draw()  # settles the axes limits: labels are placed in pixels
+    renderer = ax.figure.canvas.get_renderer()
+    placed, out = [], []
+    for text, x, y in sorted(points, key=lambda p: (p[1], p[2])):
+        for k in range(200):
+            dy = 4 + step * ((k + 1) // 2) * (1 if k % 2 else -1) if k else 4
+            ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, dy),
+                              fontsize=fontsize)
+            box = ann.get_window_extent(renderer).expanded(1.02, 1.1)
+            if not any(box.overlaps(other) for other in placed):
+                break
+            ann.remove()
+        placed.append(box)
+        out.append(ann)
+    return out
+
+
 def plot_wer_vs_size(rows: list[Row], path: Path, title: str = "") -> Path:
     """Write a PNG: every subsystem, its label, the front as a line; baselines if any."""
     import matplotlib
@@ -24,15 +45,14 @@ def plot_wer_vs_size(rows: list[Row], path: Path, title: str = "") -> Path:
                label="all-in-one subsystem")
     ax.plot([r.bytes / 1e6 for r in front], [r.wer for r in front], "C3o--", zorder=3,
             label="on the Pareto front")
-    for r, x in zip(rows, xs):
-        ax.annotate(r.subsystem, (x, r.wer), textcoords="offset points", xytext=(4, 4),
-                    fontsize=7)
     base = [r for r in rows if r.baseline_wer is not None]
     if base:
         ax.scatter([r.bytes / 1e6 for r in base], [r.baseline_wer for r in base], marker="x",
-                   c="C2", zorder=3, label="trained alone")
+                   c="C2", zorder=3, label="same subsystem trained alone")
     if len(rows) > 1 and max(xs) / max(min(xs), 1e-9) > 8:
         ax.set_xscale("log")
+    fig.tight_layout()
+    label_without_overlap(ax, [(r.subsystem, x, r.wer) for r, x in zip(rows, xs)])
     ax.set_xlabel("bytes on disk (MB)")
     ax.set_ylabel("WER (%)")
     ax.set_title(title or "WER against model size")

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+import statistics
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from espnet_allinone.subsystem import Subsystem
@@ -35,10 +36,54 @@ class Row:
     rtf: float = math.nan              # CPU decoding seconds per audio second
     baseline_wer: float | None = None
     baseline_train_seconds: float | None = None
+    other_wer: dict[str, float] = field(default_factory=dict)  # further test sets
+    vs_float: dict | None = None       # significance against the float full model
+    vs_alone: dict | None = None       # significance against the twin trained alone
+
+    @property
+    def alone_ratio(self) -> float | None:
+        """All-in-one WER / the twin's trained alone (< 1: the all-in-one one is better)."""
+        if self.baseline_wer is None:
+            return None
+        return self.wer / self.baseline_wer if self.baseline_wer else math.inf
 
     def to_dict(self) -> dict:
-        return {k: (None if isinstance(v, float) and math.isnan(v) else v)
-                for k, v in asdict(self).items()}
+        out = {k: (None if isinstance(v, float) and math.isnan(v) else v)
+               for k, v in asdict(self).items()}
+        out["alone_ratio"] = self.alone_ratio
+        return out
+
+
+def verdict(sig: dict | None) -> str:
+    """A table cell: MAPSSWE's verdict (``worse``/``better``/``n.s.``) with its p."""
+    if not sig:
+        return "-"
+    test = sig["mapsswe"]
+    word = "n.s." if test["better"] is None else ("better" if test["better"] == "b" else "worse")
+    p = f"<{test['p']:g}" if test["p"] <= 0.001 else f"{test['p']:.3f}"
+    return f"{word} (p={p})" if word != "n.s." else f"n.s. (p={p})"
+
+
+def summary_notes(rows: list[Row], reference: str) -> list[str]:
+    """The figures the targets are stated in: alone ratios, lossless compression."""
+    notes = []
+    ratios = [r.alone_ratio for r in rows if r.alone_ratio is not None]
+    if ratios:
+        worst = max((r for r in rows if r.alone_ratio is not None), key=lambda r: r.alone_ratio)
+        notes.append(f"all-in-one WER / alone WER: median {statistics.median(ratios):.3f}, "
+                     f"worst {worst.alone_ratio:.3f} ({worst.subsystem}), over {len(ratios)} "
+                     "subsystems")
+    tested = [r for r in rows if r.vs_float]
+    lossless = [r for r in tested if r.vs_float["mapsswe"]["better"] != "a"]
+    if tested:
+        if lossless:
+            best = max(lossless, key=lambda r: r.compression)
+            notes.append(f"largest compression whose WER is not significantly worse than "
+                         f"{reference} (MAPSSWE, p < 0.05): {best.compression:.2f}x "
+                         f"({best.subsystem}, WER {best.wer:.2f}%)")
+        else:
+            notes.append(f"every compressed subsystem is significantly worse than {reference}")
+    return notes
 
 
 def read_scores(decode_dir: Path, sub: str, test_set: str) -> dict:
@@ -97,20 +142,34 @@ def to_markdown(rows: list[Row], title: str, notes: list[str]) -> str:
     """RESULTS.md text: a header, the table (Pareto rows marked *), notes."""
     front = {r.subsystem for r in pareto_front(rows)}
     has_base = any(r.baseline_wer is not None for r in rows)
-    head = ["subsystem", "WER %", "CER %", "params", "bytes", "compression", "RTF"]
+    has_float_test = any(r.vs_float for r in rows)
+    others = list(dict.fromkeys(t for r in rows for t in r.other_wer))
+    head = ["subsystem", "WER %"]
+    head += ["vs float"] if has_float_test else []
+    head += [f"{t} WER %" for t in others]
+    head += ["CER %", "params", "bytes", "compression", "RTF"]
     if has_base:
-        head += ["alone WER %", "alone train s"]
+        head += ["alone WER %", "ratio", "vs alone", "alone train s"]
     lines = [f"# {title}", "", "| " + " | ".join(head) + " |",
              "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"]
     for r in rows:
-        cells = [f"{r.subsystem}{' *' if r.subsystem in front else ''}", _fmt(r.wer, ".2f"),
-                 _fmt(r.cer, ".2f"), f"{r.params:,}", f"{r.bytes:,}",
-                 _fmt(r.compression, ".2f") + "x", _fmt(r.rtf, ".3f")]
+        cells = [f"{r.subsystem}{' *' if r.subsystem in front else ''}", _fmt(r.wer, ".2f")]
+        cells += [verdict(r.vs_float)] if has_float_test else []
+        cells += [_fmt(r.other_wer.get(t), ".2f") for t in others]
+        cells += [_fmt(r.cer, ".2f"), f"{r.params:,}", f"{r.bytes:,}",
+                  _fmt(r.compression, ".2f") + "x", _fmt(r.rtf, ".3f")]
         if has_base:
-            cells += [_fmt(r.baseline_wer, ".2f"), _fmt(r.baseline_train_seconds, ".0f")]
+            cells += [_fmt(r.baseline_wer, ".2f"), _fmt(r.alone_ratio, ".3f"),
+                      verdict(r.vs_alone), _fmt(r.baseline_train_seconds, ".0f")]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "`*` on the Pareto front of WER against bytes on disk.", ""]
-    lines += [f"- {n}" for n in notes]
+    lines += ["", "`*` on the Pareto front of WER against bytes on disk."]
+    if has_float_test or has_base:
+        lines += [("`vs float` / `vs alone`: SCTK sc_stats matched-pair sentence-segment word "
+                  "error test (MAPSSWE), two-tailed: `worse`/`better` = significant at "
+                  "p < 0.05 (this subsystem against the float full model / its twin trained "
+                  "alone), `n.s.` = not significant; the sign test's verdicts are in "
+                  "results.json.")]
+    lines += [""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
 
