@@ -224,3 +224,37 @@ def test_non_uniform_records_extract_and_bad_ones_are_refused(toy, tmp_path):
     with pytest.raises(ExtractionError, match="removing a whole attention"):
         ex.extract(empty, tmp_path, name="y")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+@torch.no_grad()
+def test_quantised_front_and_output_extract_exactly(tmp_path):
+    """``part_precisions``: the conv feature extractor, the feature projection and the CTC
+    layer at 8 bits in quantised subsystems, packed on disk, exact in Speech2Text."""
+    from espnet2.bin.asr_inference import Speech2Text
+
+    exp = write_experiment(tmp_path / "exp", **SPACE,
+                           part_precisions={"front": "int8", "output": "int8"})
+    ex = Extractor(exp["config"], exp["model"])
+    front = ex.encoder._input_layers
+    assert len(front) == 2 + 1  # the toy's two conv layers and the feature projection
+    result = ex.extract("d4-w0.5-int4", tmp_path / "x")
+    state = torch.load(result.directory / "model.pth")
+    assert "encoder.model.feature_extractor.conv_layers.0.conv.weight_codes" in state
+    assert "encoder.model.encoder.feature_projection.projection.weight_codes" in state
+    assert "ctc.ctc_lo.weight_codes" in state
+    s2t = Speech2Text(asr_train_config=result.directory / "config.yaml",
+                      asr_model_file=result.directory / "model.pth", ctc_weight=1.0)
+    wave = torch.randn(1, 9000, generator=torch.Generator().manual_seed(2)) * 0.1
+    lens = torch.tensor([9000])
+    with ex.encoder.use_subsystem("d4-w0.5-int4"):
+        want, _ = ex.model.encode(wave, lens)
+        assert all(layer.bits == 8 for layer in front)
+        first = front[0].active_weight_2d().reshape(front[0].weight.shape)
+    out, _ = s2t.asr_model.encode(wave, lens)
+    assert (out - want).abs().max() <= 1e-5
+    conv = s2t.asr_model.encoder.model.feature_extractor.conv_layers[0].conv
+    assert torch.equal(conv.weight, first)
+    with ex.encoder.use_subsystem("d4-w1-fp"):
+        assert all(layer.bits == 32 for layer in front)
+    float_result = ex.extract("d4-w1-fp", tmp_path / "x")
+    assert float_result.encoder == "torchaudiohubert"

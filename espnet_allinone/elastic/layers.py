@@ -158,11 +158,9 @@ class ElasticWeightMixin:
         if not quant_bits:
             return
         rows, cols = self.rows_full, self.weight[0].numel()
-        if config.granularity == "group" and cols % config.group_size and (
-            getattr(self, "groups", 1) > 1 or isinstance(self, ElasticConv2d)
-        ):
-            # A depthwise row (kernel-size weights) or the first conv of the front (one
-            # input channel, 3x3) is shorter than a group: one scale per channel.
+        if config.granularity == "group" and cols % config.group_size and self._kind != "linear":
+            # A depthwise row (kernel-size weights) or the first conv of a front (one input
+            # channel) does not split into groups: one scale per channel.
             config = dataclasses.replace(config, granularity="channel")
         self.weight_quantizer = WeightFakeQuantizer(rows, cols, quant_bits, config)
         if config.activation_bits is not None:

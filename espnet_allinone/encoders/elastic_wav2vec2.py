@@ -12,7 +12,9 @@ architecture record: the first ``depth`` transformer layers (or, with
 encoder_num_heads`` heads (head size fixed) and ``width *
 encoder_ff_interm_features`` FFN units, and every Linear of the transformer
 layers (attention q/k/v/out, FFN) fake-quantised at the precision. The conv
-feature extractor, feature projection, positional conv and layer norms stay float.
+feature extractor and the feature projection (the front) are quantised by
+``part_precisions.front`` (as the Conformer's subsampling front; default float);
+the positional conv and layer norms stay float.
 
 Weights: ``pretrained_path`` names a user's checkpoint (a Hugging Face folder, a
 fairseq ``.pt`` or a torchaudio state dict, see :mod:`espnet_allinone.foundation`).
@@ -38,6 +40,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch import nn
 from torchaudio.models.wav2vec2.components import MaskGenerator
 
 from espnet_allinone.arch import (
@@ -49,11 +52,12 @@ from espnet_allinone.arch import (
     unfold_schedule,
 )
 from espnet_allinone.elastic.family import block_limits, make_block_elastic
-from espnet_allinone.elastic.layers import ElasticWeightMixin
+from espnet_allinone.elastic.layers import ElasticWeightMixin, convert_weight_layer
 from espnet_allinone.encoders.options import RejectUnknownOptions, publish_signature
 from espnet_allinone.encoders.switching import SubsystemSwitching
 from espnet_allinone.encoders.wav2vec2_family import (
     ARCH_DEFAULTS,
+    FRONT_PATHS,
     WAV2VEC2,
     ElasticSelfAttention,
     Wav2Vec2EncoderBase,
@@ -116,9 +120,6 @@ class ElasticWav2Vec2Encoder(RejectUnknownOptions, SubsystemSwitching, Wav2Vec2E
         self.positions = 1
         self.quant_config = QuantConfig.from_dict(quant_conf)
         self.part_precisions = PartPrecisions.from_conf(part_precisions)
-        if self.part_precisions.quantised_bits("front", space.bits):
-            raise ValueError(f"part_precisions.front {self.part_precisions.front}: the conv "
-                             "feature extractor of elastic_wav2vec2 stays float; valid: fp")
         self.output_layers: dict[str, torch.nn.Module] = {}
         self.mask_generator = MaskGenerator(
             conf["encoder_embed_dim"], mask_prob, mask_selection, mask_other, mask_length,
@@ -128,14 +129,19 @@ class ElasticWav2Vec2Encoder(RejectUnknownOptions, SubsystemSwitching, Wav2Vec2E
         self.freeze_encoder_updates = int(freeze_encoder_updates)
         self.register_buffer("global_step", torch.zeros((), dtype=torch.long))
         self._last_batch: weakref.ref | None = None
-        self._input_layers: list = []
+        front_bits = self.part_precisions.quantised_bits("front", space.bits)
+        self._input_layers: list = [
+            convert_weight_layer(m) for path in FRONT_PATHS if front_bits
+            for m in self.get_submodule(path).modules() if type(m) in (nn.Conv1d, nn.Linear)]
         for block in self.blocks:
             make_block_elastic(block, WAV2VEC2, ElasticSelfAttention.convert)
         if any(b != FLOAT_BITS for b in space.bits):
+            front = set(map(id, self._input_layers))
             for name, module in self.named_modules():
                 if isinstance(module, ElasticWeightMixin):
+                    bits = front_bits if id(module) in front else space.bits
                     try:
-                        module.enable_quantization(space.bits, self.quant_config)
+                        module.enable_quantization(bits, self.quant_config)
                     except ValueError as err:
                         raise ValueError(f"encoder layer {name}: {err}") from None
         self._freeze_front()
@@ -233,8 +239,10 @@ class ElasticWav2Vec2Encoder(RejectUnknownOptions, SubsystemSwitching, Wav2Vec2E
             heads, units = prefix(self.space.heads(sub)), prefix(self.space.ffn_units(sub))
             blocks = tuple(BlockArch(physical=i, heads=heads, ffn_units=(units,), bits=sub.bits)
                            for i in unfold_schedule(sub.depth, self.seed_blocks, self.unfold))
+            parts = self.part_precisions
             arch = self._archs[sub] = SubnetArch(
-                blocks, output_bits=self.part_precisions.bits("output", sub.bits))
+                blocks, front_bits=parts.bits("front", sub.bits),
+                output_bits=parts.bits("output", sub.bits))
         return arch
 
     def check_arch(self, arch: SubnetArch) -> None:
@@ -244,9 +252,7 @@ class ElasticWav2Vec2Encoder(RejectUnknownOptions, SubsystemSwitching, Wav2Vec2E
             if not block.heads or not all(block.ffn_units):
                 raise ArchError(f"logical block {i}: removing a whole attention or feed-"
                                 "forward module is not supported for wav2vec2/HuBERT layers")
-        if arch.front_bits != FLOAT_BITS:
-            raise ArchError(f"front at {arch.front_bits} bits, but this encoder's feature "
-                            "extractor is float")
+        self.check_part_bits(arch)
 
     @property
     def block_stack(self) -> torch.nn.Module:

@@ -22,6 +22,7 @@ from espnet_allinone.elastic.family import export_module, narrow_block
 from espnet_allinone.encoders.options import RejectUnknownOptions, publish_signature
 from espnet_allinone.encoders.wav2vec2_family import (
     ARCH_DEFAULTS,
+    FRONT_PATHS,
     WAV2VEC2,
     HeadedSelfAttention,
     Wav2Vec2EncoderBase,
@@ -46,6 +47,7 @@ class PackedWav2Vec2Encoder(RejectUnknownOptions, Wav2Vec2EncoderBase):
         normalize_waveform: bool = False,
         block_archs: list[dict] | None = None,
         block_schedule: list[int] | None = None,
+        front_bits: int = FLOAT_BITS,
         quant_symmetric: bool | None = None,
         **architecture: Any,
     ):
@@ -69,6 +71,15 @@ class PackedWav2Vec2Encoder(RejectUnknownOptions, Wav2Vec2EncoderBase):
                     out[f"{WAV2VEC2.blocks}.{i}.{path}.weight"] = shape["bits"]
         if block_schedule is not None:
             self.layers.set_schedule(block_schedule)
+        try:
+            front_bits = parse_precision(front_bits)
+        except PrecisionError as e:
+            raise ValueError(f"front_bits: {e}") from None
+        if front_bits != FLOAT_BITS:
+            for path in FRONT_PATHS:
+                for name, module in self.get_submodule(path).named_modules():
+                    if type(module) in (torch.nn.Conv1d, torch.nn.Linear):
+                        out[f"{path}.{name}.weight"] = front_bits
         self.weight_bits = out
         self.quant_symmetric = quant_symmetric
         packed_format.store_packed(self)

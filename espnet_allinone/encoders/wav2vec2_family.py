@@ -45,6 +45,10 @@ WAV2VEC2 = FamilySpec(
 )
 """Block roles of torchaudio's wav2vec2/HuBERT encoder layer (no conv module)."""
 
+FRONT_PATHS = ("model.feature_extractor", "model.encoder.feature_projection")
+"""The front ``part_precisions.front`` quantises: the conv feature extractor and the
+feature projection (their Conv1d and Linear weights)."""
+
 ARCH_DEFAULTS: dict[str, Any] = {
     "extractor_mode": "group_norm",
     "extractor_conv_layer_config": [[512, 10, 5]] + [[512, 3, 2]] * 4 + [[512, 2, 2]] * 2,
@@ -225,7 +229,8 @@ class Wav2Vec2EncoderBase(AbsEncoder):
         key = None
         if frozen:  # same input object, same lengths, front weights untouched since
             versions = tuple(p._version for p in self.model.feature_extractor.parameters())
-            key = (versions, xs_pad._version, ilens.tolist())
+            bits = tuple(layer.bits for layer in getattr(self, "_input_layers", ()))
+            key = (versions, xs_pad._version, ilens.tolist(), bits)
             cache = self._front_cache
             if cache is not None and cache[0]() is xs_pad and cache[1] == key:
                 return cache[2], cache[3]
