@@ -4,6 +4,7 @@ target, and the learned architecture extracted as a physically smaller model."""
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -223,3 +224,26 @@ def test_layer_distillation_needs_pruning_targets_and_a_known_teacher():
         build(layer_distill_weight=1.0)
     with pytest.raises(ValueError, match="layer_distill_teacher 'teacher'; valid: self, frozen"):
         _pruning_model(layer_distill_weight=1.0, layer_distill_teacher="teacher")
+
+
+@torch.no_grad()
+def test_the_pruned_architecture_is_fitted_to_the_target_size():
+    """Whatever the gates' residual, the deterministic architecture has the target size
+    to within one gated unit (here the gates alone would keep about 80%)."""
+    enc = _pruned_encoder().eval()
+    _scramble(enc)
+    pruning = enc.pruning
+    full = enc.num_params("d2-w1-fp")
+    gates = pruning.gates["p0_5"]
+    counted = sum(float(g.keep_prob().sum()) for g in gates._unit_gates())
+    assert counted / sum(g.log_alpha.numel() for g in gates._unit_gates()) > 0.7
+    size = enc.num_params("d2-w1-fp-p0.5")
+    unit = max(max(c.attention[1], *(f[1] for f in c.ffn), c.conv[1]) for c in pruning.costs)
+    assert abs(size - 0.5 * full) <= unit * pruning.gates["p0_5"].blocks[0].unit_group
+    assert size == int(pruning.expected_params(Fraction(1, 2), hard=True))
+    kept = enc.resolve("d2-w1-fp-p0.5")  # the units kept are those of largest logit
+    heads = gates.blocks[0].heads
+    on = set(kept.blocks[0].heads)
+    if on and len(on) < heads.log_alpha.numel():
+        off = [i for i in range(heads.log_alpha.numel()) if i not in on]
+        assert min(heads.logits[list(on)]) >= max(heads.logits[off])

@@ -138,6 +138,41 @@ class PruningGates(nn.Module):
     def __init__(self, limits: list[BlockLimits], config: PruneConfig, unit_group: int) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(BlockGates(lim, config, unit_group) for lim in limits)
+        self._fitted: tuple | None = None
+
+    def _unit_gates(self) -> list[HardConcrete]:
+        return [g for b in self.blocks for g in (b.heads, *(b.ffn or ()), b.conv)
+                if g is not None]
+
+    @torch.no_grad()
+    def fit(self, costs: list[BlockCosts], budget: float) -> None:
+        """Fit the deterministic architecture to ``budget`` parameters (blocks only).
+
+        One logit threshold over every unit gate (heads, FFN unit groups, conv channel
+        groups; module gates keep their count rule): of the thresholds at the gates'
+        own logits, the one whose hard architecture's exact size is closest to the
+        budget. The Lagrangian drives the expected size to the target, but in a short
+        run it lags the ramp and then overshoots; this makes the extracted model the
+        target's size whatever the residual (to within one unit group). Cached until
+        the gate logits change.
+        """
+        gates = self._unit_gates()
+        key = (tuple(g.log_alpha._version for g in gates), float(budget))
+        if self._fitted == key or not gates:
+            return
+        logits = torch.cat([g.logits.detach() for g in gates])
+        best = None
+        for tau in sorted(set(logits.tolist())):
+            for g in gates:
+                g.threshold = tau
+            size = float(self.expected_params(costs, hard=True))
+            if best is None or abs(size - budget) < best[0]:
+                best = (abs(size - budget), tau)
+            if size < budget:  # sizes only fall as the threshold rises
+                break
+        for g in gates:
+            g.threshold = best[1]
+        self._fitted = key
 
     def masks(self) -> list[dict]:
         return [block.masks() for block in self.blocks]

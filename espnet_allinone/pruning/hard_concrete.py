@@ -9,7 +9,9 @@ gates keep the ``round(sum(keep_prob))`` gates of largest ``log_alpha`` (as
 DPHuBERT and CoFi do), so the hard architecture has the size the Lagrangian
 drove the *expected* size to; keeping ``log_alpha > 0`` (the median) instead
 drops gates whose keep probability is still up to 0.83 and lands well below
-the target (measured: 0.39 of the parameters for a 0.5 target).
+the target (measured: 0.39 of the parameters for a 0.5 target). A gate set
+given a ``threshold`` (the budget fit of ``PruningGates.fit``) keeps the gates
+whose logit is at least that instead.
 
 ``lr_scale``: the gate logits are ``lr_scale`` times the stored parameter, so
 one optimiser (ESPnet builds a single one, at the model's learning rate) moves
@@ -44,6 +46,7 @@ class HardConcrete(nn.Module):
         self.lr_scale = float(lr_scale)
         self.log_alpha = nn.Parameter(
             torch.full((n,), math.log(init_keep / (1 - init_keep)) / self.lr_scale))
+        self.threshold: float | None = None  # set by a budget fit; None: the count rule
 
     @property
     def logits(self) -> Tensor:
@@ -66,7 +69,10 @@ class HardConcrete(nn.Module):
         return torch.sigmoid(self.logits - self.beta * math.log(-self.low / self.high))
 
     def hard(self) -> Tensor:
-        """The deterministic gates: the round(E[L0]) gates of largest log alpha are on."""
+        """The deterministic gates: the round(E[L0]) gates of largest log alpha are on
+        (or, after a budget fit, those whose logit reaches the fitted threshold)."""
+        if self.threshold is not None:
+            return self.logits.detach() >= self.threshold
         keep = round(float(self.keep_prob().detach().sum()))
         mask = torch.zeros_like(self.log_alpha, dtype=torch.bool)
         if keep:

@@ -3,7 +3,8 @@
 ``encoder_conf.prune_targets: [0.5]`` gives the encoder one gate set per
 target (``encoder.pruning``); the target is a fraction of the encoder's
 unpruned parameters. The pruned subsystem ``d<max>-w<max>-<prec>-p0.5`` is
-the architecture those gates have learned (hard gates), at that precision.
+the architecture those gates have learned (hard gates, fitted to the target
+size: ``PruningGates.fit``), at that precision.
 """
 
 from __future__ import annotations
@@ -41,9 +42,17 @@ class Pruning(nn.Module):
         # 0 when pruning starts from a model trained without gates (init_param).
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
-    def expected_params(self, target: Fraction, hard: bool = False) -> Tensor:
-        """Expected encoder parameters under the target's gates (exact when ``hard``)."""
+    def _fitted(self, target: Fraction) -> PruningGates:
+        """The target's gates with their deterministic architecture fitted to the target
+        size (``PruningGates.fit``)."""
         gates = self.gates[target_key(target)]
+        gates.fit(self.costs, float(target) * self.full_params - self.outside)
+        return gates
+
+    def expected_params(self, target: Fraction, hard: bool = False) -> Tensor:
+        """Expected encoder parameters under the target's gates (with ``hard``: exact,
+        of the deterministic architecture fitted to the target)."""
+        gates = self._fitted(target) if hard else self.gates[target_key(target)]
         return self.outside + gates.expected_params(self.costs, hard=hard)
 
     def penalty(self, target: Fraction, step: int | None = None
@@ -56,9 +65,11 @@ class Pruning(nn.Module):
         return self.lagrangians[target_key(target)](fraction, ramp), fraction, ramp
 
     def masks(self, target: Fraction) -> list[dict]:
-        return self.gates[target_key(target)].masks()
+        """Sampled masks in training; in eval those of the fitted architecture."""
+        gates = self.gates[target_key(target)]
+        return (gates if self.training else self._fitted(target)).masks()
 
     def arch(self, target: Fraction, bits: int, front_bits: int,
              output_bits: int) -> SubnetArch:
         with torch.no_grad():
-            return self.gates[target_key(target)].arch(bits, front_bits, output_bits)
+            return self._fitted(target).arch(bits, front_bits, output_bits)
