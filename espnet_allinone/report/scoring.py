@@ -44,15 +44,20 @@ class ErrorCounts:
         return {**asdict(self), "error_rate": round(self.error_rate, 3)}
 
 
-def find_sclite() -> str:
-    """Path of sclite: $SCLITE, PATH, or Debian's sctk location."""
-    for cand in (os.environ.get("SCLITE"), shutil.which("sclite"), *SCLITE_CANDIDATES):
+def find_sctk_tool(name: str, candidates: tuple[str, ...]) -> str:
+    """Path of an SCTK program: $<NAME>, PATH, or ``candidates`` (Debian's location)."""
+    env = name.upper()
+    for cand in (os.environ.get(env), shutil.which(name), *candidates):
         if cand and os.access(cand, os.X_OK):
             return cand
     raise ScoringError(
-        "sclite not found (looked at $SCLITE, PATH and " + ", ".join(SCLITE_CANDIDATES)
+        f"{name} not found (looked at ${env}, PATH and " + ", ".join(candidates)
         + "); install it with: sudo apt-get install sctk"
     )
+
+
+def find_sclite() -> str:
+    return find_sctk_tool("sclite", SCLITE_CANDIDATES)
 
 
 def char_tokens(text: str) -> str:

@@ -9,14 +9,13 @@ reference, then ``sc_stats`` compares the two alignments.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from espnet_allinone.report.scoring import ScoringError, find_sclite
+from espnet_allinone.report.scoring import ScoringError, find_sclite, find_sctk_tool
 
 SC_STATS_CANDIDATES = ("/usr/lib/sctk/bin/sc_stats", "/usr/bin/sc_stats",
                        "/usr/local/bin/sc_stats")
@@ -45,14 +44,7 @@ class Significance:
 
 
 def find_sc_stats() -> str:
-    """Path of sc_stats: $SC_STATS, PATH, or Debian's sctk location."""
-    for cand in (os.environ.get("SC_STATS"), shutil.which("sc_stats"), *SC_STATS_CANDIDATES):
-        if cand and os.access(cand, os.X_OK):
-            return cand
-    raise ScoringError(
-        "sc_stats not found (looked at $SC_STATS, PATH and " + ", ".join(SC_STATS_CANDIDATES)
-        + "); install it with: sudo apt-get install sctk"
-    )
+    return find_sctk_tool("sc_stats", SC_STATS_CANDIDATES)
 
 
 def _sgml(ref_trn: Path, hyp_trn: Path, workdir: Path, name: str) -> Path:
