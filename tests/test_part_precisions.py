@@ -71,7 +71,7 @@ def test_training_step_shares_the_front_per_precision(mixed) -> None:
     speech, lengths = probe_input(model, seed=1)
     text = torch.randint(2, 20, (2, 5))
     try:
-        loss, stats, _ = model(speech, lengths, text, torch.tensor([5, 4]))
+        loss, _, _ = model(speech, lengths, text, torch.tensor([5, 4]))
     finally:
         handle.remove()
         model.eval()
