@@ -449,3 +449,32 @@ def test_the_test_encoder_keeps_the_elastic_encoder_protocol() -> None:
 
     assert protocol_violations(TinyElasticEncoder, ElasticEncoder) == []
     assert isinstance(TinyElasticEncoder(FEAT_DIM).space, SearchSpace)
+
+
+def test_float_warmup_runs_float_twins_first_then_the_quantised_paths() -> None:
+    from espnet_allinone.encoders.elastic_conformer import ElasticConformerEncoder
+
+    def make(warmup: int) -> ESPnetAllInOneASRModel:
+        enc = ElasticConformerEncoder(
+            FEAT_DIM * 5, output_size=16, attention_heads=2, linear_units=32, num_blocks=2,
+            input_layer="linear", cnn_module_kernel=3, depths=[1, 2], widths=[0.5, 1.0],
+            precisions=["int4", "fp"], dropout_rate=0.0, positional_dropout_rate=0.0,
+        )
+        return build(encoder=enc, sampling="all", float_warmup_steps=warmup, seed=4)
+
+    warm, plain = make(1), make(0)
+    plain.load_state_dict(warm.state_dict())
+    b = batch()
+    b["speech"] = b["speech"].repeat(1, 1, 5)
+    quantizer = warm.encoder.encoders[0].feed_forward.w_1.weight_quantizer
+    warm.train()
+    plain.train()
+    _, stats, _ = warm(**{k: v.clone() for k, v in b.items()})
+    assert not bool(quantizer.initialized_int4)  # step 0: no quantiser ran
+    _, plain_stats, _ = plain(**{k: v.clone() for k, v in b.items()})
+    # the int4 path's loss is its float twin's in the warm-up step
+    assert torch.allclose(stats["loss_d2-w1-int4"], plain_stats["loss_d2-w1-fp"], rtol=1e-5)
+    warm(**{k: v.clone() for k, v in b.items()})
+    assert bool(quantizer.initialized_int4)  # step 1: the quantised paths run
+    with pytest.raises(ValueError, match="float_warmup_steps must be an integer >= 0, got -1"):
+        make(-1)
