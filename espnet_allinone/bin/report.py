@@ -103,7 +103,8 @@ def build_rows(args: argparse.Namespace) -> tuple[list[Row], list[str]]:
             raise ReportError(f"missing {sub_dir}: made by the extraction stage (12)")
         params, nbytes = subsystem_size(sub_dir)
         rows.append(Row(name, scores["wer"]["error_rate"], scores["cer"]["error_rate"],
-                        scores["wer"]["words"], params, nbytes))
+                        scores["wer"]["words"], params, nbytes,
+                        exact_bytes=exact_bytes(sub_dir)))
         for other in args.other_test_sets:
             rows[-1].other_wer[other] = read_scores(decode_dir, name, other)["wer"]["error_rate"]
     notes = [f"test set `{args.test_set}`: {rows[0].words} words; WER/CER by sclite",

@@ -36,6 +36,7 @@ class Row:
     rtf: float = math.nan              # CPU decoding seconds per audio second
     baseline_wer: float | None = None
     baseline_train_seconds: float | None = None
+    exact_bytes: int | None = None     # from the architecture record (payload, no pickle)
     other_wer: dict[str, float] = field(default_factory=dict)  # further test sets
     vs_float: dict | None = None       # significance against the float full model
     vs_alone: dict | None = None       # significance against the twin trained alone
@@ -147,7 +148,7 @@ def to_markdown(rows: list[Row], title: str, notes: list[str]) -> str:
     head = ["subsystem", "WER %"]
     head += ["vs float"] if has_float_test else []
     head += [f"{t} WER %" for t in others]
-    head += ["CER %", "params", "bytes", "compression", "RTF"]
+    head += ["CER %", "params", "bytes", "exact bytes", "compression", "RTF"]
     if has_base:
         head += ["alone WER %", "ratio", "vs alone", "alone train s"]
     lines = [f"# {title}", "", "| " + " | ".join(head) + " |",
@@ -157,6 +158,7 @@ def to_markdown(rows: list[Row], title: str, notes: list[str]) -> str:
         cells += [verdict(r.vs_float)] if has_float_test else []
         cells += [_fmt(r.other_wer.get(t), ".2f") for t in others]
         cells += [_fmt(r.cer, ".2f"), f"{r.params:,}", f"{r.bytes:,}",
+                  "-" if r.exact_bytes is None else f"{r.exact_bytes:,}",
                   _fmt(r.compression, ".2f") + "x", _fmt(r.rtf, ".3f")]
         if has_base:
             cells += [_fmt(r.baseline_wer, ".2f"), _fmt(r.alone_ratio, ".3f"),
