@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from espnet_allinone.encoders.protocol import ExtractableEncoder, protocol_violations
+from espnet_allinone.encoders.wav2vec2_family import POS_CONV
 from espnet_allinone.export.extract import ExtractionError, Extractor
 from espnet_allinone.foundation.loader import load_foundation
 from espnet_allinone.testing.foundation_checkpoints import (
@@ -228,19 +229,22 @@ def test_non_uniform_records_extract_and_bad_ones_are_refused(toy, tmp_path):
 
 @torch.no_grad()
 def test_quantised_front_and_output_extract_exactly(tmp_path):
-    """``part_precisions``: the conv feature extractor, the feature projection and the CTC
-    layer at 8 bits in quantised subsystems, packed on disk, exact in Speech2Text."""
+    """``part_precisions``: the conv feature extractor, the feature projection, the
+    positional conv and the CTC layer at 8 bits in quantised subsystems, packed on disk,
+    exact in Speech2Text."""
     from espnet2.bin.asr_inference import Speech2Text
 
     exp = write_experiment(tmp_path / "exp", **SPACE,
                            part_precisions={"front": "int8", "output": "int8"})
     ex = Extractor(exp["config"], exp["model"])
     front = ex.encoder._input_layers
-    assert len(front) == 2 + 1  # the toy's two conv layers and the feature projection
+    assert len(front) == 2 + 1 + 1  # the toy's two convs, the projection, the positional conv
     result = ex.extract("d4-w0.5-int4", tmp_path / "x")
     state = torch.load(result.directory / "model.pth")
     assert "encoder.model.feature_extractor.conv_layers.0.conv.weight_codes" in state
     assert "encoder.model.encoder.feature_projection.projection.weight_codes" in state
+    assert "encoder.model.encoder.transformer.pos_conv_embed.conv.weight_codes" in state
+    assert not any("pos_conv_embed.conv.parametrizations" in k for k in state)
     assert "ctc.ctc_lo.weight_codes" in state
     s2t = Speech2Text(asr_train_config=result.directory / "config.yaml",
                       asr_model_file=result.directory / "model.pth", ctc_weight=1.0)
@@ -254,6 +258,15 @@ def test_quantised_front_and_output_extract_exactly(tmp_path):
     assert (out - want).abs().max() <= 1e-5
     conv = s2t.asr_model.encoder.model.feature_extractor.conv_layers[0].conv
     assert torch.equal(conv.weight, first)
+    with ex.encoder.use_subsystem("d4-w0.5-int4"):  # the positional conv, on its 8-bit grid
+        pos = ex.encoder.get_submodule(POS_CONV).weight
+    assert torch.equal(s2t.asr_model.encoder.get_submodule(POS_CONV).weight, pos)
+    assert len(torch.unique(pos[0, 0])) <= 2**8
+    payload = sum(t.numel() * t.element_size() for k, t in state.items()
+                  if not k.endswith(("_shape", "_bits")))  # what the file stores, no pickle
+    assert abs(result.exact_bytes - payload) <= 0.01 * payload  # the size accounting
+    with pytest.raises(ExtractionError, match="8-bit front .*without --plugin_free"):
+        ex.extract("d4-w1-int4", tmp_path / "pf", plugin_free=True)
     with ex.encoder.use_subsystem("d4-w1-fp"):
         assert all(layer.bits == 32 for layer in front)
     float_result = ex.extract("d4-w1-fp", tmp_path / "x")

@@ -12,9 +12,9 @@ architecture record: the first ``depth`` transformer layers (or, with
 encoder_num_heads`` heads (head size fixed) and ``width *
 encoder_ff_interm_features`` FFN units, and every Linear of the transformer
 layers (attention q/k/v/out, FFN) fake-quantised at the precision. The conv
-feature extractor and the feature projection (the front) are quantised by
-``part_precisions.front`` (as the Conformer's subsampling front; default float);
-the positional conv and layer norms stay float.
+feature extractor, the feature projection and the positional conv (the
+front) are quantised by ``part_precisions.front`` (as the Conformer's
+subsampling front; default float); the layer norms stay float.
 
 Weights: ``pretrained_path`` names a user's checkpoint (a Hugging Face folder, a
 fairseq ``.pt`` or a torchaudio state dict, see :mod:`espnet_allinone.foundation`).
@@ -53,11 +53,13 @@ from espnet_allinone.arch import (
 )
 from espnet_allinone.elastic.family import block_limits, make_block_elastic
 from espnet_allinone.elastic.layers import ElasticWeightMixin, convert_weight_layer
+from espnet_allinone.elastic.parametrized import quantise_computed_weight
 from espnet_allinone.encoders.options import RejectUnknownOptions, publish_signature
 from espnet_allinone.encoders.switching import SubsystemSwitching
 from espnet_allinone.encoders.wav2vec2_family import (
     ARCH_DEFAULTS,
     FRONT_PATHS,
+    POS_CONV,
     WAV2VEC2,
     ElasticSelfAttention,
     Wav2Vec2EncoderBase,
@@ -144,6 +146,9 @@ class ElasticWav2Vec2Encoder(RejectUnknownOptions, SubsystemSwitching, Wav2Vec2E
                         module.enable_quantization(bits, self.quant_config)
                     except ValueError as err:
                         raise ValueError(f"encoder layer {name}: {err}") from None
+        if front_bits:  # the positional conv's weight is computed (weight norm)
+            self._input_layers.append(quantise_computed_weight(
+                self.get_submodule(POS_CONV), front_bits, self.quant_config))
         self._freeze_front()
         self.pretrained_path = pretrained_path
         self._pretrained: dict[str, torch.Tensor] | None = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.nn.utils import parametrize
 
 from espnet_allinone.arch import SubnetArch
 from espnet_allinone.elastic.family import export_module, narrow_block
@@ -23,6 +24,7 @@ from espnet_allinone.encoders.options import RejectUnknownOptions, publish_signa
 from espnet_allinone.encoders.wav2vec2_family import (
     ARCH_DEFAULTS,
     FRONT_PATHS,
+    POS_CONV,
     WAV2VEC2,
     HeadedSelfAttention,
     Wav2Vec2EncoderBase,
@@ -80,6 +82,11 @@ class PackedWav2Vec2Encoder(RejectUnknownOptions, Wav2Vec2EncoderBase):
                 for name, module in self.get_submodule(path).named_modules():
                     if type(module) in (torch.nn.Conv1d, torch.nn.Linear):
                         out[f"{path}.{name}.weight"] = front_bits
+            # the positional conv stores its (quantised) weight, not weight norm's g and v;
+            # built under no_grad, removal would leave a plain tensor instead of a Parameter
+            with torch.enable_grad():
+                parametrize.remove_parametrizations(self.get_submodule(POS_CONV), "weight")
+            out[f"{POS_CONV}.weight"] = front_bits
         self.weight_bits = out
         self.quant_symmetric = quant_symmetric
         packed_format.store_packed(self)
@@ -117,6 +124,8 @@ def stock_misfit(encoder: Any, arch: SubnetArch, plugin_free: bool) -> str | Non
             return f"keeps {len(b.heads)} of {space.attention_heads} attention heads"
         if b.ffn_units[0] != tuple(range(space.linear_units)):
             return f"keeps {len(b.ffn_units[0])} of {space.linear_units} FFN units"
+    if arch.front_bits != FLOAT_BITS:  # stock keeps weight norm's g and v: off the grid
+        return f"has a {arch.front_bits}-bit front (its weight-normalised positional conv)"
     if not plugin_free and not arch.is_float:
         return "has low-bit weights"
     if encoder.normalize_waveform:
@@ -161,6 +170,12 @@ def extracted_state(encoder: Any, sliced_state: dict[str, torch.Tensor], arch: S
         for stored, block in enumerate(arch.stored_blocks()):
             for key, value in export_module(encoder.blocks[block.physical]).items():
                 state[f"{head}{stored}.{key}"] = value
+        if arch.front_bits != FLOAT_BITS:  # the positional conv's weight on its grid
+            plist = encoder.get_submodule(POS_CONV).parametrizations.weight
+            weight = plist[0](plist.original0, plist.original1)  # weight norm's output
+            for k in ("original0", "original1"):
+                del state[f"{POS_CONV}.parametrizations.weight.{k}"]
+            state.update(packed_format.to_state(plist[1].quantized(weight), f"{POS_CONV}.weight"))
     if not stock:
         return state
     out = {STOCK_PREFIX + k[len("model."):]: v for k, v in state.items()}

@@ -47,7 +47,10 @@ WAV2VEC2 = FamilySpec(
 
 FRONT_PATHS = ("model.feature_extractor", "model.encoder.feature_projection")
 """The front ``part_precisions.front`` quantises: the conv feature extractor and the
-feature projection (their Conv1d and Linear weights)."""
+feature projection (their Conv1d and Linear weights), and ``POS_CONV``."""
+
+POS_CONV = "model.encoder.transformer.pos_conv_embed.conv"
+"""The positional conv: weight-normalised (torch parametrization), grouped."""
 
 ARCH_DEFAULTS: dict[str, Any] = {
     "extractor_mode": "group_norm",
