@@ -21,7 +21,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "egs2" / "espeak_synth" / "allinone1"
-TINY_DATA = "--num_train 36 --num_dev 6 --num_test 4 --seed 0 --nj 2"
+TINY_DATA = "--num_train 36 --num_dev 6 --num_test 4 --num_test_unseen 3 --seed 0 --nj 2"
 
 
 def copy_recipe(src: Path, dst: Path) -> Path:
@@ -183,6 +183,9 @@ def test_tiny_run_through_every_stage_to_the_report(prepared: Path) -> None:
         assert (exp / "packed" / f"{sub}.zip").stat().st_size > 1000
     small, big = rows["d1-w0.5-int4"], rows["d2-w1-fp"]
     assert small["params"] < big["params"] and small["bytes"] < big["bytes"]
+    # the unseen-voice set has its own column; every subsystem is tested against the float one
+    assert set(small["other_wer"]) == {"test_unseen"} and "test_unseen WER %" in md
+    assert 0 <= small["vs_float"]["mapsswe"]["p"] <= 1 and big["vs_float"] is None
     assert big["compression"] == pytest.approx(1.0) and small["compression"] > 1.2
     assert (exp / "wer_vs_size.png").read_bytes()[:4] == b"\x89PNG"
     assert "| d1-w0.5-int4" in res.stdout  # the table is printed at the end
@@ -214,6 +217,8 @@ def test_baselines_stage_adds_alone_wer_and_training_time_ratio(prepared: Path) 
     assert base["wer"] == alone_scores["wer"]["error_rate"] and base["train_seconds"] > 0
     row = json.loads((exp / "results.json").read_text())["rows"][0]
     assert row["baseline_wer"] == base["wer"]
+    assert row["alone_ratio"] == pytest.approx(row["wer"] / row["baseline_wer"])
+    assert set(row["vs_alone"]) == {"mapsswe", "sign"}  # sc_stats against the twin
     assert "trained one by one" in (exp / "RESULTS.md").read_text()
 
 

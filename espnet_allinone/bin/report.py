@@ -144,24 +144,26 @@ def add_significance(rows: list[Row], args: argparse.Namespace, notes: list[str]
     reference = largest.with_precision("fp")
     trn = {r.subsystem: decode_dir / r.subsystem / args.test_set / "score_wer"
            for r in rows}
-    if reference not in subs or not all((d / "hyp.trn").is_file() for d in trn.values()):
-        notes.append("significance not tested: the float full model or the sclite inputs "
-                     "(score_wer/hyp.trn, scoring stage 14) are missing")
+    if not all((d / "hyp.trn").is_file() for d in trn.values()):
+        notes.append("significance not tested: the sclite inputs (score_wer/hyp.trn, "
+                     "scoring stage 14) are missing")
         return str(reference)
-    ref_dir = trn[str(reference)]
+    if reference not in subs:
+        notes.append(f"not tested against the float full model: {reference} is not listed")
     work = (args.outdir or args.asr_exp) / "significance"
     base = json.loads(args.baselines.read_text()) if args.baselines and \
         args.baselines.is_file() else {}
     for r in rows:
-        hyp = trn[r.subsystem] / "hyp.trn"
-        if r.subsystem != str(reference):
+        mine = trn[r.subsystem]
+        if reference in subs and r.subsystem != str(reference):
+            ref_dir = trn[str(reference)]
             r.vs_float = {k: v.to_dict() for k, v in compare(
-                ref_dir / "ref.trn", ref_dir / "hyp.trn", hyp,
+                ref_dir / "ref.trn", ref_dir / "hyp.trn", mine / "hyp.trn",
                 work / f"{r.subsystem}_vs_{reference}").items()}
         alone = (base.get(r.subsystem) or {}).get("hyp_trn")
         if alone and Path(alone).is_file():
             r.vs_alone = {k: v.to_dict() for k, v in compare(
-                ref_dir / "ref.trn", Path(alone), hyp,
+                mine / "ref.trn", Path(alone), mine / "hyp.trn",
                 work / f"{r.subsystem}_vs_alone").items()}
     return f"the float full model {reference}"
 
