@@ -403,15 +403,10 @@ def test_real_encoder_step() -> None:
 
 
 def test_shared_input_layer_runs_once_and_changes_nothing() -> None:
-    from espnet_allinone.encoders.elastic_conformer import ElasticConformerEncoder
 
     def make(share: bool) -> ESPnetAllInOneASRModel:
-        enc = ElasticConformerEncoder(
-            FEAT_DIM * 5, output_size=16, attention_heads=2, linear_units=32, num_blocks=2,
-            input_layer="conv2d", cnn_module_kernel=3, depths=[1, 2], widths=[0.5, 1.0],
-            precisions=["int4", "fp"], dropout_rate=0.0, positional_dropout_rate=0.0,
-        )
-        return build(encoder=enc, sampling="all", share_input_layer=share, seed=3)
+        return build(encoder=_small_conformer("conv2d"), sampling="all",
+                     share_input_layer=share, seed=3)
 
     shared, separate = make(True), make(False)
     separate.load_state_dict(shared.state_dict())
@@ -452,15 +447,10 @@ def test_the_test_encoder_keeps_the_elastic_encoder_protocol() -> None:
 
 
 def test_float_warmup_runs_float_twins_first_then_the_quantised_paths() -> None:
-    from espnet_allinone.encoders.elastic_conformer import ElasticConformerEncoder
 
     def make(warmup: int) -> ESPnetAllInOneASRModel:
-        enc = ElasticConformerEncoder(
-            FEAT_DIM * 5, output_size=16, attention_heads=2, linear_units=32, num_blocks=2,
-            input_layer="linear", cnn_module_kernel=3, depths=[1, 2], widths=[0.5, 1.0],
-            precisions=["int4", "fp"], dropout_rate=0.0, positional_dropout_rate=0.0,
-        )
-        return build(encoder=enc, sampling="all", float_warmup_steps=warmup, seed=4)
+        return build(encoder=_small_conformer("linear"), sampling="all",
+                     float_warmup_steps=warmup, seed=4)
 
     warm, plain = make(1), make(0)
     plain.load_state_dict(warm.state_dict())
@@ -478,3 +468,14 @@ def test_float_warmup_runs_float_twins_first_then_the_quantised_paths() -> None:
     assert bool(quantizer.initialized_int4)  # step 1: the quantised paths run
     with pytest.raises(ValueError, match="float_warmup_steps must be an integer >= 0, got -1"):
         make(-1)
+
+
+def _small_conformer(input_layer: str):
+    """A 2-block d=16 elastic Conformer: depth {1, 2} x width {0.5, 1} x {int4, fp}."""
+    from espnet_allinone.encoders.elastic_conformer import ElasticConformerEncoder
+
+    return ElasticConformerEncoder(
+        FEAT_DIM * 5, output_size=16, attention_heads=2, linear_units=32, num_blocks=2,
+        input_layer=input_layer, cnn_module_kernel=3, depths=[1, 2], widths=[0.5, 1.0],
+        precisions=["int4", "fp"], dropout_rate=0.0, positional_dropout_rate=0.0,
+    )
