@@ -31,6 +31,7 @@ from espnet_allinone.report.results import (
     ReportError,
     Row,
     fill_compression,
+    float_reference,
     read_scores,
     summary_notes,
     to_markdown,
@@ -139,9 +140,8 @@ def add_significance(rows: list[Row], args: argparse.Namespace, notes: list[str]
     """sc_stats against the float full model and against each twin trained alone, from
     the scoring stage's sclite inputs; returns the float reference's name."""
     decode_dir = args.decode_dir or args.asr_exp / "decode"
-    subs = {Subsystem.parse(r.subsystem): r for r in rows}
-    largest = max(subs, key=lambda s: (s.depth, s.width, s.bits))
-    reference = largest.with_precision("fp")
+    subs = {Subsystem.parse(r.subsystem) for r in rows}
+    reference = float_reference(rows)
     trn = {r.subsystem: decode_dir / r.subsystem / args.test_set / "score_wer"
            for r in rows}
     if not all((d / "hyp.trn").is_file() for d in trn.values()):

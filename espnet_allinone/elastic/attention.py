@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from espnet_allinone.elastic.layers import convert_weight_layer
+from espnet_allinone.elastic.layers import as_index, convert_weight_layer
 from espnet_allinone.precision import FLOAT_BITS
 
 IN_PROJECTIONS = ("linear_q", "linear_k", "linear_v", "linear_pos")
@@ -30,19 +30,8 @@ HEAD_PARAMETERS = ("pos_bias_u", "pos_bias_v")
 
 
 def head_index(heads: int | Sequence[int] | None, full_heads: int) -> tuple[int, ...]:
-    """The kept heads: None (all), h (the first h) or an index set, checked."""
-    if heads is None:
-        return tuple(range(full_heads))
-    if isinstance(heads, int) and not isinstance(heads, bool):
-        if not 1 <= heads <= full_heads:
-            raise ValueError(f"attention heads {heads} outside 1..{full_heads}")
-        return tuple(range(heads))
-    index = tuple(int(i) for i in heads)
-    bad = [i for i in index if not 0 <= i < full_heads]
-    if not index or bad or len(set(index)) != len(index):
-        raise ValueError(f"attention head set {list(index)} invalid; valid: distinct heads "
-                         f"0..{full_heads - 1}")
-    return index
+    """The kept heads: None (all), h (the first h) or an index set, checked (once)."""
+    return as_index(heads, full_heads, "attention heads")
 
 
 @functools.lru_cache(maxsize=1024)

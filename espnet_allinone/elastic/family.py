@@ -61,9 +61,20 @@ class FamilySpec:
     feed_forwards: tuple[FeedForwardRole, ...]
     conv: ConvRole | None
     whole_linears: tuple[str, ...] = ()
-    front: str = "embed"
+    front: tuple[str, ...] = ("embed",)  # paths whose weight layers make the front
+
+    def __post_init__(self) -> None:
+        if isinstance(self.front, str):  # a bare string would be read letter by letter
+            raise TypeError(f"FamilySpec.front is a tuple of module paths, got {self.front!r}")
 
     # --- lookup -------------------------------------------------------------
+    def front_weight_layers(self, root: nn.Module) -> dict[str, nn.Module]:
+        """The front's weight layers (Linear, Conv1d, Conv2d; stock or elastic) by name
+        in ``root``: what ``part_precisions.front`` quantises."""
+        return {f"{path}.{name}": module for path in self.front
+                for name, module in root.get_submodule(path).named_modules()
+                if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d))}
+
     def attention_of(self, block: nn.Module) -> nn.Module:
         return block.get_submodule(self.attention)
 

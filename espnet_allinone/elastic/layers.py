@@ -33,7 +33,7 @@ Units = int | Sequence[int] | None
 """An active set: None (all), a prefix length, or an index list."""
 
 
-def _as_index(units: Units, full: int, what: str) -> tuple[int, ...]:
+def as_index(units: Units, full: int, what: str) -> tuple[int, ...]:
     """Normalise an active set to an index tuple (checked against ``full``)."""
     if units is None:
         return tuple(range(full))
@@ -112,8 +112,8 @@ class ElasticWeightMixin:
         an index list) and the weight bits."""
         name = type(self).__name__
         try:
-            out_index = _as_index(out, self.full_out, "out")
-            in_index = _as_index(in_, self.full_in, "in")
+            out_index = as_index(out, self.full_out, "out")
+            in_index = as_index(in_, self.full_in, "in")
         except ValueError as e:
             raise ValueError(f"{name}: {e}") from None
         if bits != FLOAT_BITS and bits not in self.quantize_bits:

@@ -73,14 +73,12 @@ from espnet_allinone.arch import (
 )
 from espnet_allinone.elastic import (
     ElasticAttentionMixin,
-    convert_weight_layer,
 )
 from espnet_allinone.elastic.family import (
     block_limits,
     make_block_elastic,
     reorder_block,
 )
-from espnet_allinone.elastic.layers import ElasticWeightMixin
 from espnet_allinone.encoders.conformer_extraction import (
     encoder_conf,
     stock_conformer_misfit,
@@ -248,20 +246,7 @@ class ElasticConformerEncoder(RejectUnknownOptions, SubsystemSwitching, Conforme
         for block in self.blocks:
             make_block_elastic(block, self.family, convert_attention,
                                conv_widths if self.space.elastic_conv else (), self.positions)
-        self._input_layers = []
-        front_bits = self.part_precisions.quantised_bits("front", self.space.bits)
-        if front_bits:
-            self._input_layers = [convert_weight_layer(m) for m in self.embed.modules()
-                                  if type(m) in (nn.Linear, nn.Conv2d)]
-        if any(b != FLOAT_BITS for b in self.space.bits):
-            front = set(map(id, self._input_layers))
-            for name, module in self.named_modules():
-                if isinstance(module, ElasticWeightMixin):
-                    bits = front_bits if id(module) in front else self.space.bits
-                    try:
-                        module.enable_quantization(bits, self.quant_config)
-                    except ValueError as err:
-                        raise ValueError(f"encoder layer {name}: {err}") from None
+        self._make_quantisable()
 
     def _make_pruning(self, config: PruneConfig) -> Pruning:
         """Gate sets for every target, with the exact costs of the full model."""

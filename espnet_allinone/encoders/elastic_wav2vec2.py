@@ -40,7 +40,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
 from torchaudio.models.wav2vec2.components import MaskGenerator
 
 from espnet_allinone.arch import (
@@ -52,13 +51,11 @@ from espnet_allinone.arch import (
     unfold_schedule,
 )
 from espnet_allinone.elastic.family import block_limits, make_block_elastic
-from espnet_allinone.elastic.layers import ElasticWeightMixin, convert_weight_layer
 from espnet_allinone.elastic.parametrized import quantise_computed_weight
 from espnet_allinone.encoders.options import RejectUnknownOptions, publish_signature
 from espnet_allinone.encoders.switching import SubsystemSwitching
 from espnet_allinone.encoders.wav2vec2_family import (
     ARCH_DEFAULTS,
-    FRONT_PATHS,
     POS_CONV,
     WAV2VEC2,
     ElasticSelfAttention,
@@ -66,7 +63,6 @@ from espnet_allinone.encoders.wav2vec2_family import (
     arch_conf,
     space_conf,
 )
-from espnet_allinone.precision import FLOAT_BITS
 from espnet_allinone.quant.config import QuantConfig
 from espnet_allinone.quant.parts import PartPrecisions
 from espnet_allinone.subsystem import SearchSpace, Subsystem, SubsystemError
@@ -131,21 +127,10 @@ class ElasticWav2Vec2Encoder(RejectUnknownOptions, SubsystemSwitching, Wav2Vec2E
         self.freeze_encoder_updates = int(freeze_encoder_updates)
         self.register_buffer("global_step", torch.zeros((), dtype=torch.long))
         self._last_batch: weakref.ref | None = None
-        front_bits = self.part_precisions.quantised_bits("front", space.bits)
-        self._input_layers: list = [
-            convert_weight_layer(m) for path in FRONT_PATHS if front_bits
-            for m in self.get_submodule(path).modules() if type(m) in (nn.Conv1d, nn.Linear)]
         for block in self.blocks:
             make_block_elastic(block, WAV2VEC2, ElasticSelfAttention.convert)
-        if any(b != FLOAT_BITS for b in space.bits):
-            front = set(map(id, self._input_layers))
-            for name, module in self.named_modules():
-                if isinstance(module, ElasticWeightMixin):
-                    bits = front_bits if id(module) in front else space.bits
-                    try:
-                        module.enable_quantization(bits, self.quant_config)
-                    except ValueError as err:
-                        raise ValueError(f"encoder layer {name}: {err}") from None
+        self._make_quantisable()
+        front_bits = self.part_precisions.quantised_bits("front", space.bits)
         if front_bits:  # the positional conv's weight is computed (weight norm)
             self._input_layers.append(quantise_computed_weight(
                 self.get_submodule(POS_CONV), front_bits, self.quant_config))

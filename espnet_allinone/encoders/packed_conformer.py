@@ -119,10 +119,8 @@ class PackedConformerEncoder(RejectUnknownOptions, ConformerEncoder):
                 for path in spec.weight_layer_paths(block):
                     out[f"{spec.blocks}.{i}.{path}.weight"] = shape["bits"]
         if front_bits != FLOAT_BITS:
-            front = self.get_submodule(spec.front)
-            for name, module in front.named_modules():
-                if type(module) in (nn.Linear, nn.Conv2d):
-                    out[f"{spec.front}.{name}.weight"] = parse_precision(front_bits)
+            for name in spec.front_weight_layers(self):
+                out[f"{name}.weight"] = parse_precision(front_bits)
         return out
 
     @contextlib.contextmanager

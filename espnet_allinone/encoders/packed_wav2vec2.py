@@ -23,7 +23,6 @@ from espnet_allinone.elastic.family import export_module, narrow_block
 from espnet_allinone.encoders.options import RejectUnknownOptions, publish_signature
 from espnet_allinone.encoders.wav2vec2_family import (
     ARCH_DEFAULTS,
-    FRONT_PATHS,
     POS_CONV,
     WAV2VEC2,
     HeadedSelfAttention,
@@ -78,10 +77,8 @@ class PackedWav2Vec2Encoder(RejectUnknownOptions, Wav2Vec2EncoderBase):
         except PrecisionError as e:
             raise ValueError(f"front_bits: {e}") from None
         if front_bits != FLOAT_BITS:
-            for path in FRONT_PATHS:
-                for name, module in self.get_submodule(path).named_modules():
-                    if type(module) in (torch.nn.Conv1d, torch.nn.Linear):
-                        out[f"{path}.{name}.weight"] = front_bits
+            for name in WAV2VEC2.front_weight_layers(self):
+                out[f"{name}.weight"] = front_bits
             # the positional conv stores its (quantised) weight, not weight norm's g and v;
             # built under no_grad, removal would leave a plain tensor instead of a Parameter
             with torch.enable_grad():

@@ -18,6 +18,7 @@ from torch import nn
 from espnet_allinone.arch import ArchError, SubnetArch
 from espnet_allinone.elastic import SizeReport, active_size, convert_weight_layer
 from espnet_allinone.elastic.family import apply_block
+from espnet_allinone.elastic.layers import ElasticWeightMixin
 from espnet_allinone.precision import FLOAT_BITS
 from espnet_allinone.subsystem import Subsystem
 
@@ -40,6 +41,24 @@ class SubsystemSwitching:
         self.block_stack.set_schedule(arch.schedule)
         self._active_arch = arch
 
+    def _make_quantisable(self) -> None:
+        """Convert the front's weight layers when ``part_precisions`` quantises it, and
+        give every elastic layer its quantiser: the front's layers the front's bits,
+        the others the space's."""
+        front_bits = self.part_precisions.quantised_bits("front", self.space.bits)
+        self._input_layers = [convert_weight_layer(m) for m in
+                              self.family.front_weight_layers(self).values()] if front_bits else []
+        if all(b == FLOAT_BITS for b in self.space.bits):
+            return
+        front = set(map(id, self._input_layers))
+        for name, module in self.named_modules():
+            if isinstance(module, ElasticWeightMixin):
+                bits = front_bits if id(module) in front else self.space.bits
+                try:
+                    module.enable_quantization(bits, self.quant_config)
+                except ValueError as err:
+                    raise ValueError(f"encoder layer {name}: {err}") from None
+
     def check_part_bits(self, arch: SubnetArch) -> None:
         """A quantised front needs quantisable front layers (``part_precisions.front``)."""
         bits = {layer.quantize_bits for layer in self._input_layers}
@@ -55,10 +74,11 @@ class SubsystemSwitching:
         state_dict); the encoder only sets their bits.
         """
         bits = self.part_precisions.quantised_bits("output", self.space.bits)
+        if not bits:  # float output layers: nothing to switch
+            return
         for name, layer in layers.items():
             layer = convert_weight_layer(layer)
-            if bits:
-                layer.enable_quantization(bits, self.quant_config)
+            layer.enable_quantization(bits, self.quant_config)
             self.output_layers[name] = layer
         if self._active_arch is not None:
             self.apply_arch(self._active_arch)

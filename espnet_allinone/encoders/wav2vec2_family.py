@@ -41,16 +41,14 @@ WAV2VEC2 = FamilySpec(
     attention_out="out_proj",
     feed_forwards=(FeedForwardRole("feed_forward", "intermediate_dense", "output_dense"),),
     conv=None,
-    front="model.feature_extractor",
+    front=("model.feature_extractor", "model.encoder.feature_projection"),
 )
 """Block roles of torchaudio's wav2vec2/HuBERT encoder layer (no conv module)."""
 
-FRONT_PATHS = ("model.feature_extractor", "model.encoder.feature_projection")
-"""The front ``part_precisions.front`` quantises: the conv feature extractor and the
-feature projection (their Conv1d and Linear weights), and ``POS_CONV``."""
-
 POS_CONV = "model.encoder.transformer.pos_conv_embed.conv"
-"""The positional conv: weight-normalised (torch parametrization), grouped."""
+"""The positional conv: weight-normalised (torch parametrization), grouped; part of
+the front ``part_precisions.front`` quantises, next to the spec's ``front`` paths
+(the conv feature extractor and the feature projection)."""
 
 ARCH_DEFAULTS: dict[str, Any] = {
     "extractor_mode": "group_norm",

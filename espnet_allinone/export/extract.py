@@ -155,8 +155,10 @@ class Extractor:
             exact_encoder = (
                 _float_bytes(target.encoder) if dequantised else self.encoder.storage_bytes(arch)
             )
-            out = self.encoder.output_layers_size(arch) if output else None  # packed
-            packed_out = 0 if out is None else out.bytes - 4 * out.params  # vs float
+            packed_out = 0  # low-bit output layers are stored packed, not 4 bytes a value
+            if output:
+                out = self.encoder.output_layers_size(arch)
+                packed_out = out.bytes - 4 * out.params
             result = ExtractResult(
                 subsystem=name,
                 directory=final,

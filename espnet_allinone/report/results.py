@@ -62,7 +62,7 @@ def verdict(sig: dict | None) -> str:
     test = sig["mapsswe"]
     word = "n.s." if test["better"] is None else ("better" if test["better"] == "b" else "worse")
     p = f"<{test['p']:g}" if test["p"] <= 0.001 else f"{test['p']:.3f}"
-    return f"{word} (p={p})" if word != "n.s." else f"n.s. (p={p})"
+    return f"{word} (p={p})"
 
 
 def summary_notes(rows: list[Row], reference: str) -> list[str]:
@@ -95,6 +95,12 @@ def read_scores(decode_dir: Path, sub: str, test_set: str) -> dict:
     return json.loads(path.read_text())
 
 
+def float_reference(rows: list[Row]) -> Subsystem:
+    """The float full model of the rows' space: largest depth and width, float."""
+    return max((Subsystem.parse(r.subsystem) for r in rows),
+               key=lambda s: (s.depth, s.width)).with_precision("fp")
+
+
 def fill_compression(rows: list[Row], float_reference_bytes: int | None = None) -> str:
     """Set ``compression`` against the float full model; return how the reference was got.
 
@@ -103,18 +109,17 @@ def fill_compression(rows: list[Row], float_reference_bytes: int | None = None) 
     ``float_reference_bytes`` (the extraction's figure) or 4 bytes a parameter
     of the largest row.
     """
-    subs = [Subsystem.parse(r.subsystem) for r in rows]
-    full = max(subs, key=lambda s: (s.depth, s.width))
-    full_fp = full.with_precision("fp")
-    by_sub = {s: r for s, r in zip(subs, rows)}
+    full_fp = float_reference(rows)
+    by_sub = {Subsystem.parse(r.subsystem): r for r in rows}
     if full_fp in by_sub:
         float_reference_bytes = by_sub[full_fp].bytes
         how = f"{full_fp} as extracted ({float_reference_bytes:,} bytes on disk)"
     elif float_reference_bytes is not None:
         how = f"{float_reference_bytes:,} bytes (4 a parameter), as the extraction recorded"
-    else:
-        float_reference_bytes = 4 * by_sub[full].params
-        how = f"{full_fp} estimated as 4 bytes x {by_sub[full].params:,} parameters"
+    else:  # every precision of a depth and width has the same parameters
+        params = next(r.params for s, r in by_sub.items() if s.with_precision("fp") == full_fp)
+        float_reference_bytes = 4 * params
+        how = f"{full_fp} estimated as 4 bytes x {params:,} parameters"
     for r in rows:
         r.compression = float_reference_bytes / r.bytes if r.bytes else math.nan
     return how

@@ -196,11 +196,11 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
 
     def _attach_output_layers(self) -> None:
         """Hand the CTC linear (and the decoder's output layer) to the encoder, which
-        switches their bits with every record (``part_precisions.output``)."""
-        parts = getattr(self.encoder, "part_precisions", None)
-        if parts is None or not parts.quantised_bits("output", self.space.bits):
-            return
-        self.encoder.attach_output_layers(output_layers(self))
+        switches their bits with every record when ``part_precisions.output`` makes
+        them low-bit."""
+        attach = getattr(self.encoder, "attach_output_layers", None)
+        if attach is not None:
+            attach(output_layers(self))
 
     def _setup_pruning(self, weight: float, teacher: str) -> None:
         """Pruned paths (one per target, float, every step) and layer distillation."""
@@ -342,7 +342,8 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
         text[text == -1] = self.ignore_id
         text = text[:, : text_lengths.max()]
         feats, feats_lengths = self._features(speech, speech_lengths)
-        float_phase = int(self.sampler_step) < self.float_warmup_steps
+        float_phase = bool(self.float_warmup_steps) and \
+            int(self.sampler_step) < self.float_warmup_steps
         drawn = self.next_paths()
         stats: dict[str, torch.Tensor] = {}
         random_stats: dict[str, list[torch.Tensor]] = {}
