@@ -285,3 +285,59 @@ def test_report_marks_significance_and_names_missing_baselines(tmp_path, capsys)
     assert "not significantly worse than the float full model d2-w1-fp (MAPSSWE, p < 0.05): " \
            f"{rows['d2-w1-int4']['compression']:.2f}x (d2-w1-int4" in md
     assert "median 0.948, worst 0.952 (d2-w1-fp), over 2 subsystems" in md
+
+
+def _scored_run(root: Path, hyps: dict[str, Path], ref: Path, wers: dict[str, float]) -> Path:
+    """A run after the report stage: extracted models, scores, sclite inputs, results.json."""
+    exp = _fake_exp(root, {sub: (wers[sub], 5000) for sub in hyps})
+    for sub, hyp in hyps.items():
+        d = exp / "decode" / sub / "test" / "score_wer"
+        d.mkdir()
+        (d / "ref.trn").write_text(ref.read_text())
+        (d / "hyp.trn").write_text(hyp.read_text())
+    base = root / "baselines.json"
+    base.write_text(json.dumps({sub: {"wer": 10.0, "cer": 4.0, "train_seconds": 50}
+                                for sub in hyps}))
+    assert report_cli.main(["--asr_exp", str(exp), "--rtf_utts", "0",
+                            "--baselines", str(base)]) == 0
+    return exp
+
+
+def test_compare_runs_tests_each_run_against_the_first(tmp_path, capsys):
+    from espnet_allinone.bin import compare_runs
+
+    ref, good, bad = _systems(tmp_path)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    default = _scored_run(tmp_path / "a", {"d2-w1-fp": good, "d2-w1-int4": bad}, ref,
+                          {"d2-w1-fp": 8.0, "d2-w1-int4": 30.0})
+    distill = _scored_run(tmp_path / "b", {"d2-w1-fp": good, "d2-w1-int4": good}, ref,
+                          {"d2-w1-fp": 8.0, "d2-w1-int4": 9.0})
+    out = tmp_path / "ablation.md"
+    capsys.readouterr()
+    assert compare_runs.main(["--run", f"default={default}", "--run", f"distill={distill}",
+                              "--out", str(out)]) == 0
+    table = out.read_text()
+    assert table == capsys.readouterr().out
+    assert "| d2-w1-int4 | 30.00 | 3.000 | 9.00 | 0.900 | better (p=<0.001) |" in table
+    assert "| d2-w1-fp | 8.00 | 0.800 | 8.00 | 0.800 | n.s. (p=1.000) |" in table
+    assert "| default | 1.900 | 3.000 (d2-w1-int4) | 1 of 2 | - |" in table
+    assert "| distill | 0.850 | 0.900 (d2-w1-int4) | 2 of 2 | 1 / 0 |" in table
+
+
+def test_compare_runs_names_what_is_missing(tmp_path, capsys):
+    from espnet_allinone.bin import compare_runs
+
+    ref, good, _ = _systems(tmp_path)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    full = _scored_run(tmp_path / "a", {"d2-w1-fp": good, "d2-w1-int4": good}, ref,
+                       {"d2-w1-fp": 8.0, "d2-w1-int4": 9.0})
+    part = _scored_run(tmp_path / "b", {"d2-w1-fp": good}, ref, {"d2-w1-fp": 8.0})
+    assert compare_runs.main(["--run", f"x={full}", "--run", f"y={part}"]) == 2
+    assert "run 'y' has no result for d2-w1-int4 (it has d2-w1-fp)" in capsys.readouterr().err
+    assert compare_runs.main(["--run", f"x={full}", "--run", f"y={tmp_path}"]) == 2
+    assert "results.json: made by the report stage (16)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        compare_runs.main(["--run", f"x={full}"])
+    assert "at least two runs" in capsys.readouterr().err
