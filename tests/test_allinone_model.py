@@ -220,6 +220,26 @@ def test_distillation_adds_kl_to_students_only(ctc_weight: float) -> None:
         assert torch.allclose(s1[f"loss_{sub}"], s0[f"loss_{sub}"] + 0.5 * kl, atol=1e-5)
 
 
+def test_distillation_joins_after_its_start_step() -> None:
+    plain = build(sampling="all", distill_weight=0.0)
+    delayed = build(sampling="all", distill_weight=0.5, distill_start_steps=1)
+    delayed.load_state_dict(plain.state_dict())
+    plain.train()
+    delayed.train()
+    b = batch()
+    _, s0, _ = plain(**{k: v.clone() for k, v in b.items()})
+    _, first, _ = delayed(**{k: v.clone() for k, v in b.items()})
+    _, second, _ = delayed(**{k: v.clone() for k, v in b.items()})
+    student = "d1-w0.5-int4"
+    assert first[f"kl_{student}"] > 0  # logged before it counts
+    assert torch.allclose(first[f"loss_{student}"], s0[f"loss_{student}"])
+    assert torch.allclose(second[f"loss_{student}"], s0[f"loss_{student}"]
+                          + 0.5 * second[f"kl_{student}"], atol=1e-5)
+    with pytest.raises(ValueError, match="distill_start_steps must be an integer >= 0, "
+                                         "got 1.5"):
+        build(distill_weight=0.5, distill_start_steps=1.5)
+
+
 def test_distillation_sends_no_gradient_into_teacher_outputs() -> None:
     teacher = torch.randn(2, 5, 7, requires_grad=True)
     student = torch.randn(2, 5, 7, requires_grad=True)

@@ -42,6 +42,9 @@ needs ``unused_parameters: true`` (the ``conf/train_allinone_*`` YAMLs set it).
   loss with weight 0.5 vs 0: 1-4% lower after 8 epochs, but 0.3-0.9% and 1-5%
   higher after 20 (two runs). The paper-scale configs turn it on (weight 1.0)
   as the paper does;
+- ``distill_start_steps``: the KL term joins after N updates (its value is logged
+  from the start). From step 0 the teacher is untrained and the KL, flowing into
+  the weights the teacher shares, holds every path near its first outputs;
 - ``float_warmup_steps``: for the first N updates every path runs its float twin
   (same depth and width; stats keep the path's own key), so depth and width
   settle before the quantisers join (a precision curriculum);
@@ -101,6 +104,11 @@ RANDOM_KEY = "random"
 """Suffix of the stats averaged over a step's randomly drawn paths (``loss_random`` ...)."""
 
 
+def _check_steps(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+
+
 @contextmanager
 def _capture_output(module: torch.nn.Module) -> Iterator[list]:
     """Record the first output of ``module`` while the block runs (reuses stock loss code)."""
@@ -129,6 +137,7 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
         path_weights: list[float] | None = None,
         distill_weight: float = 0.0,
         distill_temperature: float = 1.0,
+        distill_start_steps: int = 0,
         valid_subsystems: str | list[str] | None = None,
         sampling_seed: int = 0,
         sampling_log: str | None = None,
@@ -172,6 +181,8 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
                 f"{sampling!r} with subsystems {subsystems!r} does not always include it; "
                 "use sampling sandwich, or list it, or set distill_weight 0"
             )
+        _check_steps("distill_start_steps", distill_start_steps)
+        self.distill_start_steps = distill_start_steps
         self.distill_weight = float(distill_weight)
         self.distill_temperature = float(distill_temperature)
         self.teacher = space.largest
@@ -181,9 +192,7 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
             valid = space.resolve(valid_subsystems)
         self.valid_subsystems: list[Subsystem] = list(dict.fromkeys(valid))
         self.sampling_log = sampling_log
-        if not isinstance(float_warmup_steps, int) or float_warmup_steps < 0:
-            raise ValueError(f"float_warmup_steps must be an integer >= 0, got "
-                             f"{float_warmup_steps!r}")
+        _check_steps("float_warmup_steps", float_warmup_steps)
         self.float_warmup_steps = float_warmup_steps
         # The subsampling front (``encoder.embed``) is outside the search space:
         # every path with the same front bits computes the same output, so it runs
@@ -307,9 +316,8 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
         return sum(parts)
 
     # --- forward ------------------------------------------------------------
-    def next_paths(self) -> StepPaths:
-        """Advance the step counter and return this step's paths (training only)."""
-        step = int(self.sampler_step.item())
+    def next_paths(self, step: int) -> StepPaths:
+        """This step's paths (``step``: the counter's value); advances the counter."""
         drawn = self.sampler.draw(step)
         paths = drawn.paths
         self.sampler_step += 1
@@ -342,9 +350,10 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
         text[text == -1] = self.ignore_id
         text = text[:, : text_lengths.max()]
         feats, feats_lengths = self._features(speech, speech_lengths)
-        float_phase = bool(self.float_warmup_steps) and \
-            int(self.sampler_step) < self.float_warmup_steps
-        drawn = self.next_paths()
+        step = int(self.sampler_step)
+        float_phase = step < self.float_warmup_steps
+        distill_weight = self.distill_weight if step >= self.distill_start_steps else 0.0
+        drawn = self.next_paths(step)
         stats: dict[str, torch.Tensor] = {}
         random_stats: dict[str, list[torch.Tensor]] = {}
         teacher: dict | None = None
@@ -367,7 +376,7 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
                         assert teacher is not None, "the teacher path runs first"
                         kl = self._kl(teacher, logits)
                         pstats["kl"] = kl.detach()
-                        loss = loss + self.distill_weight * kl
+                        loss = loss + distill_weight * kl
                 pstats["loss"] = loss.detach()
                 if i < len(drawn.fixed):
                     stats.update((f"{key}_{sub}", value) for key, value in pstats.items())
