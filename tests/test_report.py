@@ -289,6 +289,7 @@ def test_report_marks_significance_and_names_missing_baselines(tmp_path, capsys)
 
 def _scored_run(root: Path, hyps: dict[str, Path], ref: Path, wers: dict[str, float]) -> Path:
     """A run after the report stage: extracted models, scores, sclite inputs, results.json."""
+    root.mkdir()
     exp = _fake_exp(root, {sub: (wers[sub], 5000) for sub in hyps})
     for sub, hyp in hyps.items():
         d = exp / "decode" / sub / "test" / "score_wer"
@@ -307,8 +308,6 @@ def test_compare_runs_tests_each_run_against_the_first(tmp_path, capsys):
     from espnet_allinone.bin import compare_runs
 
     ref, good, bad = _systems(tmp_path)
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
     default = _scored_run(tmp_path / "a", {"d2-w1-fp": good, "d2-w1-int4": bad}, ref,
                           {"d2-w1-fp": 8.0, "d2-w1-int4": 30.0})
     distill = _scored_run(tmp_path / "b", {"d2-w1-fp": good, "d2-w1-int4": good}, ref,
@@ -329,8 +328,6 @@ def test_compare_runs_names_what_is_missing(tmp_path, capsys):
     from espnet_allinone.bin import compare_runs
 
     ref, good, _ = _systems(tmp_path)
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
     full = _scored_run(tmp_path / "a", {"d2-w1-fp": good, "d2-w1-int4": good}, ref,
                        {"d2-w1-fp": 8.0, "d2-w1-int4": 9.0})
     part = _scored_run(tmp_path / "b", {"d2-w1-fp": good}, ref, {"d2-w1-fp": 8.0})
