@@ -46,7 +46,8 @@ def tiny_config(recipe: Path, name: str = "train_tiny.yaml", **top) -> str:
         output_size=32, attention_heads=2, linear_units=64, num_blocks=2, cnn_module_kernel=7,
         depths=[1, 2], widths=[0.5, 1.0], precisions=["int4", "fp"],
         quant_conf={"granularity": "channel"})
-    conf["model_conf"]["valid_subsystems"] = ["d2-w1-fp", "d1-w0.5-int4"]
+    conf["model_conf"].update(valid_subsystems=["d2-w1-fp", "d1-w0.5-int4"],
+                              float_warmup_steps=2)  # of the tiny run's few updates
     conf.update({"max_epoch": 1, "keep_nbest_models": 1, "batch_bins": 400000,
                  "num_workers": 0, "best_model_criterion": [["valid", "loss", "min"]],
                  "scheduler_conf": {"warmup_steps": 5}, **top})
