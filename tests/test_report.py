@@ -106,6 +106,9 @@ def test_pareto_front_and_compression() -> None:
     lines = [ln for ln in md.splitlines() if ln.startswith("| d")]
     assert len(lines) == 5 and lines[0].startswith("| d4-w1-fp * | 5.00 | 2.00 |")
     assert "| d2-w1-fp | 9.00" in md and "- note one" in md
+    pruned_first = [Row("d4-w1-fp-p0.5", 7.0, 3.0, 100, 500, 2000), *rows]
+    assert "d4-w1-fp as extracted" in fill_compression(pruned_first)
+    assert pruned_first[0].compression == pytest.approx(2.0)
 
 
 def test_subsystem_size_reads_extractions_exact_params(tmp_path: Path) -> None:

@@ -96,9 +96,10 @@ def read_scores(decode_dir: Path, sub: str, test_set: str) -> dict:
 
 
 def float_reference(rows: list[Row]) -> Subsystem:
-    """The float full model of the rows' space: largest depth and width, float."""
+    """The float full model of the rows' space: largest depth and width, float, unpruned
+    (a pruned architecture is never the reference, even when its depth is the largest)."""
     return max((Subsystem.parse(r.subsystem) for r in rows),
-               key=lambda s: (s.depth, s.width)).with_precision("fp")
+               key=lambda s: (s.depth, s.width)).replace(bits="fp", prune=None)
 
 
 def fill_compression(rows: list[Row], float_reference_bytes: int | None = None) -> str:
