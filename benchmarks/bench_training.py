@@ -6,6 +6,9 @@ and the memory the autograd graph holds until backward (bytes of tensors
 saved for backward, counted by ``saved_tensors_hooks``), plus process peak
 RSS growth measured in a fresh subprocess per variant.
 
+Part 1b, threads: the same K-path step with 1 and 2 intra-op threads (does the
+training stage gain from a second core?).
+
 Part 2, run: a real ESPnet training (stats + ``asr_train``) of one all-in-one
 model against training each of its subsystems one by one for the same number
 of epochs on the synthetic espeak-ng corpus; prints the time ratio and every
@@ -54,6 +57,7 @@ def _build_step_model(paths: list[str]):
         cnn_module_kernel=15, macaron_style=True, rel_pos_type="latest",
         depths=[2, 4], widths=[0.5, 1.0], precisions=["int2", "int4", "fp"],
         quant_conf={"granularity": "group", "group_size": 36},
+        part_precisions={"front": "int8", "output": "int8"},
     )
     tokens = ["<blank>", "<unk>", *"ABCDEFGHIJKLMNOPQRSTUVWXYZ", "<space>", "<sos/eos>"]
     return ESPnetAllInOneASRModel(
@@ -154,6 +158,28 @@ def bench_step(args: argparse.Namespace) -> None:
           f"{m['graph_bytes'] / s['graph_sum_bytes']:.2f} (K = {len(paths)})")
 
 
+def bench_threads(args: argparse.Namespace) -> None:
+    """One K-path training step with 1 and with 2 intra-op threads, interleaved in one
+    process (a busy machine slows both alike); the minimum of each."""
+    paths = args.paths.split(",")
+    batch = _batch()
+    model = _build_step_model(paths)
+    model.train()
+    counts = [int(n) for n in args.threads.split(",")]
+    times: dict[int, list[float]] = {n: [] for n in counts}
+    for i in range(args.repeat + 1):
+        for n in counts:
+            torch.set_num_threads(n)
+            seconds = _one_step(model, batch)[0]
+            if i:  # the first round warms up (lazy quantiser init, allocator)
+                times[n].append(seconds)
+    print(f"paths (K={len(paths)}): {', '.join(paths)}; batch 16 x 300 frames x 40 dims; "
+          f"min of {args.repeat}")
+    print(f"{'threads':>8s}{'step s':>9s}{'speed-up':>10s}")
+    for n in counts:
+        print(f"{n:8d}{min(times[n]):9.3f}{min(times[counts[0]]) / min(times[n]):10.2f}")
+
+
 # --- part 2: whole runs ---------------------------------------------------------------
 def _bench_conf(base: Path, out: Path, **model_conf) -> Path:
     cfg = yaml.safe_load(base.read_text())
@@ -243,6 +269,11 @@ def main() -> None:
                    help="comma-separated subsystems of the default-recipe space")
     p.add_argument("--repeat", type=int, default=5)
     p.set_defaults(func=bench_step)
+    t = sub.add_parser("threads", help="one K-path step with 1 vs 2 intra-op threads")
+    t.add_argument("--paths", default="d4-w1-fp,d2-w0.5-int2,d4-w0.5-int4")
+    t.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    t.add_argument("--repeat", type=int, default=5)
+    t.set_defaults(func=bench_threads)
     r = sub.add_parser("run", help="all-in-one training vs one-by-one training")
     r.add_argument("--conf", default=str(ROOT / "benchmarks" / "train_allinone_bench.yaml"))
     r.add_argument("--epochs", type=int, default=3)

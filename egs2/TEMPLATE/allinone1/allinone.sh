@@ -44,6 +44,7 @@ option skip_report false "skip stage 16"
 option skip_packing false "skip stage 17"
 option skip_upload true "skip stage 18"
 option ngpu 1 "GPUs per node for training (0: CPU)"
+option train_threads 1 "intra-op threads of the training process (OMP_NUM_THREADS; 2 on an idle 2-core CPU)"
 option num_nodes 1 "nodes for training (needs a cluster cmd, see cmd.sh)"
 option nj 4 "parallel jobs for data formatting and statistics"
 option inference_nj 4 "parallel decoding jobs per test set (each decodes every subsystem)"
@@ -109,6 +110,7 @@ for flag in skip_data_prep skip_train skip_extract skip_eval skip_baselines skip
             skip_packing skip_upload gpu_inference upload_dry_run; do
     case "${!flag}" in true|false) ;; *) fail "--${flag} must be true or false, got '${!flag}'" ;; esac
 done
+case "${train_threads}" in ''|*[!0-9]*|0) fail "--train_threads must be a whole number >= 1, got '${train_threads}'" ;; esac
 case "${token_type}" in bpe|char) ;; *) fail "--token_type must be bpe or char, got '${token_type}'" ;; esac
 [ -n "${train_config}" ] || fail "--train_config is required (a YAML with model: allinone)"
 [ -f "${train_config}" ] || fail "--train_config ${train_config} does not exist"
@@ -286,6 +288,7 @@ train_model() {
     fi
     mkdir -p "${out}"
     # shellcheck disable=SC2046,SC2086
+    OMP_NUM_THREADS="${train_threads}" \
     "${python}" -m espnet2.bin.launch --cmd "${cuda_cmd} --name train_$(basename "${out}")" \
         --log "${out}/train.log" --ngpu "${ngpu}" --num_nodes "${num_nodes}" \
         --init_file_prefix "${out}/.dist_init_" --multiprocessing_distributed true -- \

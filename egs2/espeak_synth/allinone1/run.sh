@@ -12,6 +12,7 @@ cd "$(dirname "$0")"
 ./allinone.sh \
     --lang en \
     --ngpu 0 \
+    --train_threads 2 \
     --nj 2 \
     --inference_nj 2 \
     --fs 16k \
