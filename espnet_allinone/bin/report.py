@@ -27,6 +27,7 @@ from espnet_allinone.export.model_io import (
 )
 from espnet_allinone.report.plot import plot_wer_vs_size
 from espnet_allinone.report.results import (
+    RESULTS_FILE,
     SCORES_FILE,
     ReportError,
     Row,
@@ -224,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot = plot_wer_vs_size(rows, outdir / "wer_vs_size.png", title=title)
     notes.append(f"plot: {plot.name}")
     (outdir / "RESULTS.md").write_text(to_markdown(rows, title, notes), encoding="utf-8")
-    (outdir / "results.json").write_text(
+    (outdir / RESULTS_FILE).write_text(
         json.dumps({"rows": [r.to_dict() for r in rows], "notes": notes}, indent=1) + "\n")
     print(to_text_table(rows))
     print(f"(* = Pareto front)  {outdir / 'RESULTS.md'}  {plot}")

@@ -28,7 +28,6 @@ from pathlib import Path
 
 from espnet_allinone.deploy.select import (
     BUDGETS,
-    RESULTS_FILE,
     SELECTED_FILE,
     SelectError,
     choose,
@@ -37,6 +36,7 @@ from espnet_allinone.deploy.select import (
     plot_selection,
     read_results,
 )
+from espnet_allinone.report.results import RESULTS_FILE
 
 EXIT_OK, EXIT_USAGE, EXIT_NO_FIT, EXIT_BUILD = 0, 2, 3, 4
 CHECKPOINTS = ("valid.loss.ave.pth", "valid.acc.ave.pth", "valid.loss.best.pth",

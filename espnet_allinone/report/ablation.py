@@ -15,11 +15,10 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from espnet_allinone.report.results import ReportError, verdict
+from espnet_allinone.report.results import RESULTS_FILE, ReportError, verdict
 from espnet_allinone.report.significance import compare
 from espnet_allinone.subsystem import Subsystem
 
-RESULTS_FILE = "results.json"
 TRAIN_SECONDS_FILE = "train_seconds"
 RATIO_TARGET = 1.05
 """The issue's target for all-in-one WER / alone WER, counted per run."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from espnet_allinone.subsystem import Subsystem
 
 SCORES_FILE = "scores.json"
+RESULTS_FILE = "results.json"
 
 
 class ReportError(RuntimeError):
