@@ -150,6 +150,11 @@ def batch(seed: int = 0, n: int = 3, frames: int = 20) -> dict:
             "text_lengths": text_lengths}
 
 
+def step(model: ESPnetAllInOneASRModel, b: dict) -> tuple:
+    """One forward on a copy of the batch (the model edits ``text`` in place)."""
+    return model(**{k: v.clone() for k, v in b.items()})
+
+
 def test_training_step_runs_sampled_paths_once_each() -> None:
     model = build(sampling="sandwich", num_random=1)
     model.train()
@@ -180,7 +185,7 @@ def test_path_loss_equals_single_subsystem_stock_loss() -> None:
     model = build(sampling="explicit", subsystems=["d1-w1-int4", "d2-w0.5-fp"])
     model.train()
     b = batch()
-    _, stats, _ = model(**{k: v.clone() for k, v in b.items()})
+    _, stats, _ = step(model, b)
     for sub in ("d1-w1-int4", "d2-w0.5-fp"):
         with model.encoder.use_subsystem(sub):
             ref, _, _ = super(ESPnetAllInOneASRModel, model).forward(
@@ -207,8 +212,8 @@ def test_distillation_adds_kl_to_students_only(ctc_weight: float) -> None:
     plain.train()
     distilled.train()
     b = batch()
-    _, s0, _ = plain(**{k: v.clone() for k, v in b.items()})
-    _, s1, _ = distilled(**{k: v.clone() for k, v in b.items()})
+    _, s0, _ = step(plain, b)
+    _, s1, _ = step(distilled, b)
     teacher = "d2-w1-fp"
     assert f"kl_{teacher}" not in s1
     assert torch.allclose(s0[f"loss_{teacher}"], s1[f"loss_{teacher}"])
@@ -227,9 +232,9 @@ def test_distillation_joins_after_its_start_step() -> None:
     plain.train()
     delayed.train()
     b = batch()
-    _, s0, _ = plain(**{k: v.clone() for k, v in b.items()})
-    _, first, _ = delayed(**{k: v.clone() for k, v in b.items()})
-    _, second, _ = delayed(**{k: v.clone() for k, v in b.items()})
+    _, s0, _ = step(plain, b)
+    _, first, _ = step(delayed, b)
+    _, second, _ = step(delayed, b)
     student = "d1-w0.5-int4"
     assert first[f"kl_{student}"] > 0  # logged before it counts
     assert torch.allclose(first[f"loss_{student}"], s0[f"loss_{student}"])
@@ -346,16 +351,16 @@ def test_training_reduces_every_path_loss() -> None:
     b = batch(n=2, frames=12)
     model.eval()
     with torch.no_grad():
-        _, before, _ = model(**{k: v.clone() for k, v in b.items()})
+        _, before, _ = step(model, b)
     model.train()
     for _ in range(20):
-        loss, _, _ = model(**{k: v.clone() for k, v in b.items()})
+        loss, _, _ = step(model, b)
         opt.zero_grad()
         loss.backward()
         opt.step()
     model.eval()
     with torch.no_grad():
-        _, after, _ = model(**{k: v.clone() for k, v in b.items()})
+        _, after, _ = step(model, b)
     for sub in model.valid_subsystems:
         assert after[f"loss_{sub}"] < 0.5 * before[f"loss_{sub}"], sub
 
@@ -436,8 +441,8 @@ def test_shared_input_layer_runs_once_and_changes_nothing() -> None:
     b["speech"] = b["speech"].repeat(1, 1, 5)
     shared.train()
     separate.train()
-    loss_a, stats_a, _ = shared(**{k: v.clone() for k, v in b.items()})
-    loss_b, stats_b, _ = separate(**{k: v.clone() for k, v in b.items()})
+    loss_a, stats_a, _ = step(shared, b)
+    loss_b, stats_b, _ = step(separate, b)
     assert len(calls) == 1  # 8 paths, one subsampling
     assert torch.allclose(loss_a, loss_b, rtol=1e-5)
     assert stats_a.keys() == stats_b.keys()
@@ -479,12 +484,12 @@ def test_float_warmup_runs_float_twins_first_then_the_quantised_paths() -> None:
     quantizer = warm.encoder.encoders[0].feed_forward.w_1.weight_quantizer
     warm.train()
     plain.train()
-    _, stats, _ = warm(**{k: v.clone() for k, v in b.items()})
+    _, stats, _ = step(warm, b)
     assert not bool(quantizer.initialized_int4)  # step 0: no quantiser ran
-    _, plain_stats, _ = plain(**{k: v.clone() for k, v in b.items()})
+    _, plain_stats, _ = step(plain, b)
     # the int4 path's loss is its float twin's in the warm-up step
     assert torch.allclose(stats["loss_d2-w1-int4"], plain_stats["loss_d2-w1-fp"], rtol=1e-5)
-    warm(**{k: v.clone() for k, v in b.items()})
+    step(warm, b)
     assert bool(quantizer.initialized_int4)  # step 1: the quantised paths run
     with pytest.raises(ValueError, match="float_warmup_steps must be an integer >= 0, got -1"):
         make(-1)

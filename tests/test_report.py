@@ -15,6 +15,7 @@ from espnet_allinone.bin import score as score_cli
 from espnet_allinone.corpus.datadir import write_datadir
 from espnet_allinone.export.extracted_dir import subsystem_size
 from espnet_allinone.report.results import (
+    ReportError,
     Row,
     fill_compression,
     pareto_front,
@@ -109,6 +110,8 @@ def test_pareto_front_and_compression() -> None:
     pruned_first = [Row("d4-w1-fp-p0.5", 7.0, 3.0, 100, 500, 2000), *rows]
     assert "d4-w1-fp as extracted" in fill_compression(pruned_first)
     assert pruned_first[0].compression == pytest.approx(2.0)
+    with pytest.raises(ReportError, match="no size for the float full model d4-w1-fp"):
+        fill_compression([Row("d4-w1-fp-p0.5", 7.0, 3.0, 100, 500, 2000)])
 
 
 def test_subsystem_size_reads_extractions_exact_params(tmp_path: Path) -> None:

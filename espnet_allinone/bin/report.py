@@ -142,7 +142,7 @@ def add_significance(rows: list[Row], args: argparse.Namespace, notes: list[str]
     the scoring stage's sclite inputs; returns the float reference's name."""
     decode_dir = args.decode_dir or args.asr_exp / "decode"
     subs = {Subsystem.parse(r.subsystem) for r in rows}
-    reference = float_reference(rows)
+    reference = float_reference(r.subsystem for r in rows)
     trn = {r.subsystem: decode_dir / r.subsystem / args.test_set / "score_wer"
            for r in rows}
     if not all((d / "hyp.trn").is_file() for d in trn.values()):

@@ -15,9 +15,13 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from espnet_allinone.report.results import RESULTS_FILE, ReportError, verdict
+from espnet_allinone.report.results import (
+    RESULTS_FILE,
+    ReportError,
+    float_reference,
+    verdict,
+)
 from espnet_allinone.report.significance import compare
-from espnet_allinone.subsystem import Subsystem
 
 TRAIN_SECONDS_FILE = "train_seconds"
 RATIO_TARGET = 1.05
@@ -115,25 +119,23 @@ def _summary(runs: list[Run], subs: list[str], tests: dict[tuple[str, str], dict
     subsystems are significantly better/worse than the first run, training time."""
     head = ["run", "median ratio", "worst ratio", f"ratio <= {RATIO_TARGET}",
             f"better / worse than {runs[0].name}", "training s"]
-    largest = str(max(map(Subsystem.parse, subs),
-                      key=lambda s: (s.depth, s.width, s.bits, s.prune or 1)))
+    largest = str(float_reference(subs))
     if other_set:
         head.insert(5, f"{largest} {other_set} WER %")
     lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
     for run in runs:
         ratios = run.ratios()
         worst = max(ratios, key=ratios.get) if ratios else None
-        better = sum(1 for s in subs if (tests.get((run.name, s)) or {}).get(
-            "mapsswe", {}).get("better") == "b")
-        worse = sum(1 for s in subs if (tests.get((run.name, s)) or {}).get(
-            "mapsswe", {}).get("better") == "a")
+        winners = [tests[run.name, s]["mapsswe"]["better"] for s in subs
+                   if (run.name, s) in tests]
         cells = [run.name,
                  _cell(statistics.median(ratios.values()) if ratios else None, ".3f"),
                  f"{ratios[worst]:.3f} ({worst})" if worst else "-",
                  f"{sum(r <= RATIO_TARGET for r in ratios.values())} of {len(ratios)}",
-                 "-" if run is runs[0] else f"{better} / {worse}",
+                 "-" if run is runs[0] else f"{winners.count('b')} / {winners.count('a')}",
                  _cell(run.train_seconds, ".0f")]
         if other_set:
-            cells.insert(5, _cell(run.rows[largest].get("other_wer", {}).get(other_set), ".2f"))
+            row = run.rows.get(largest, {})  # "-" when the float full model is not listed
+            cells.insert(5, _cell(row.get("other_wer", {}).get(other_set), ".2f"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -96,10 +97,10 @@ def read_scores(decode_dir: Path, sub: str, test_set: str) -> dict:
     return json.loads(path.read_text())
 
 
-def float_reference(rows: list[Row]) -> Subsystem:
-    """The float full model of the rows' space: largest depth and width, float, unpruned
-    (a pruned architecture is never the reference, even when its depth is the largest)."""
-    return max((Subsystem.parse(r.subsystem) for r in rows),
+def float_reference(subsystems: Iterable[str]) -> Subsystem:
+    """The float full model of these subsystems' space: largest depth and width, float,
+    unpruned (a pruned architecture is never the reference, even at the largest depth)."""
+    return max(map(Subsystem.parse, subsystems),
                key=lambda s: (s.depth, s.width)).replace(bits="fp", prune=None)
 
 
@@ -111,15 +112,19 @@ def fill_compression(rows: list[Row], float_reference_bytes: int | None = None) 
     ``float_reference_bytes`` (the extraction's figure) or 4 bytes a parameter
     of the largest row.
     """
-    full_fp = float_reference(rows)
     by_sub = {Subsystem.parse(r.subsystem): r for r in rows}
+    full_fp = float_reference(r.subsystem for r in rows)
     if full_fp in by_sub:
         float_reference_bytes = by_sub[full_fp].bytes
         how = f"{full_fp} as extracted ({float_reference_bytes:,} bytes on disk)"
     elif float_reference_bytes is not None:
         how = f"{float_reference_bytes:,} bytes (4 a parameter), as the extraction recorded"
     else:  # every precision of a depth and width has the same parameters
-        params = next(r.params for s, r in by_sub.items() if s.with_precision("fp") == full_fp)
+        twins = [r.params for s, r in by_sub.items() if s.with_precision("fp") == full_fp]
+        if not twins:
+            raise ReportError(f"no size for the float full model {full_fp}: list it or any "
+                              "precision of it, or pass the extraction's full_float bytes")
+        params = twins[0]
         float_reference_bytes = 4 * params
         how = f"{full_fp} estimated as 4 bytes x {params:,} parameters"
     for r in rows:
