@@ -24,10 +24,34 @@ RECIPE = REPO / "egs2" / "espeak_synth" / "allinone1"
 TINY_DATA = "--num_train 36 --num_dev 6 --num_test 4 --num_test_unseen 3 --seed 0 --nj 2"
 
 
+RUN_OUTPUTS = ("exp", "dump", "data", "downloads")
+"""What a recipe run writes into its folder (the recipes' .gitignore): never copied."""
+
+
 def copy_recipe(src: Path, dst: Path) -> Path:
-    """A private copy (symlinks resolved) so runs do not touch the repository."""
-    shutil.copytree(src, dst, symlinks=False)
+    """A private copy of the recipe's own files (symlinks resolved), so runs do not touch
+    the repository and nothing an earlier run left there (``RUN_OUTPUTS``) comes along."""
+
+    def run_outputs(folder: str, names: list[str]) -> list[str]:
+        return [n for n in names if Path(folder) == src and n in RUN_OUTPUTS]
+
+    shutil.copytree(src, dst, symlinks=False, ignore=run_outputs)
     return dst
+
+
+def test_recipe_copy_leaves_out_what_a_run_made(tmp_path):
+    """A copy made after the main job ran holds none of its outputs, only the recipe."""
+    recipe = copy_recipe(RECIPE, tmp_path / "ran")
+    for name in RUN_OUTPUTS:
+        (recipe / name / "sub").mkdir(parents=True)
+        (recipe / name / "sub" / "file").write_text("a run's output")
+    (recipe / "conf" / "data").mkdir()  # a recipe's own folder of that name is kept
+    copy = copy_recipe(recipe, tmp_path / "copy")
+    assert not [name for name in RUN_OUTPUTS if (copy / name).exists()]
+    assert (copy / "conf" / "data").is_dir()
+    assert sorted(p.name for p in copy.iterdir()) == sorted(
+        p.name for p in recipe.iterdir() if p.name not in RUN_OUTPUTS)
+    assert (copy / "run.sh").read_text() == (RECIPE / "run.sh").read_text()
 
 
 def run(recipe: Path, *args: str, env: dict | None = None, timeout: int = 900,
