@@ -247,3 +247,23 @@ def test_the_pruned_architecture_is_fitted_to_the_target_size():
     if on and len(on) < heads.log_alpha.numel():
         off = [i for i in range(heads.log_alpha.numel()) if i not in on]
         assert min(heads.logits[list(on)]) >= max(heads.logits[off])
+
+
+def test_pruned_paths_distil_only_after_the_start_step():
+    """The pruned paths follow ``distill_start_steps`` like the sampled ones: no KL in
+    their loss before it (it is logged), weight times the KL after it."""
+    plain, batch = _pruning_model(distill_weight=0.0)
+    delayed, _ = _pruning_model(distill_weight=0.5, distill_start_steps=1)
+    delayed.load_state_dict(plain.state_dict())
+    plain.train()
+    delayed.train()
+    sub = "d2-w1-fp-p0.5"
+    for step in range(2):
+        torch.manual_seed(step)  # the same gate samples in both models
+        _, without, _ = plain(**{k: v.clone() for k, v in batch.items()})
+        torch.manual_seed(step)
+        _, stats, _ = delayed(**{k: v.clone() for k, v in batch.items()})
+        assert float(stats[f"kl_{sub}"]) > 0  # logged from the first step
+        weight = 0.0 if step == 0 else 0.5
+        assert float(stats[f"loss_{sub}"]) == pytest.approx(
+            float(without[f"loss_{sub}"]) + weight * float(stats[f"kl_{sub}"]), rel=1e-5)

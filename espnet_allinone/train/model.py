@@ -388,7 +388,8 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
                 self.encoder.pruning.step += 1
                 for sub in self.pruned_paths:
                     loss, pstats = self._pruned_path_loss(
-                        sub, feats, feats_lengths, text, text_lengths, teacher, teacher_layers)
+                        sub, feats, feats_lengths, text, text_lengths, teacher, teacher_layers,
+                        distill_weight)
                     stats.update((f"{key}_{sub}", value) for key, value in pstats.items())
                     total = total + loss
         for key, values in random_stats.items():
@@ -422,9 +423,10 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
 
     def _pruned_path_loss(self, sub: Subsystem, feats: torch.Tensor, feats_lengths: torch.Tensor,
                           text: torch.Tensor, text_lengths: torch.Tensor, teacher: dict | None,
-                          teacher_layers: list[torch.Tensor]):
+                          teacher_layers: list[torch.Tensor], distill_weight: float):
         """One pruned path: the full model through the target's sampled gates, its ASR
-        loss, the Lagrangian towards the (ramped) target size, and the distillations."""
+        loss, the Lagrangian towards the (ramped) target size, and the distillations
+        (the KL at this step's ``distill_weight``: zero before ``distill_start_steps``)."""
         capture = self.layer_distill_weight > 0
         with self.encoder.gated(sub), self._layers(capture) as layers:
             enc, enc_lens = self._encode_features(feats, feats_lengths)
@@ -434,7 +436,7 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
         if self.distill_weight > 0 and teacher is not None:
             kl = self._kl(teacher, logits)
             pstats["kl"] = kl.detach()
-            loss = loss + self.distill_weight * kl
+            loss = loss + distill_weight * kl
         if capture:
             layer_loss = self.layer_distill(list(layers), teacher_layers, enc_lens)
             pstats["layer_distill"] = layer_loss.detach()
