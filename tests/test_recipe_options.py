@@ -79,3 +79,17 @@ def test_resolved_subsystems_are_used_by_every_stage(recipe: Path) -> None:
     text = (RECIPE / "allinone.sh").read_text()
     assert text.count("recipe_util subsystems") == 1
     assert "<<'EOF'" not in text  # no inline Python left in the stage script
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("calibration_utts", "-5", "--calibration_utts must be a whole number >= 0 "
+                               "(0: keep the statistics training left), got '-5'"),
+    ("calibration_utts", "many", "got 'many'"),
+    ("train_threads", "0", "--train_threads must be a whole number >= 1, got '0'"),
+])
+def test_bad_numeric_option_is_named_before_any_stage(recipe: Path, option: str, value: str,
+                                                       message: str) -> None:
+    res = run(recipe, "--train_config", CONFIG, f"--{option}", value, script="./allinone.sh")
+    assert res.returncode != 0
+    assert message in res.stdout
+    assert not (recipe / "exp").exists() and not (recipe / "data").exists()

@@ -9,6 +9,10 @@ writes ``<outdir>/<subsystem>/{config.yaml, model.pth, extract_info.yaml,
 feats_stats.npz, bpe.model}`` for each subsystem and prints bytes on disk
 next to the exact figure and the float full model. Each directory loads with
 ESPnet's ``Speech2Text(asr_train_config=..., asr_model_file=...)``.
+
+With ``--calibration_data dump/raw/train`` each subsystem's BatchNorm statistics
+are re-estimated for it on ``--calibration_utts`` of those utterances before it
+is cut out (the statistics training left are a mixture of every path's).
 """
 
 from __future__ import annotations
@@ -18,6 +22,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from espnet_allinone.export.calibration import (
+    DEFAULT_CALIBRATION_UTTS,
+    CalibrationData,
+    CalibrationError,
+)
 from espnet_allinone.export.extract import ExtractionError, extract_all
 from espnet_allinone.export.model_io import CheckpointMismatchError, LoadError
 from espnet_allinone.subsystem import SubsystemError
@@ -46,6 +55,12 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_verify", action="store_true",
                    help="skip comparing each extracted model with the all-in-one model")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--calibration_data", type=Path, default=None,
+                   help="Kaldi-style data dir (wav.scp) whose utterances re-estimate each "
+                        "subsystem's BatchNorm statistics, e.g. dump/raw/train "
+                        "(default: keep the statistics training left)")
+    p.add_argument("--calibration_utts", type=int, default=DEFAULT_CALIBRATION_UTTS,
+                   help="utterances drawn from --calibration_data (all when it has fewer)")
     return p
 
 
@@ -53,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     subsystems = " ".join(args.subsystems)
     try:
+        calibration = None if args.calibration_data is None else CalibrationData.from_data_dir(
+            args.calibration_data, args.calibration_utts)
         extract_all(
             args.asr_train_config,
             args.asr_model_file,
@@ -62,9 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             overwrite=args.overwrite,
             verify=not args.no_verify,
             progress=not args.no_progress,
+            calibration=calibration,
         )
     except (LoadError, SubsystemError, ExtractionError, CheckpointMismatchError,
-            FileNotFoundError) as e:
+            CalibrationError, FileNotFoundError) as e:
         print(f"extract: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -16,6 +16,10 @@ channels) becomes a stock ``conformer`` (no plugin needed); the others a
 subsystem is written dequantised onto its grid as a stock ``conformer``
 (float-sized on disk, no plugin needed). ``Extractor.extract`` also takes an
 explicit record (a non-uniform architecture) with a directory name.
+
+With calibration data each subsystem's BatchNorm statistics are re-estimated
+for it before it is cut out (``calibration.py``); the all-in-one model it is
+verified against runs with those same statistics, so extraction stays exact.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import yaml
 
 from espnet_allinone.arch import ArchError, SubnetArch
 from espnet_allinone.export import model_io
+from espnet_allinone.export.calibration import CalibrationData, calibrate, kept_statistics
 from espnet_allinone.export.extracted_dir import CONFIG_NAME, INFO_NAME, MODEL_NAME
 from espnet_allinone.export.files import atomic_directory, sha256_file, tensors_digest
 from espnet_allinone.export.slicing import (
@@ -71,8 +76,10 @@ class ExtractResult:
 class Extractor:
     """Holds the loaded all-in-one model; extracts one subsystem at a time."""
 
-    def __init__(self, asr_train_config: str | Path, asr_model_file: str | Path):
+    def __init__(self, asr_train_config: str | Path, asr_model_file: str | Path,
+                 calibration: CalibrationData | None = None):
         self.config_path = Path(asr_train_config)
+        self.calibration = calibration
         self.model_path = Path(asr_model_file)
         self.model, self.config = model_io.load_asr_model(self.config_path, self.model_path)
         self.encoder = self.model.encoder
@@ -102,6 +109,8 @@ class Extractor:
             "source": dict(self.source),
             "options": {"plugin_free": bool(plugin_free)},
         }
+        if self.calibration is not None:
+            out["calibration"] = self.calibration.describe()
         if arch is not None:
             out["architecture"] = _arch_record(arch)
         return out
@@ -135,6 +144,15 @@ class Extractor:
         final = Path(outdir).absolute() / name
         fingerprint = self.fingerprint(name, explicit, plugin_free)
         _check_existing(final, fingerprint, overwrite)
+        with kept_statistics(self.encoder):
+            if self.calibration is not None:
+                with self.encoder.use_arch(arch):
+                    calibrate(self.model, self.calibration)
+            return self._write(arch, name, final, fingerprint, plugin_free, verify)
+
+    def _write(self, arch: SubnetArch, name: str, final: Path,
+               fingerprint: dict, plugin_free: bool, verify: bool) -> ExtractResult:
+        """Cut ``arch`` out with the model's current statistics, check it, write ``final``."""
         sliced = slice_encoder(self.encoder, arch)
         try:  # the family's own choice: a stock encoder where shapes allow, else packed
             encoder_name, conf, stock, unroll = self.encoder.extracted_encoder(
@@ -365,12 +383,14 @@ def extract_all(
     overwrite: bool = False,
     verify: bool = True,
     progress: bool = True,
+    calibration: CalibrationData | None = None,
     log: Callable[[str], None] = print,
 ) -> list[ExtractResult]:
-    """Extract every listed subsystem (``"all"``: the whole space) with a progress bar."""
+    """Extract every listed subsystem (``"all"``: the whole space) with a progress bar,
+    each with statistics calibrated for it when ``calibration`` is given."""
     from tqdm import tqdm
 
-    extractor = Extractor(asr_train_config, asr_model_file)
+    extractor = Extractor(asr_train_config, asr_model_file, calibration)
     subs = extractor.resolve(subsystems)
     results = []
     bar = tqdm(subs, desc="extract", unit="subsystem", disable=not progress or len(subs) < 2)

@@ -75,6 +75,7 @@ option inference_asr_model auto "checkpoint in asr_exp to extract from; auto: va
 option inference_tag decode "decoding results go to <asr_exp>/<inference_tag>/<subsystem>/<set>"
 option subsystems all "subsystems to extract/decode/report: all, or \"d6-w0.5-int4 d12-w1-fp\""
 option extract_args "" "extra arguments for espnet_allinone.bin.extract"
+option calibration_utts 200 "training utterances that re-estimate each subsystem's BatchNorm statistics at extraction (0: keep training's)"
 option rtf_utts 10 "utterances timed for the real-time factor (0: none)"
 option report_title "" "title of RESULTS.md (default: the experiment's name)"
 option pack_args "" "extra arguments for espnet_allinone.bin.pack"
@@ -111,6 +112,7 @@ for flag in skip_data_prep skip_train skip_extract skip_eval skip_baselines skip
     case "${!flag}" in true|false) ;; *) fail "--${flag} must be true or false, got '${!flag}'" ;; esac
 done
 case "${train_threads}" in ''|*[!0-9]*|0) fail "--train_threads must be a whole number >= 1, got '${train_threads}'" ;; esac
+case "${calibration_utts}" in ''|*[!0-9]*) fail "--calibration_utts must be a whole number >= 0 (0: keep the statistics training left), got '${calibration_utts}'" ;; esac
 case "${token_type}" in bpe|char) ;; *) fail "--token_type must be bpe or char, got '${token_type}'" ;; esac
 [ -n "${train_config}" ] || fail "--train_config is required (a YAML with model: allinone)"
 [ -f "${train_config}" ] || fail "--train_config ${train_config} does not exist"
@@ -324,14 +326,19 @@ pick_model() {
 
 # extract_from TRAIN_DIR OUTDIR SUBSYSTEMS: SUBSYSTEMS is (part of) the list resolved at the start.
 extract_from() {
-    local train_dir="$1" outdir="$2" subs="$3" model
+    local train_dir="$1" outdir="$2" subs="$3" model calibration=()
     require "${train_dir}/config.yaml" 11
     model=$(pick_model "${train_dir}")
+    if [ "${calibration_utts}" -gt 0 ]; then
+        require "${data_feats}/${train_set}/wav.scp" 3
+        calibration=(--calibration_data "${data_feats}/${train_set}"
+                     --calibration_utts "${calibration_utts}")
+    fi
     echo "extracting from ${model}: ${subs}"
     # shellcheck disable=SC2086
     "${python}" -m espnet_allinone.bin.extract --asr_train_config "${train_dir}/config.yaml" \
         --asr_model_file "${model}" --subsystems ${subs} \
-        --outdir "${outdir}" --overwrite ${extract_args}
+        --outdir "${outdir}" --overwrite "${calibration[@]}" ${extract_args}
 }
 
 stage_extract() { extract_from "${asr_exp}" "${asr_exp}/extracted" "${subsystem_list}"; }
