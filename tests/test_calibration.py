@@ -24,7 +24,10 @@ from espnet_allinone.export.calibration import (
     kept_statistics,
 )
 from espnet_allinone.export.extract import Extractor, probe_input
-from espnet_allinone.testing.toy_experiment import DEFAULT_ENCODER_CONF, write_toy_experiment
+from espnet_allinone.testing.toy_experiment import (
+    DEFAULT_ENCODER_CONF,
+    write_toy_experiment,
+)
 
 NUM_UTTS = 5
 
@@ -157,8 +160,8 @@ def test_the_draw_is_fixed_and_a_larger_count_uses_every_utterance(data_dir):
     assert CalibrationData.from_data_dir(data_dir, 3) == CalibrationData.from_data_dir(data_dir, 3)
     everything = CalibrationData.from_data_dir(data_dir, 50, log=said.append)
     assert everything.utterances == tuple(f"utt{i}" for i in range(NUM_UTTS))
-    assert said == [f"calibration: 50 utterances asked for, {data_dir} has {NUM_UTTS}: "
-                    f"using all {NUM_UTTS}"]
+    assert said == [(f"calibration: 50 utterances asked for, {data_dir} has {NUM_UTTS}: "
+                    f"using all {NUM_UTTS}")]
 
 
 @pytest.mark.parametrize("count", [0, -3])

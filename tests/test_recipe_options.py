@@ -82,8 +82,8 @@ def test_resolved_subsystems_are_used_by_every_stage(recipe: Path) -> None:
 
 
 @pytest.mark.parametrize(("option", "value", "message"), [
-    ("calibration_utts", "-5", "--calibration_utts must be a whole number >= 0 "
-                               "(0: keep the statistics training left), got '-5'"),
+    ("calibration_utts", "-5", ("--calibration_utts must be a whole number >= 0 "
+                               "(0: keep the statistics training left), got '-5'")),
     ("calibration_utts", "many", "got 'many'"),
     ("train_threads", "0", "--train_threads must be a whole number >= 1, got '0'"),
 ])

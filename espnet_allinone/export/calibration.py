@@ -75,7 +75,8 @@ class CalibrationData:
 
     def speech(self) -> Iterator[np.ndarray]:
         """Each chosen utterance's waveform (float32), as ESPnet's dataset gives it to training."""
-        from espnet2.train.dataset import ESPnetDataset  # ESPnet's import is slow: at use
+        # ESPnet's dataset module is slow to import: only when calibration runs.
+        from espnet2.train.dataset import ESPnetDataset
 
         dataset = ESPnetDataset([(str(self.data_dir / "wav.scp"), "speech", "sound")],
                                 keys_to_load={"speech"})

@@ -33,7 +33,11 @@ import yaml
 
 from espnet_allinone.arch import ArchError, SubnetArch
 from espnet_allinone.export import model_io
-from espnet_allinone.export.calibration import CalibrationData, calibrate, kept_statistics
+from espnet_allinone.export.calibration import (
+    CalibrationData,
+    calibrate,
+    kept_statistics,
+)
 from espnet_allinone.export.extracted_dir import CONFIG_NAME, INFO_NAME, MODEL_NAME
 from espnet_allinone.export.files import atomic_directory, sha256_file, tensors_digest
 from espnet_allinone.export.slicing import (
