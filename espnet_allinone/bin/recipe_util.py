@@ -12,16 +12,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import io
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from espnet_allinone.export.model_io import LoadError, load_config, load_yaml
+from espnet_allinone.registry import ENTRIES
 from espnet_allinone.subsystem import SearchSpace, Subsystem, SubsystemError
+
+if TYPE_CHECKING:
+    from espnet_allinone.encoders.protocol import RecipeEncoder
 
 FINGERPRINT = "recipe_config.json"
 
@@ -35,19 +41,70 @@ def read_config(path: Path) -> dict:
     return load_config(path)
 
 
-def space_of(config: dict) -> SearchSpace:
-    """The search space an (all-in-one) training config's encoder_conf defines."""
+def _registered_encoders() -> dict[str, str]:
+    """``encoder:`` name -> "module:Class" of every encoder this package registers."""
+    return {key: target for table, key, target in ENTRIES if table == "encoder_choices"}
+
+
+def _import_class(target: str) -> type:
+    module, _, name = target.partition(":")
     # ESPnet prints a flash-attention notice on stdout when imported; the stage
     # script reads this command's stdout, so keep it clean.
     with contextlib.redirect_stdout(io.StringIO()):
-        from espnet_allinone.encoders.elastic_conformer import ElasticConformerEncoder
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as e:
+            raise RecipeError(f"cannot import {target} ({type(e).__name__}: {e})") from None
 
-    return ElasticConformerEncoder.search_space(config.get("encoder_conf") or {})
+
+def _is_elastic(cls: type) -> bool:
+    # imported here: the protocol module imports torch, which guard and
+    # baselines_summary (called by every stage script run) do not need
+    from espnet_allinone.encoders.protocol import RecipeEncoder, protocol_violations
+
+    return not protocol_violations(cls, RecipeEncoder)
+
+
+def elastic_encoder_names() -> list[str]:
+    """The registered ``encoder:`` names whose class is elastic (keeps RecipeEncoder)."""
+    return [name for name, target in _registered_encoders().items()
+            if _is_elastic(_import_class(target))]
+
+
+def encoder_class(config: dict) -> type[RecipeEncoder]:
+    """The elastic encoder class registered under the config's ``encoder:`` name.
+
+    The names are registry.ENTRIES' (what ``register()`` adds to ESPnet's
+    ``encoder_choices``), read without importing ``espnet2.tasks.asr`` (~19 s);
+    an elastic class keeps the RecipeEncoder protocol (``search_space``,
+    ``alone_conf``). Anything else is a RecipeError naming the valid names.
+    """
+    name = config.get("encoder")
+    target = _registered_encoders().get(name) if isinstance(name, str) else None
+    cls = _import_class(target) if target else None
+    if cls is None or not _is_elastic(cls):
+        what = ("the config names no encoder" if name is None
+                else f"encoder: {name} is not an elastic encoder of this package" if cls is None
+                else f"encoder: {name} is not an elastic encoder (no search space: an "
+                     "extracted model's encoder)")
+        raise RecipeError(f"{what}; an all-in-one training config names one of "
+                          f"{', '.join(elastic_encoder_names())}")
+    return cls
+
+
+def space_of(config: dict) -> SearchSpace:
+    """The search space an (all-in-one) training config's encoder_conf defines, as the
+    encoder class its ``encoder:`` names builds it."""
+    return encoder_class(config).search_space(config.get("encoder_conf") or {})
 
 
 def resolve_subsystems(config_path: Path, subsystems: str) -> list[str]:
     """Canonical strings of ``subsystems`` ("all" or a list) in the config's space."""
-    space = space_of(read_config(config_path))
+    config = read_config(config_path)
+    try:
+        space = space_of(config)
+    except (RecipeError, SubsystemError) as e:
+        raise RecipeError(f"{config_path}: {e}") from None
     try:
         return [str(s) for s in space.resolve(subsystems)]
     except SubsystemError as e:
@@ -88,15 +145,13 @@ def _diff(a: object, b: object, path: str = "") -> list[str]:
     return [] if a == b else [f"{path}: {a!r} then, {b!r} now"]
 
 
-UNFOLDING_KEYS = ("seed_blocks", "unfold", "position_stats")
-
-
 def baseline_config(config_path: Path, subsystem: str, out: Path) -> None:
     """The same config training only ``subsystem`` (explicit sampling, one path).
 
-    For an unfolded model (``seed_blocks``) the twin trained alone is what the
-    unfolding paper compares with: an ordinary stacked Conformer of the
-    subsystem's logical depth (its own blocks, not a seed run again).
+    The encoder class gives the twin's ``encoder_conf`` (``alone_conf``): for an
+    unfolded model (``seed_blocks``) the twin trained alone is what the unfolding
+    paper compares with, an ordinary stacked model of the subsystem's logical
+    depth (its own blocks, not a seed run again).
     """
     config = read_config(config_path)
     sub = resolve_subsystems(config_path, subsystem)
@@ -105,12 +160,8 @@ def baseline_config(config_path: Path, subsystem: str, out: Path) -> None:
     if config.get("model") != "allinone":
         raise RecipeError(f"{config_path} has model: {config.get('model')!r}; the baselines "
                           "stage needs an all-in-one config (model: allinone)")
-    enc = dict(config.get("encoder_conf") or {})
-    if enc.get("seed_blocks"):
-        depth = Subsystem.parse(sub[0]).depth
-        enc = {k: v for k, v in enc.items() if k not in UNFOLDING_KEYS}
-        enc.update(num_blocks=depth, depths=[depth])
-        config["encoder_conf"] = enc
+    config["encoder_conf"] = encoder_class(config).alone_conf(
+        config.get("encoder_conf") or {}, Subsystem.parse(sub[0]))
     mc = dict(config.get("model_conf") or {})
     mc.update(sampling="explicit", subsystems=sub, valid_subsystems=sub)
     if "distill_weight" in mc:

@@ -124,6 +124,10 @@ _ATTENTION = {
 }
 
 
+UNFOLDING_KEYS = ("seed_blocks", "unfold", "position_stats")
+"""The ``encoder_conf`` keys of unfolding (a stacked twin has none of them)."""
+
+
 def _check_unfolding(space: SearchSpace, seed_blocks: int | None, rule: str) -> None:
     """A seed that can make every listed depth, or a clear error naming the valid ones."""
     if seed_blocks is None:
@@ -238,6 +242,18 @@ class ElasticConformerEncoder(RejectUnknownOptions, SubsystemSwitching, Conforme
         conf = {**stock_defaults(ConformerEncoder), **{
             k: v for k, v in encoder_conf.items() if v is not None}}
         return SearchSpace.from_encoder_conf(conf)
+
+    @classmethod
+    def alone_conf(cls, encoder_conf: Mapping[str, Any], sub: Subsystem) -> dict[str, Any]:
+        """The ``encoder_conf`` of ``sub``'s twin trained alone: this one (training then
+        samples ``sub`` only), or for an unfolded encoder (``seed_blocks``) what the
+        unfolding paper compares with, an ordinary stacked Conformer of the subsystem's
+        logical depth (its own blocks, not a seed run again)."""
+        conf = dict(encoder_conf)
+        if conf.get("seed_blocks"):
+            conf = {k: v for k, v in conf.items() if k not in UNFOLDING_KEYS}
+            conf.update(num_blocks=sub.depth, depths=[sub.depth])
+        return conf
 
     # --- construction -----------------------------------------------------
     def _make_elastic(self) -> None:

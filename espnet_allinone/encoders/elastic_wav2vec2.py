@@ -57,6 +57,7 @@ from espnet_allinone.encoders.switching import SubsystemSwitching
 from espnet_allinone.encoders.wav2vec2_family import (
     ARCH_DEFAULTS,
     POS_CONV,
+    UNFOLDING_KEYS,
     WAV2VEC2,
     ElasticSelfAttention,
     Wav2Vec2EncoderBase,
@@ -103,9 +104,8 @@ class ElasticWav2Vec2Encoder(RejectUnknownOptions, SubsystemSwitching, Wav2Vec2E
             raise ValueError(f"elastic_wav2vec2 reads raw waveforms: input_size must be 1 "
                              f"(frontend: null), got {input_size}")
         try:
-            space = SearchSpace.from_encoder_conf(
-                {**space_conf(conf), "depths": depths, "widths": widths,
-                 "precisions": precisions})
+            space = self.search_space({**conf, "depths": depths, "widths": widths,
+                                       "precisions": precisions})
         except SubsystemError as err:
             raise ValueError(f"elastic_wav2vec2 search space: {err}") from None
         _check_seed(space, seed_blocks, unfold)
@@ -149,8 +149,26 @@ class ElasticWav2Vec2Encoder(RejectUnknownOptions, SubsystemSwitching, Wav2Vec2E
 
     @classmethod
     def search_space(cls, encoder_conf: Mapping[str, Any]) -> SearchSpace:
-        """The space an ``encoder_conf`` defines (torchaudio defaults filled in)."""
+        """The space an ``encoder_conf`` defines: its own architecture keys
+        (``encoder_num_layers``, ``encoder_num_heads``, ``encoder_ff_interm_features``,
+        ``encoder_embed_dim``; torchaudio's wav2vec2-base defaults for those it omits,
+        as the encoder builds) and ``depths``, ``widths``, ``precisions``. A checkpoint
+        (``pretrained_path``) is not read: it must match these keys (the encoder
+        refuses one that does not; ``python -m espnet_allinone.foundation.conf``
+        writes them from it)."""
         return SearchSpace.from_encoder_conf(space_conf(encoder_conf))
+
+    @classmethod
+    def alone_conf(cls, encoder_conf: Mapping[str, Any], sub: Subsystem) -> dict[str, Any]:
+        """The ``encoder_conf`` of ``sub``'s twin trained alone: this one (training then
+        samples ``sub`` only), or for an unfolded encoder (``seed_blocks``) an ordinary
+        stacked model whose first ``sub.depth`` layers run (the architecture keys stay,
+        so the same checkpoint loads)."""
+        conf = dict(encoder_conf)
+        if conf.get("seed_blocks"):
+            conf = {k: v for k, v in conf.items() if k not in UNFOLDING_KEYS}
+            conf["depths"] = [sub.depth]
+        return conf
 
     # --- weights ------------------------------------------------------------------------
     def _read_pretrained(self, path: str) -> dict[str, torch.Tensor]:

@@ -1,10 +1,15 @@
 """What an elastic encoder promises the rest of the package.
 
 :class:`ElasticEncoder` is what training (``model: allinone``) needs: a search
-space and switching between its subsystems. :class:`ExtractableEncoder` adds
+space and switching between its subsystems. :class:`RecipeEncoder` is what the
+recipe tools (``bin/recipe_util``) ask the class registered under a YAML's
+``encoder:`` name before any encoder is built: the space its ``encoder_conf``
+defines and the conf of a subsystem's twin trained alone; an encoder name
+whose class keeps it is an elastic encoder. :class:`ExtractableEncoder` adds
 what extraction and size accounting need: the family spec, architecture
-records and exact sizes. Test fakes are checked against these with
-:func:`protocol_violations`, so a fake cannot drift from the real encoder.
+records and exact sizes (every family implements both). Test fakes are
+checked against these with :func:`protocol_violations`, so a fake cannot
+drift from the real encoder.
 """
 
 from __future__ import annotations
@@ -34,7 +39,22 @@ class ElasticEncoder(Protocol):
     def output_size(self) -> int: ...
 
 
-class ExtractableEncoder(ElasticEncoder, Protocol):
+class RecipeEncoder(Protocol):
+    """An elastic encoder class asked from a training YAML alone (no model is built)."""
+
+    @classmethod
+    def search_space(cls, encoder_conf: Mapping[str, Any]) -> SearchSpace:
+        """The space ``encoder_conf`` defines (the encoder's defaults filled in), exactly
+        the one an encoder built from it holds; SubsystemError when it defines none."""
+        ...
+
+    @classmethod
+    def alone_conf(cls, encoder_conf: Mapping[str, Any], sub: Subsystem) -> dict[str, Any]:
+        """The ``encoder_conf`` of ``sub``'s twin trained alone (the baselines stage)."""
+        ...
+
+
+class ExtractableEncoder(ElasticEncoder, RecipeEncoder, Protocol):
     """An elastic encoder whose subsystems resolve to architecture records."""
 
     family: FamilySpec
@@ -72,9 +92,15 @@ def protocol_violations(cls: type, protocol: type) -> list[str]:
             continue
         if isinstance(want, property) != isinstance(have, property):
             problems.append(f"{cls.__name__}.{name}: property mismatch")
+        elif _is_classmethod(protocol, name) != _is_classmethod(cls, name):
+            problems.append(f"{cls.__name__}.{name}: classmethod mismatch")
         elif callable(want) and not isinstance(want, property):
             w = list(inspect.signature(want).parameters)
             h = list(inspect.signature(have).parameters)
             if w != h:
                 problems.append(f"{cls.__name__}.{name}{h} != protocol {w}")
     return problems
+
+
+def _is_classmethod(cls: type, name: str) -> bool:
+    return isinstance(inspect.getattr_static(cls, name), classmethod)

@@ -70,6 +70,9 @@ ARCH_DEFAULTS: dict[str, Any] = {
 """torchaudio ``wav2vec2_model`` keywords (wav2vec2-base / HuBERT-base values; layer
 drop off for fine-tuning). The same names as ESPnet's ``torchaudiohubert``."""
 
+UNFOLDING_KEYS = ("seed_blocks", "unfold")
+"""The ``encoder_conf`` keys of unfolding (a stacked twin has none of them)."""
+
 STRUCTURAL_KEYS = ("extractor_mode", "extractor_conv_layer_config", "extractor_conv_bias",
                    "encoder_embed_dim", "encoder_pos_conv_kernel", "encoder_pos_conv_groups",
                    "encoder_num_layers", "encoder_num_heads", "encoder_ff_interm_features",
