@@ -24,6 +24,7 @@ from espnet_allinone.elastic.layers import (
     ElasticWeightMixin,
     convert_weight_layer,
 )
+from espnet_allinone.elastic.depth_norm import DepthLayerNorm
 from espnet_allinone.elastic.norm import ElasticBatchNorm1d
 from espnet_allinone.elastic.size import UNCOUNTED_CHILDREN
 from espnet_allinone.quant.packed_format import QuantizedLayer, to_state
@@ -62,6 +63,7 @@ class FamilySpec:
     conv: ConvRole | None
     whole_linears: tuple[str, ...] = ()
     front: tuple[str, ...] = ("embed",)  # paths whose weight layers make the front
+    output_norm: str | None = None  # the encoder's norm after its last block, if any
 
     def __post_init__(self) -> None:
         if isinstance(self.front, str):  # a bare string would be read letter by letter
@@ -206,6 +208,10 @@ def apply_block(block: nn.Module, spec: FamilySpec, arch: BlockArch) -> None:
 
 
 # --- export --------------------------------------------------------------------------
+TWINNED = (ElasticWeightMixin, ElasticBatchNorm1d, DepthLayerNorm)
+"""Modules that hand over their active tensors as a static twin (``static_twin``)."""
+
+
 def _skipped(name: str) -> bool:
     return name.rsplit(".", 1)[-1] in UNCOUNTED_CHILDREN
 
@@ -217,7 +223,7 @@ def export_module(module: nn.Module) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for name, child in _walk(module):
         prefix = f"{name}." if name else ""
-        if isinstance(child, ElasticWeightMixin | ElasticBatchNorm1d):
+        if isinstance(child, TWINNED):
             twin = child.static_twin()
             if isinstance(twin, QuantizedLayer):
                 state.update(to_state(twin.weight, prefix + "weight"))
@@ -240,7 +246,7 @@ def _walk(module: nn.Module, name: str = "") -> Iterator[tuple[str, nn.Module]]:
     """Modules of a tree, not descending into elastic layers, quantisers or modules
     switched off by pruning."""
     yield name, module
-    if isinstance(module, ElasticWeightMixin | ElasticBatchNorm1d):
+    if isinstance(module, TWINNED):
         return
     for child_name, child in module.named_children():
         if not _skipped(child_name) and not is_removed(child):

@@ -24,6 +24,7 @@ CONFORMER = FamilySpec(
     conv=ConvRole("conv_module", "pointwise_conv1", "depthwise_conv", "norm", "pointwise_conv2"),
     whole_linears=("concat_linear",),
     front=("embed",),
+    output_norm="after_norm",
 )
 
 

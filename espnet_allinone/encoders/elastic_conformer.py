@@ -182,8 +182,9 @@ class ElasticConformerEncoder(RejectUnknownOptions, SubsystemSwitching, Conforme
     (fractions of FFN units / heads, default 1), ``precisions`` (int2, int4,
     int8, fp; default fp), ``elastic_conv`` (width also narrows the conv
     module), ``quant_conf`` (QuantConfig options), ``part_precisions`` (bits
-    of the front and output layers in quantised subsystems). See the module
-    docstring for what is quantised and what stays float.
+    of the front and output layers in quantised subsystems), ``depth_norms`` (the
+    final norm keeps its own weights per depth, ``elastic/depth_norm.py``). See the
+    module docstring for what is quantised and what stays float.
     """
 
     family = CONFORMER
@@ -203,6 +204,7 @@ class ElasticConformerEncoder(RejectUnknownOptions, SubsystemSwitching, Conforme
         position_stats: bool = True,
         prune_targets: list[float] | None = None,
         prune_conf: dict | None = None,
+        depth_norms: bool = False,
         **stock_options: Any,
     ):
         space = self.search_space({**stock_options, "depths": depths, "widths": widths,
@@ -225,6 +227,8 @@ class ElasticConformerEncoder(RejectUnknownOptions, SubsystemSwitching, Conforme
         self.unfold = unfold
         self.positions = space.num_blocks // seed_blocks if seed_blocks and position_stats else 1
         self._make_elastic()
+        if depth_norms:
+            self.make_depth_norm()
         self._register_load_state_dict_pre_hook(_check_block_count, with_module=True)
         self._archs: dict[Subsystem, SubnetArch] = {}
         self._active: Subsystem = space.largest

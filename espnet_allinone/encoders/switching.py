@@ -17,6 +17,7 @@ from torch import nn
 
 from espnet_allinone.arch import ArchError, SubnetArch
 from espnet_allinone.elastic import SizeReport, active_size, convert_weight_layer
+from espnet_allinone.elastic.depth_norm import DepthLayerNorm
 from espnet_allinone.elastic.family import apply_block
 from espnet_allinone.elastic.layers import ElasticWeightMixin
 from espnet_allinone.precision import FLOAT_BITS
@@ -25,6 +26,19 @@ from espnet_allinone.subsystem import Subsystem
 
 class SubsystemSwitching:
     """Apply architecture records, switch subsystems, count exact sizes."""
+
+    @property
+    def depth_norm(self) -> DepthLayerNorm | None:
+        """The final norm when it keeps weights per depth (``depth_norms: true``)."""
+        norm = self._output_norm()
+        return norm if isinstance(norm, DepthLayerNorm) else None
+
+    def _output_norm(self) -> nn.Module | None:
+        path = self.family.output_norm
+        try:
+            return None if path is None else self.get_submodule(path)
+        except AttributeError:  # e.g. a post-norm Conformer (normalize_before: false)
+            return None
 
     def apply_arch(self, arch: SubnetArch) -> None:
         """Run ``arch`` (any record that fits the model, uniform or not)."""
@@ -38,6 +52,11 @@ class SubsystemSwitching:
             layer.set_active(bits=arch.front_bits)
         for layer in self.output_layers.values():
             layer.set_active(bits=arch.output_bits)
+        if self.depth_norm is not None:
+            try:
+                self.depth_norm.set_depth(arch.depth)
+            except ValueError as err:
+                raise ArchError(str(err)) from None
         self.block_stack.set_schedule(arch.schedule)
         self._active_arch = arch
 
@@ -58,6 +77,15 @@ class SubsystemSwitching:
                     module.enable_quantization(bits, self.quant_config)
                 except ValueError as err:
                     raise ValueError(f"encoder layer {name}: {err}") from None
+
+    def make_depth_norm(self) -> None:
+        """Give the family's final norm its own weights per depth of the space."""
+        norm = self._output_norm()
+        if norm is None:
+            raise ValueError(f"depth_norms: true needs a final norm after the blocks; this "
+                             f"{self.family.name} encoder has none (Conformer: "
+                             "normalize_before: true)")
+        DepthLayerNorm.convert(norm, self.space.depths)
 
     def check_part_bits(self, arch: SubnetArch) -> None:
         """A quantised front needs quantisable front layers (``part_precisions.front``)."""
