@@ -14,7 +14,10 @@ import torch
 from espnet_allinone.elastic.depth_norm import DepthLayerNorm
 from espnet_allinone.encoders.elastic_conformer import ElasticConformerEncoder
 from espnet_allinone.export.extract import Extractor, probe_input
-from espnet_allinone.testing.toy_experiment import DEFAULT_ENCODER_CONF, write_toy_experiment
+from espnet_allinone.testing.toy_experiment import (
+    DEFAULT_ENCODER_CONF,
+    write_toy_experiment,
+)
 
 CONF = dict(DEFAULT_ENCODER_CONF, precisions=["int4", "fp"], depth_norms=True)
 

@@ -19,12 +19,12 @@ import torch
 from torch import nn
 
 from espnet_allinone.arch import BlockArch, BlockLimits
+from espnet_allinone.elastic.depth_norm import DepthLayerNorm
 from espnet_allinone.elastic.layers import (
     ElasticConv1d,
     ElasticWeightMixin,
     convert_weight_layer,
 )
-from espnet_allinone.elastic.depth_norm import DepthLayerNorm
 from espnet_allinone.elastic.norm import ElasticBatchNorm1d
 from espnet_allinone.elastic.size import UNCOUNTED_CHILDREN
 from espnet_allinone.quant.packed_format import QuantizedLayer, to_state
