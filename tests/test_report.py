@@ -286,7 +286,13 @@ def test_report_marks_significance_and_names_missing_baselines(tmp_path, capsys)
     assert rows["d2-w1-fp"]["other_wer"] == {"test_unseen": 20.0}
     md = (exp / "RESULTS.md").read_text()
     assert "no baseline for d2-w0.5-int2: no baselines/d2-w0.5-int2/train_seconds" in md
-    assert "| d2-w0.5-int2 * | 40.00 | worse (p=<0.001) | 20.00 |" in md
+    # against the float full model trained alone (its twin's hypotheses are `good`)
+    assert rows["d2-w0.5-int2"]["vs_float_alone"]["mapsswe"]["better"] == "a"
+    assert rows["d2-w1-int4"]["vs_float_alone"]["mapsswe"]["better"] is None
+    assert rows["d2-w1-fp"]["vs_float_alone"] == rows["d2-w1-fp"]["vs_alone"]
+    assert "| d2-w0.5-int2 * | 40.00 | worse (p=<0.001) | worse (p=<0.001) | 20.00 |" in md
+    assert "not significantly worse than d2-w1-fp trained alone (WER 8.40%) (MAPSSWE, " \
+           f"p < 0.05): {rows['d2-w1-int4']['compression']:.2f}x (d2-w1-int4" in md
     assert "test_unseen WER %" in md and "ratio 2.00x" in md
     assert "not significantly worse than the float full model d2-w1-fp (MAPSSWE, p < 0.05): " \
            f"{rows['d2-w1-int4']['compression']:.2f}x (d2-w1-int4" in md

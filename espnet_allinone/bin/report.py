@@ -154,6 +154,7 @@ def add_significance(rows: list[Row], args: argparse.Namespace, notes: list[str]
     work = (args.outdir or args.asr_exp) / "significance"
     base = json.loads(args.baselines.read_text()) if args.baselines and \
         args.baselines.is_file() else {}
+    float_alone = (base.get(str(reference)) or {}).get("hyp_trn")
     for r in rows:
         mine = trn[r.subsystem]
         if reference in subs and r.subsystem != str(reference):
@@ -166,6 +167,11 @@ def add_significance(rows: list[Row], args: argparse.Namespace, notes: list[str]
             r.vs_alone = {k: v.to_dict() for k, v in compare(
                 mine / "ref.trn", Path(alone), mine / "hyp.trn",
                 work / f"{r.subsystem}_vs_alone").items()}
+        if float_alone and Path(float_alone).is_file():
+            r.vs_float_alone = r.vs_alone if r.subsystem == str(reference) else {
+                k: v.to_dict() for k, v in compare(
+                    mine / "ref.trn", Path(float_alone), mine / "hyp.trn",
+                    work / f"{r.subsystem}_vs_float_alone").items()}
     return f"the float full model {reference}"
 
 

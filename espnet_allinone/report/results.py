@@ -42,6 +42,7 @@ class Row:
     other_wer: dict[str, float] = field(default_factory=dict)  # further test sets
     vs_float: dict | None = None       # significance against the float full model
     vs_alone: dict | None = None       # significance against the twin trained alone
+    vs_float_alone: dict | None = None  # against the float full model trained alone
 
     @property
     def alone_ratio(self) -> float | None:
@@ -76,17 +77,28 @@ def summary_notes(rows: list[Row], reference: str) -> list[str]:
         notes.append(f"all-in-one WER / alone WER: median {statistics.median(ratios):.3f}, "
                      f"worst {worst.alone_ratio:.3f} ({worst.subsystem}), over {len(ratios)} "
                      "subsystems")
-    tested = [r for r in rows if r.vs_float]
-    lossless = [r for r in tested if r.vs_float["mapsswe"]["better"] != "a"]
-    if tested:
-        if lossless:
-            best = max(lossless, key=lambda r: r.compression)
-            notes.append(f"largest compression whose WER is not significantly worse than "
-                         f"{reference} (MAPSSWE, p < 0.05): {best.compression:.2f}x "
-                         f"({best.subsystem}, WER {best.wer:.2f}%)")
-        else:
-            notes.append(f"every compressed subsystem is significantly worse than {reference}")
+    notes += _lossless(rows, "vs_float", reference)
+    full = str(float_reference(r.subsystem for r in rows))
+    twin = next((r.baseline_wer for r in rows if r.subsystem == full), None)
+    label = f"{full} trained alone" + ("" if twin is None else f" (WER {twin:.2f}%)")
+    notes += _lossless(rows, "vs_float_alone", label)
     return notes
+
+
+def _lossless(rows: list[Row], test: str, reference: str) -> list[str]:
+    """The largest compression whose WER is not significantly worse than ``reference``
+    (the rows' ``test`` verdicts), as one note; none when nothing was tested."""
+    tested = [r for r in rows if getattr(r, test)]
+    lossless = [r for r in tested if getattr(r, test)["mapsswe"]["better"] != "a"
+                and r.compression > 1.0]
+    if not tested:
+        return []
+    if not lossless:
+        return [f"every compressed subsystem is significantly worse than {reference}"]
+    best = max(lossless, key=lambda r: r.compression)
+    return [(f"largest compression whose WER is not significantly worse than {reference} "
+            f"(MAPSSWE, p < 0.05): {best.compression:.2f}x ({best.subsystem}, "
+            f"WER {best.wer:.2f}%)")]
 
 
 def read_scores(decode_dir: Path, sub: str, test_set: str) -> dict:
@@ -156,9 +168,11 @@ def to_markdown(rows: list[Row], title: str, notes: list[str]) -> str:
     front = {r.subsystem for r in pareto_front(rows)}
     has_base = any(r.baseline_wer is not None for r in rows)
     has_float_test = any(r.vs_float for r in rows)
+    has_float_alone = any(r.vs_float_alone for r in rows)
     others = list(dict.fromkeys(t for r in rows for t in r.other_wer))
     head = ["subsystem", "WER %"]
     head += ["vs float"] if has_float_test else []
+    head += ["vs float alone"] if has_float_alone else []
     head += [f"{t} WER %" for t in others]
     head += ["CER %", "params", "bytes", "exact bytes", "compression", "RTF"]
     if has_base:
@@ -168,6 +182,7 @@ def to_markdown(rows: list[Row], title: str, notes: list[str]) -> str:
     for r in rows:
         cells = [f"{r.subsystem}{' *' if r.subsystem in front else ''}", _fmt(r.wer, ".2f")]
         cells += [verdict(r.vs_float)] if has_float_test else []
+        cells += [verdict(r.vs_float_alone)] if has_float_alone else []
         cells += [_fmt(r.other_wer.get(t), ".2f") for t in others]
         cells += [_fmt(r.cer, ".2f"), f"{r.params:,}", f"{r.bytes:,}",
                   "-" if r.exact_bytes is None else f"{r.exact_bytes:,}",
@@ -178,9 +193,10 @@ def to_markdown(rows: list[Row], title: str, notes: list[str]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "`*` on the Pareto front of WER against bytes on disk."]
     if has_float_test or has_base:
-        lines += [("`vs float` / `vs alone`: SCTK sc_stats matched-pair sentence-segment word "
-                  "error test (MAPSSWE), two-tailed: `worse`/`better` = significant at "
-                  "p < 0.05 (this subsystem against the float full model / its twin trained "
+        lines += [("`vs float` / `vs float alone` / `vs alone`: SCTK sc_stats matched-pair "
+                  "sentence-segment word error test (MAPSSWE), two-tailed: `worse`/`better` "
+                  "= significant at p < 0.05 (this subsystem against the all-in-one float "
+                  "full model / the float full model trained alone / its own twin trained "
                   "alone), `n.s.` = not significant; the sign test's verdicts are in "
                   "results.json.")]
     lines += [""] + [f"- {n}" for n in notes]
