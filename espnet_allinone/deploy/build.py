@@ -145,6 +145,7 @@ def _export_source(model: Path, tmp: Path, variants: Sequence[str], kernels: str
         return meta
     from espnet2.main_funcs.pack_funcs import unpack
 
+    _check_member_names(model)
     try:
         files = unpack(model, tmp / "unpacked", use_cache=False)
     except (RuntimeError, OSError, KeyError) as e:
@@ -156,6 +157,31 @@ def _export_source(model: Path, tmp: Path, variants: Sequence[str], kernels: str
                    variants, kernels, convs, threads, log)
     shutil.rmtree(tmp / "unpacked")
     return meta
+
+
+def _check_member_names(model: Path) -> None:
+    """ESPnet's unpacker writes a zip's YAML members at their own path: refuse escaping ones."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(model) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DeployError(f"{model}: not a model-zoo zip ({e})") from None
+    for name in names:
+        if name.startswith(("/", "\\")) or ".." in Path(name.replace("\\", "/")).parts:
+            raise DeployError(f"{model}: unsafe member name {name!r}")
+
+
+def _check_weights(model_file: Path) -> None:
+    """ESPnet's build_model_from_file unpickles with weights_only=False: a weights-only read
+    first, so a pickle that would run code is refused before it gets there."""
+    from espnet_allinone.export.model_io import LoadError, load_checkpoint
+
+    try:
+        load_checkpoint(model_file)
+    except LoadError as e:
+        raise DeployError(str(e)) from None
 
 
 def frontend_of(model) -> LogMelFrontend:
@@ -196,6 +222,7 @@ def frontend_of(model) -> LogMelFrontend:
 
 def _export(config: Path, model_file: Path, out: Path, variants: Sequence[str], kernels: str,
             convs: str, threads: int, log: Callable[[str], None]) -> dict:
+    _check_weights(model_file)
     import humanfriendly
     import onnxruntime
     import torch

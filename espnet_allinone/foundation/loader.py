@@ -22,6 +22,11 @@ goes into ``encoder_conf``), whether the model expects normalised waveforms,
 and the weights under torchaudio ``Wav2Vec2Model`` keys (plus the mask
 embedding when the checkpoint has one). Every problem is a
 :class:`FoundationError` whose one-line message names the file.
+
+Nothing a user downloads is trusted: both pickled formats are read by
+:func:`.pickle_stubs.load_pickled` (torch's weights-only unpickler plus a short
+allow-list, fairseq classes as inert stubs); a pickle that names anything else
+(``builtins.eval``, ``os.system``...) is refused by name. See docs/security.md.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from torchaudio.models import wav2vec2_model
 from torchaudio.models.wav2vec2.utils.import_fairseq import _convert_state_dict
 
 from espnet_allinone.encoders.wav2vec2_family import ARCH_DEFAULTS, STRUCTURAL_KEYS
-from espnet_allinone.foundation.pickle_stubs import load_pickled
+from espnet_allinone.foundation.pickle_stubs import UnsafePickleError, load_pickled
 from espnet_allinone.foundation.safetensors_io import SafetensorsError, load_safetensors
 
 FORMATS = ("huggingface", "fairseq", "torchaudio")
@@ -77,18 +82,36 @@ def load_foundation(path: str | Path) -> FoundationCheckpoint:
     if path.is_dir():
         ckpt = _huggingface(path)
     else:
+        obj = _unpickle(path)
+        fairseq = isinstance(obj, Mapping) and "model" in obj and ("cfg" in obj or "args" in obj)
         try:
-            obj = load_pickled(path)
-        except Exception as err:  # noqa: BLE001 - any unreadable file gets the same answer
-            raise FoundationError(
-                f"{path}: not a Hugging Face folder, fairseq .pt or torchaudio state dict "
-                f"(cannot unpickle it: {type(err).__name__})") from None
-        if isinstance(obj, Mapping) and "model" in obj and ("cfg" in obj or "args" in obj):
-            ckpt = _fairseq(path, obj)
-        else:
-            ckpt = _torchaudio(path, obj)
+            ckpt = _fairseq(path, obj) if fairseq else _torchaudio(path, obj)
+        except FoundationError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a crafted config must not end in a traceback
+            raise FoundationError(f"{path}: unreadable {'fairseq' if fairseq else 'torchaudio'} "
+                                  f"checkpoint ({_one_line(err)})") from None
     check_fits(ckpt)
     return ckpt
+
+
+def _one_line(err: BaseException) -> str:
+    """``Type: first line`` of an error (torch's weights-only text: its actual reason)."""
+    text = str(err).split("WeightsUnpickler error:", 1)[-1].strip()
+    line = re.split(r"(?<=[a-z])\. ", text.splitlines()[0])[0][:200] if text else ""
+    return f"{type(err).__name__}: {line}" if line else type(err).__name__
+
+
+def _unpickle(path: Path) -> Any:
+    """The file's object, read by the restricted unpickler (nothing in it runs)."""
+    try:
+        return load_pickled(path)
+    except UnsafePickleError as err:
+        raise FoundationError(f"{path}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same answer
+        raise FoundationError(
+            f"{path}: not a Hugging Face folder, fairseq .pt or torchaudio state dict "
+            f"(cannot unpickle it: {_one_line(err)})") from None
 
 
 # --- fitting ------------------------------------------------------------------------------
@@ -220,7 +243,7 @@ def _hf_weights(path: Path) -> dict[str, torch.Tensor]:
 def _get(obj: Any, key: str, default: Any = None) -> Any:
     if obj is None:
         return default
-    if isinstance(obj, Mapping) or hasattr(obj, "get") and hasattr(obj, "keys"):
+    if isinstance(obj, Mapping):  # dict, omegaconf DictConfig; never a stub's own "get"
         value = obj.get(key, default)
     else:
         value = getattr(obj, key, default)
@@ -295,8 +318,13 @@ def _fairseq(path: Path, ckpt: Mapping[str, Any]) -> FoundationCheckpoint:
         "encoder_layer_norm_first": bool(_get(model_cfg, "layer_norm_first", False)),
     })
     normalize = bool(_get(task_cfg, "normalize", False))
+    weights = ckpt["model"]
+    if not isinstance(weights, Mapping) or not all(isinstance(k, str) and isinstance(
+            v, torch.Tensor) for k, v in weights.items()):
+        raise FoundationError(f"{path}: a fairseq checkpoint whose model is not a state dict "
+                              "(names to tensors)")
     raw = {}
-    for key, value in ckpt["model"].items():
+    for key, value in weights.items():
         key = key.removeprefix("w2v_encoder.")
         key = re.sub(r"pos_conv\.0\.parametrizations\.weight\.original([01])",
                      lambda m: "pos_conv.0." + ("weight_g", "weight_v")[int(m[1])], key)
