@@ -106,6 +106,7 @@ setup(
         "onnx",
         "onnxruntime",
         "huggingface_hub",
+        "tensorboard",  # training curves: one per subsystem's loss (use_tensorboard: true)
     ],
     extras_require={"test": ["pytest", "pytest-timeout", "ruff"]},
     cmdclass=cmdclass,
