@@ -141,3 +141,115 @@ def test_path_weights(space: SearchSpace) -> None:
         check_path_weights([1.0, 1.0], 3, "sandwich")
     with pytest.raises(ValueError, match="must be >= 0"):
         check_path_weights([1.0, -1.0], 2, "all")
+
+
+# --- mixed records ---------------------------------------------------------------------
+def test_mixed_draws_are_reproducible_and_leave_the_uniform_draw_alone(space: SearchSpace
+                                                                        ) -> None:
+    from espnet_allinone.search.records import MixedRecord
+
+    a = SubsystemSampler(space, "sandwich", num_random=2, seed=7, mixed_share=0.5)
+    b = SubsystemSampler(space, "sandwich", num_random=2, seed=7, mixed_share=0.5)
+    plain = SubsystemSampler(space, "sandwich", num_random=2, seed=7)
+    mixed = 0
+    for step in range(60):
+        drawn = a.draw(step)
+        assert drawn == b.draw(step) == a.draw(step)  # from (seed, step) alone
+        assert drawn.fixed == (space.largest, space.smallest) and len(drawn.paths) == 4
+        for got, uniform in zip(drawn.random, plain.draw(step).random):
+            if isinstance(got, MixedRecord):
+                mixed += 1
+                got.check(space)
+                assert got.depth in space.depths and len(got.blocks) == space.num_blocks
+                assert all(c.is_uniform for c in got.blocks)  # one width per block
+                assert MixedRecord.parse(str(got)) == got and "," not in str(got)
+            else:
+                assert got == uniform  # a slot not replaced keeps its uniform draw
+    assert 35 < mixed < 85  # half of 120 random slots
+    assert a.num_paths == plain.num_paths
+
+
+def test_mixed_draws_cover_the_space_per_block_and_per_module(space: SearchSpace) -> None:
+    sampler = SubsystemSampler(space, "random", num_random=1, seed=1, mixed_share=1.0,
+                               mixed_per_module=True)
+    records = [sampler.draw(t).random[0] for t in range(200)]
+    assert {r.depth for r in records} == set(space.depths)
+    for k in (0, space.num_blocks - 1):
+        assert {r.blocks[k].bits for r in records} == set(space.bits)
+        assert {w for r in records for w in r.blocks[k].widths} == set(space.widths)
+    assert any(not c.is_uniform for r in records for c in r.blocks)
+
+
+def test_mixed_share_bad_values_are_named(space: SearchSpace) -> None:
+    for bad in (1.5, -0.1, "half", True):
+        with pytest.raises(ValueError, match="mixed_share must be a number in"):
+            SubsystemSampler(space, "sandwich", mixed_share=bad)
+    with pytest.raises(ValueError, match="mixed_share 0.5 replaces randomly drawn paths, but "
+                                         "sampling 'all' draws none"):
+        SubsystemSampler(space, "all", mixed_share=0.5)
+    with pytest.raises(ValueError, match="sampling 'sandwich' draws none"):
+        SubsystemSampler(space, "sandwich", num_random=0, mixed_share=0.5)
+
+
+def _mixed_model(seed: int, shape: dict | None = None, **conf):
+    """The all-in-one model with a tiny real Conformer drawing mixed records only."""
+    import torch
+
+    from espnet_allinone.encoders.elastic_conformer import ElasticConformerEncoder
+    from tests.test_allinone_model import build
+
+    torch.manual_seed(seed)  # a rank's own global RNG state: must not matter
+    enc = ElasticConformerEncoder(
+        20, output_size=16, attention_heads=2, linear_units=32, input_layer="linear",
+        cnn_module_kernel=3, **(shape or {"num_blocks": 2, "depths": [1, 2]}),
+        widths=[0.5, 1.0], precisions=["int4", "fp"], elastic_conv=True, dropout_rate=0.0,
+        positional_dropout_rate=0.0)
+    return build(encoder=enc, sampling="sandwich", num_random=1, mixed_share=1.0,
+                 seed=0, ctc_weight=1.0, **conf)
+
+
+@pytest.mark.parametrize("shape", [None, {"num_blocks": 3, "seed_blocks": 1,
+                                          "depths": [1, 2, 3]}], ids=["stacked", "unfolded"])
+def test_mixed_paths_run_their_record_and_match_across_ranks(tmp_path, shape) -> None:
+    """Two "ranks" (models built under different global RNG states) log the same mixed
+    paths step by step; the random path's loss is the loss of that record's arch."""
+    import torch
+
+    from espnet_allinone.search.records import MixedRecord, build_arch
+    from tests.test_allinone_model import batch
+
+    logs, models = [], []
+    for rank, seed in enumerate((11, 12)):
+        log = tmp_path / f"paths.{rank}.log"
+        model = _mixed_model(0, shape, sampling_log=str(log))
+        torch.manual_seed(seed)
+        model.train()
+        for step in range(3):
+            b = batch(seed=step)
+            b["speech"] = b["speech"].repeat(1, 1, 5)
+            _, stats, _ = model(**{k: v.clone() for k, v in b.items()})  # MVN is in place
+        logs.append(log.read_text())
+        models.append((model, b, stats))
+    assert logs[0] == logs[1] and logs[0].count("\n") == 3
+    model, b, stats = models[0]
+    record = model.sampler.draw(2).random[0]
+    assert isinstance(record, MixedRecord) and str(record) in logs[0].splitlines()[2]
+    arch = build_arch(model.encoder, record)
+    if shape:  # a seed block shared by every logical position keeps one choice
+        assert len(set(arch.schedule)) == 1 and len(set(arch.blocks)) == 1
+    b["text"][b["text"] == -1] = model.ignore_id
+    with torch.no_grad():
+        feats, lens = model._features(b["speech"], b["speech_lengths"])
+        with model.encoder.use_arch(arch):
+            enc, enc_lens = model._encode_features(feats, lens)
+        loss, _, _ = model._path_loss(enc, enc_lens, b["text"][:, :4], b["text_lengths"])
+    assert torch.allclose(stats["loss_random"], loss, atol=1e-5)
+    assert model.encoder.active_subsystem == model.space.largest
+
+
+def test_mixed_share_needs_an_encoder_with_records() -> None:
+    from tests.test_allinone_model import build
+
+    with pytest.raises(ValueError, match="mixed_share > 0 needs an encoder that runs "
+                                         "architecture records; TinyElasticEncoder lacks"):
+        build(sampling="sandwich", num_random=1, mixed_share=0.5)

@@ -31,7 +31,10 @@ needs ``unused_parameters: true`` (the ``conf/train_allinone_*`` YAMLs set it).
 - ``sampling`` (``sandwich`` | ``all`` | ``random`` | ``explicit``), ``num_random``,
   ``subsystems`` (the list for ``all``/``explicit``; the pool for the others),
   ``path_weights`` (one per path of a step; see ``sampling.py`` for the order),
-  ``sampling_seed``;
+  ``sampling_seed``; ``mixed_share`` (default 0): the share of random paths that are
+  mixed records (per block its own precision and width, ``mixed_per_module``: per
+  module kind), run through ``encoder.use_arch`` (needs an encoder that resolves
+  architecture records);
 - ``distill_weight``, ``distill_temperature``: KL from the largest path (teacher,
   detached) to every other path, on CTC frame posteriors and attention-decoder
   token posteriors, weighted like the ASR loss (``ctc_weight``); a positive
@@ -86,6 +89,7 @@ from espnet2.torch_utils.device_funcs import force_gatherable
 from espnet_allinone.packed_model import output_layers
 from espnet_allinone.pruning.distill import LayerDistillation, block_outputs
 from espnet_allinone.pruning.targets import target_key
+from espnet_allinone.search.records import MixedRecord, build_arch, uniform_record
 from espnet_allinone.subsystem import Subsystem
 from espnet_allinone.train.distill import length_mask, masked_kl
 from espnet_allinone.train.sampling import (
@@ -145,6 +149,8 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
         layer_distill_weight: float = 0.0,
         layer_distill_teacher: str = "self",
         float_warmup_steps: int = 0,
+        mixed_share: float = 0.0,
+        mixed_per_module: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -168,7 +174,10 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
         self.sampler = SubsystemSampler(
             space, strategy=sampling, num_random=num_random,
             subsystems=subsystems, seed=sampling_seed,
+            mixed_share=mixed_share, mixed_per_module=mixed_per_module,
         )
+        if self.sampler.mixed_share > 0:
+            self._check_mixed()
         self.path_weights = check_path_weights(path_weights, self.sampler.num_paths, sampling)
         if distill_weight < 0:
             raise ValueError(f"distill_weight must be >= 0, got {distill_weight}")
@@ -202,6 +211,26 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
         # The sampler position: in the state dict, hence in every checkpoint.
         self.register_buffer("sampler_step", torch.zeros((), dtype=torch.long))
         self._setup_pruning(layer_distill_weight, layer_distill_teacher)
+
+    def _check_mixed(self) -> None:
+        """Mixed records run through the encoder's records: refuse an encoder without them
+        now, by name, not at the first mixed draw."""
+        missing = [m for m in ("resolve", "check_arch", "use_arch")
+                   if not hasattr(self.encoder, m)]
+        if missing:
+            raise ValueError(f"mixed_share > 0 needs an encoder that runs architecture "
+                             f"records; {type(self.encoder).__name__} lacks "
+                             f"{', '.join(missing)}")
+        try:
+            build_arch(self.encoder, uniform_record(self.space, self.space.smallest))
+        except ValueError as e:
+            raise ValueError(f"mixed_share > 0: {e}") from None
+
+    def _use_path(self, path: Subsystem | MixedRecord):
+        """Run a block with ``path`` active (a subsystem, or a mixed record's arch)."""
+        if isinstance(path, MixedRecord):
+            return self.encoder.use_arch(build_arch(self.encoder, path))
+        return self.encoder.use_subsystem(path)
 
     def _attach_output_layers(self) -> None:
         """Hand the CTC linear (and the decoder's output layer) to the encoder, which
@@ -365,7 +394,7 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
             for i, (sub, weight) in enumerate(zip(drawn.paths, self.path_weights)):
                 capture = sub == self.teacher and self._distils_layers("self")
                 running = sub.with_precision("fp") if float_phase else sub
-                with self.encoder.use_subsystem(running), self._layers(capture) as layers:
+                with self._use_path(running), self._layers(capture) as layers:
                     enc, enc_lens = self._encode_features(feats, feats_lengths)
                 teacher_layers = layers if capture else teacher_layers
                 loss, pstats, logits = self._path_loss(enc, enc_lens, text, text_lengths)

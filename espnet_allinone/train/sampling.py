@@ -27,6 +27,16 @@ step: sandwich's largest and smallest, every path of ``all``/``explicit``)
 from the *random* ones (drawn this step). The model reports the fixed paths
 under their own keys and the random ones under one aggregate key per stat,
 so every key is reported every step and the training log shows no ``nan``.
+
+Mixed records (``model_conf.mixed_share``, default 0): each random path is,
+with this probability, replaced by a *mixed* record
+(:class:`~espnet_allinone.search.records.MixedRecord`): a depth from the
+space's depths and, for each of ``num_blocks`` block positions, a precision
+and a width drawn uniformly from the space (``mixed_per_module``: one width
+per module kind), so training covers the non-uniform records a search later
+picks from. The draw comes from the same per-step generator after the
+uniform draw, so it is as reproducible, the uniform draws are unchanged, and
+the number of paths (and stats keys) stays fixed.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from dataclasses import dataclass
 
 import torch
 
+from espnet_allinone.search.records import KINDS, BlockChoice, MixedRecord
 from espnet_allinone.subsystem import SearchSpace, Subsystem, SubsystemError
 
 STRATEGIES = ("sandwich", "all", "random", "explicit")
@@ -48,10 +59,10 @@ class StepPaths:
     """The paths of one training step: ``fixed`` ones run every step, ``random`` ones drawn."""
 
     fixed: tuple[Subsystem, ...]
-    random: tuple[Subsystem, ...]
+    random: tuple[Subsystem | MixedRecord, ...]
 
     @property
-    def paths(self) -> list[Subsystem]:
+    def paths(self) -> list[Subsystem | MixedRecord]:
         """All paths in run order (fixed first; ``path_weights`` follow this order)."""
         return [*self.fixed, *self.random]
 
@@ -72,6 +83,8 @@ class SubsystemSampler:
         num_random: int = 1,
         subsystems: str | Sequence[str | Subsystem] | None = None,
         seed: int = 0,
+        mixed_share: float = 0.0,
+        mixed_per_module: bool = False,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(
@@ -110,6 +123,15 @@ class SubsystemSampler:
                     "to draw from; lower it or use sampling 'all'"
                 )
         self.num_random = num_random
+        self.mixed_share = _check_share(mixed_share)
+        self.mixed_per_module = bool(mixed_per_module)
+        if self.mixed_share > 0 and self.num_paths == len(self.fixed):
+            raise ValueError(
+                f"mixed_share {mixed_share} replaces randomly drawn paths, but sampling "
+                f"{strategy!r} draws none here (num_random {num_random}, "
+                f"{len(self._sandwich_middle()) if strategy == 'sandwich' else len(pool)} "
+                "subsystems to draw from); use sampling sandwich or random with num_random "
+                ">= 1, or mixed_share 0")
 
     # --- the fixed part of each step ------------------------------------
     @property
@@ -153,11 +175,40 @@ class SubsystemSampler:
         source = self._sandwich_middle() if self.strategy == "sandwich" else self.pool
         k = min(self.num_random, len(source))
         pick = torch.randperm(len(source), generator=gen)[:k].tolist()
-        return StepPaths(fixed, tuple(source[i] for i in sorted(pick)))
+        drawn: list[Subsystem | MixedRecord] = [source[i] for i in sorted(pick)]
+        if self.mixed_share > 0:  # after the uniform draw: that stays what it was
+            for i in range(len(drawn)):
+                if float(torch.rand((), generator=gen)) < self.mixed_share:
+                    drawn[i] = self._mixed(gen)
+        return StepPaths(fixed, tuple(drawn))
 
-    def sample(self, step: int) -> list[Subsystem]:
+    def _mixed(self, gen: torch.Generator) -> MixedRecord:
+        """One mixed record: a depth, then per block position a precision and width(s)."""
+        space = self.space
+
+        def pick(options: tuple) -> object:
+            return options[int(torch.randint(len(options), (), generator=gen))]
+
+        depth = pick(space.depths)
+        blocks = []
+        for _ in range(space.num_blocks):
+            bits = pick(space.bits)
+            widths = (tuple(pick(space.widths) for _ in KINDS) if self.mixed_per_module
+                      else (pick(space.widths),) * len(KINDS))
+            blocks.append(BlockChoice(bits, widths))
+        return MixedRecord(depth, tuple(blocks))
+
+    def sample(self, step: int) -> list[Subsystem | MixedRecord]:
         """The paths of training step ``step`` in run order (fixed, then random)."""
         return self.draw(step).paths
+
+
+def _check_share(value: object) -> float:
+    """``mixed_share``: a number in [0, 1], or an error naming the option."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ValueError(f"mixed_share must be a number in [0, 1] (the share of random paths "
+                         f"that are mixed records), got {value!r}")
+    return float(value)
 
 
 def _largest_first(subs: Sequence[Subsystem], space: SearchSpace) -> list[Subsystem]:
@@ -184,5 +235,5 @@ def check_path_weights(weights: Sequence[float] | None, num_paths: int,
     return weights
 
 
-__all__ = ["STRATEGIES", "StepPaths", "SubsystemError", "SubsystemSampler", "check_path_weights",
+__all__ = ["STRATEGIES", "MixedRecord", "StepPaths", "SubsystemError", "SubsystemSampler", "check_path_weights",
            "step_seed"]
