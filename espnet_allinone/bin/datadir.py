@@ -6,6 +6,9 @@
     python -m espnet_allinone.bin.datadir split FILE OUT1 OUT2 ...
     python -m espnet_allinone.bin.datadir combine DST SRC1 SRC2 ...
     python -m espnet_allinone.bin.datadir subset SRC DST (--first N | --skip_first N)
+    python -m espnet_allinone.bin.datadir speed_perturb SRC DST --factors "0.9 1.0 1.1" \
+        --audio_dir DIR [--nj 4]
+    python -m espnet_allinone.bin.datadir speed_factors --factors "0.9 1.0 1.1"  (check only)
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from espnet_allinone.corpus.datadir import (
     validate_datadir,
 )
 from espnet_allinone.corpus.dump import filter_datadir, format_datadir
+from espnet_allinone.corpus.speed_perturb import parse_factors, perturb_datadir
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -56,6 +60,16 @@ def get_parser() -> argparse.ArgumentParser:
     g = su.add_mutually_exclusive_group(required=True)
     g.add_argument("--first", type=int)
     g.add_argument("--skip_first", type=int)
+    sp = sub.add_parser("speed_perturb", help="one copy per speed factor, Kaldi's sp<f>- ids "
+                        "(asr.sh stage 2)")
+    sp.add_argument("src", type=Path)
+    sp.add_argument("dst", type=Path)
+    sp.add_argument("--factors", required=True, help='e.g. "0.9 1.0 1.1"')
+    sp.add_argument("--audio_dir", type=Path, required=True,
+                    help="the perturbed audio goes to AUDIO_DIR/sp<f>/")
+    sp.add_argument("--nj", type=int, default=4)
+    sf = sub.add_parser("speed_factors", help="check speed perturbation factors; print them")
+    sf.add_argument("--factors", required=True, help='e.g. "0.9 1.0 1.1"')
     return p
 
 
@@ -77,6 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             utts = sorted(read_table(args.src / "text"))
             keep = utts[: args.first] if args.first is not None else utts[args.skip_first:]
             print(f"{args.dst}: {subset_datadir(args.src, args.dst, keep)} utterances")
+        elif args.command == "speed_perturb":
+            n = perturb_datadir(args.src, args.dst, args.factors, args.audio_dir, args.nj)
+            print(f"{args.src} -> {args.dst}: {n} utterances (speed factors {args.factors})")
+        elif args.command == "speed_factors":
+            print(" ".join(word for word, _ in parse_factors(args.factors)))
         else:
             split_scp(args.file, list(args.outputs))
     except DataDirError as e:

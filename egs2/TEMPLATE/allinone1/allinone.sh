@@ -5,22 +5,28 @@
 # the ESPnet wheel ships no asr.sh and no Kaldi utils/.
 #
 #   1  data preparation (local/data.sh)         10 statistics collection
-#   3  format the data dirs (dump/raw)          11 all-in-one training (espnet2.bin.launch)
-#   4  filter too long/short utterances         12 extract every listed subsystem
-#   5  token list (char, or sentencepiece bpe)  13 decode (--inference_nj jobs each)
-#                                               14 score with sclite (WER, CER)
+#   2  speed perturbation (off by default)      11 all-in-one training (espnet2.bin.launch)
+#   3  format the data dirs (dump/raw)          12 extract every listed subsystem
+#   4  filter too long/short utterances         13 decode (--inference_nj jobs each)
+#   5  token list (char, or sentencepiece bpe)  14 score with sclite (WER, CER)
 #   15 baselines: each subsystem trained alone (off: --skip_baselines false)
 #   16 report: RESULTS.md, results.json, wer_vs_size.png; the table is printed
 #   17 pack each subsystem for the model zoo    18 upload (off; dry run by default)
 #
+# Stage 2, as in asr.sh: --speed_perturb_factors "0.9 1.0 1.1" writes
+# data/<train_set>_sp (Kaldi's sp<f>- ids, sox speed); stages 3-18 then use it
+# as the training set, and the default experiment name ends in _sp.
+# Not included: asr.sh's language-model stages 6-9. --use_lm true, --lm_config
+# and asr.sh's other options with no equivalent here are refused by name.
+#
 # Every stage logs to <asr_exp>/logs/stage<N>_<name>.log and can be re-run
-# alone (--stage N --stop_stage N). Stage 2 (speed perturbation) and 6-9
-# (language model) of asr.sh do not exist here.
+# alone (--stage N --stop_stage N).
 set -euo pipefail
 
 log() { echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (allinone.sh) $*"; }
 fail() { log "ERROR: $*" >&2; exit 1; }
-help_message=$(sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//')
+help_message=$(awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0")
+command_line="$0$(printf ' %q' "$@")"
 
 # ---- options -----------------------------------------------------------------
 # The ONE list of options: `option NAME DEFAULT HELP` sets the default and
@@ -57,6 +63,7 @@ option train_set train "training data dir under data/"
 option valid_set dev "validation data dir under data/"
 option test_sets "test" "test data dirs under data/ (space separated; the first is reported)"
 option local_data_opts "" "options for local/data.sh"
+option speed_perturb_factors "" "stage 2, e.g. \"0.9 1.0 1.1\": train on data/<train_set>_sp (empty: no stage 2)"
 option fs 16k "sampling rate of the audio (16k, 8k or Hz)"
 option min_wav_duration 0.1 "seconds; shorter training utterances are dropped"
 option max_wav_duration 20 "seconds; longer training utterances are dropped"
@@ -82,11 +89,86 @@ option pack_args "" "extra arguments for espnet_allinone.bin.pack"
 option hf_repo "" "Hub repo for stage 18, e.g. user/allinone-{subsystem}"
 option upload_dry_run true "stage 18 writes the upload folder without uploading"
 
+# The ONE list of asr.sh options this script does not have: `refuse NAME NOOP WHY`.
+# --NAME is refused with "--NAME: WHY", never ignored, except with the value NOOP
+# (asr.sh's default, a no-op here, e.g. --use_lm false); NOOP "-": no value is.
+refused_names=()
+refused_noop=()
+refused_why=()
+refuse() { refused_names+=("$1"); refused_noop+=("$2"); refused_why+=("$3"); }
+lm_why="language-model stages 6-9 are not part of allinone.sh; ESPnet's asr_inference \
+shallow-fusion options go to decoding through --inference_args (\"--lm_train_config C --lm_file F \
+--lm_weight W\", an LM on the same token list, e.g. trained by ESPnet's asr.sh; not with --ctc_greedy)"
+ngram_why="n-gram language models are not built here; ESPnet's asr_inference options go to \
+decoding through --inference_args (\"--ngram_file F --ngram_weight W\"; not with --ctc_greedy)"
+k2_why="k2 decoding is not supported; stage 13 decodes with ESPnet's asr_inference"
+for n in use_lm use_word_lm; do refuse "${n}" false "${lm_why}"; done
+for n in lm_tag lm_exp lm_stats_dir lm_config lm_args lm_train_text lm_dev_text lm_test_text \
+         word_vocab_size num_splits_lm lm_fold_length inference_lm; do
+    refuse "${n}" - "${lm_why}"
+done
+refuse use_ngram false "${ngram_why}"
+for n in ngram_exp ngram_num inference_ngram; do refuse "${n}" - "${ngram_why}"; done
+refuse use_k2 false "${k2_why}"
+for n in k2_ctc_decoding use_nbest_rescoring num_paths nll_batch_size k2_config; do
+    refuse "${n}" - "${k2_why}"
+done
+refuse asr_config - "named --train_config here (a YAML with model: allinone)"
+refuse asr_task asr "only the asr task (model: allinone) is supported, no asr_transducer"
+refuse feats_type raw "only raw waveforms (feats_type raw) are supported"
+refuse audio_format - "stage 3 writes 16-bit wav; audio already at --fs, mono and unsegmented is used as it is"
+refuse multi_columns_input_wav_scp false "wav.scp has one file or command per utterance/recording"
+refuse multi_columns_output_wav_scp false "stage 3 writes one file per utterance"
+refuse skip_stages - "use --stage/--stop_stage and the --skip_* options"
+refuse skip_upload_hf - "stage 18 uploads to the Hugging Face Hub: --skip_upload false (--upload_dry_run false --hf_repo R)"
+refuse eval_valid_set false "stage 13 decodes --test_sets only; add the validation set to --test_sets"
+refuse post_process_local_data_opts - "local/data.sh runs once, in stage 1 (--local_data_opts)"
+refuse auxiliary_data_tags - "auxiliary training data is not supported"
+refuse bpe_train_text - "stage 5 makes the token list from the training set's text"
+refuse bpe_input_sentence_size 100000000 "sentencepiece reads at most 100000000 sentences (fixed)"
+refuse bpe_char_cover 1.0 "sentencepiece's character coverage is 1.0 (fixed)"
+refuse bpe_nlsyms - "user-defined sentencepiece symbols are not supported"
+refuse hugging_face_model_name_or_path - "--token_type is bpe or char"
+refuse oov "<unk>" "the token list's symbols are fixed: <blank> <unk> ... <sos/eos>"
+refuse blank "<blank>" "the token list's symbols are fixed: <blank> <unk> ... <sos/eos>"
+refuse sos_eos "<sos/eos>" "the token list's symbols are fixed: <blank> <unk> ... <sos/eos>"
+refuse nlsyms_txt none "non-linguistic symbols are not supported (texts are tokenised as written)"
+refuse cleaner none "text cleaners are not supported (texts are tokenised as written)"
+refuse hyp_cleaner none "text cleaners are not supported (texts are tokenised as written)"
+refuse g2p none "g2p is not supported (--token_type is bpe or char)"
+refuse pretrained_model - "pass ESPnet's --init_param through --asr_args (\"--init_param FILE\")"
+refuse ignore_init_mismatch false "pass ESPnet's --ignore_init_mismatch true through --asr_args"
+refuse num_splits_asr 1 "the training data is not split"
+refuse num_ref 1 "one reference text per utterance"
+refuse num_inf - "one hypothesis per utterance"
+refuse sot_asr false "serialized output training is not supported"
+refuse use_prompt false "prompts are not supported"
+refuse use_lang_prompt false "prompts are not supported"
+refuse use_nlp_prompt false "prompts are not supported"
+refuse use_streaming false "streaming decoding is not supported"
+refuse use_maskctc false "Mask-CTC decoding is not supported"
+refuse batch_size 1 "decoding runs one utterance at a time"
+refuse download_model - "stage 13 decodes the subsystems stage 12 extracts"
+refuse score_opts - "stage 14 scores with sclite (WER, CER) and takes no options"
+refuse local_score_opts - "stage 14 scores with sclite (WER, CER); there is no local/score.sh"
+refuse asr_speech_fold_length 800 "fixed at asr.sh's defaults (800, i.e. 80000 samples)"
+refuse asr_text_fold_length 150 "fixed at asr.sh's default (150)"
+refuse debug false "there is no debug mode"
+
 usage() {
     echo "Usage: $0 --train_config C [--option value ...]"
     echo "${help_message}"
     echo "Options (default in the second column):"
     printf '%s\n' "${option_help[@]}"
+    echo "asr.sh options refused here (--NAME with no equivalent; each says why):"
+    echo "$(printf -- "--%s " "${refused_names[@]}")" | fold -s -w 100 | sed 's/^/    /'
+}
+
+refused_index() {  # refused_index NAME: true when NAME was declared with `refuse`; sets refused_i
+    for (( refused_i = 0; refused_i < ${#refused_names[@]}; refused_i++ )); do
+        [ "${refused_names[${refused_i}]}" = "$1" ] && return 0
+    done
+    return 1
 }
 
 is_option() {  # is_option NAME: true when NAME was declared with `option`
@@ -100,6 +182,12 @@ while [ $# -gt 0 ]; do
         -h|--help) usage; exit 0 ;;
         --*)
             name="${1#--}"; name="${name//-/_}"
+            if refused_index "${name}"; then
+                if [ $# -ge 2 ] && [ "$2" = "${refused_noop[${refused_i}]}" ]; then
+                    shift 2; continue  # asr.sh's default: a no-op here
+                fi
+                fail "--${name}: ${refused_why[${refused_i}]}"
+            fi
             is_option "${name}" || fail "unknown option $1; valid options:\n$(printf -- "--%s " "${option_names[@]}")"
             [ $# -ge 2 ] || fail "option $1 needs a value"
             printf -v "${name}" '%s' "$2"; shift 2 ;;
@@ -114,6 +202,12 @@ done
 case "${train_threads}" in ''|*[!0-9]*|0) fail "--train_threads must be a whole number >= 1, got '${train_threads}'" ;; esac
 case "${calibration_utts}" in ''|*[!0-9]*) fail "--calibration_utts must be a whole number >= 0 (0: keep the statistics training left), got '${calibration_utts}'" ;; esac
 case "${token_type}" in bpe|char) ;; *) fail "--token_type must be bpe or char, got '${token_type}'" ;; esac
+read -r -a sp_words <<< "${speed_perturb_factors}"
+speed_perturb_factors="${sp_words[*]}"  # spaces normalised; only spaces: no stage 2
+if [ -n "${speed_perturb_factors}" ]; then
+    sp_error=$("${python}" -m espnet_allinone.bin.datadir speed_factors \
+        --factors="${speed_perturb_factors}" 2>&1 > /dev/null) || fail "${sp_error#*error: }"
+fi
 [ -n "${train_config}" ] || fail "--train_config is required (a YAML with model: allinone)"
 [ -f "${train_config}" ] || fail "--train_config ${train_config} does not exist"
 if [ -n "${inference_config}" ] && [ ! -f "${inference_config}" ]; then
@@ -126,7 +220,10 @@ command -v "${python}" > /dev/null || fail "--python ${python} not found"
 # sampling rate in Hz
 case "${fs}" in *k) fs_hz=$(( ${fs%k} * 1000 )) ;; *) fs_hz="${fs}" ;; esac
 
-[ -n "${asr_tag}" ] || asr_tag="$(basename "${train_config}" .yaml)"
+if [ -z "${asr_tag}" ]; then
+    asr_tag="$(basename "${train_config}" .yaml)"
+    if [ -n "${speed_perturb_factors}" ]; then asr_tag+="_sp"; fi  # as asr.sh names it
+fi
 [ -n "${asr_exp}" ] || asr_exp="${expdir}/asr_${asr_tag}"
 [ -n "${asr_stats_dir}" ] || asr_stats_dir="${asr_exp}/stats"
 data_feats="${dumpdir}/raw"
@@ -153,12 +250,17 @@ subsystem_list=$(recipe_util subsystems --config "${train_config}" --subsystems 
     || fail "--subsystems '${subsystems}' does not fit ${train_config} (see above)"
 subsystem_list=$(echo ${subsystem_list})
 
-# A non-empty experiment dir made with another configuration is refused.
+# A non-empty experiment dir made with another configuration is refused. The
+# training set is the one stages 3-18 use (<train_set>_sp with speed perturbation).
+sp_guard=()
+if [ -n "${speed_perturb_factors}" ]; then
+    sp_guard=(--option "speed_perturb_factors=${speed_perturb_factors}")
+fi
 recipe_util guard --asr_exp "${asr_exp}" --config "${train_config}" \
     --option "token_type=${token_type}" --option "nbpe=${nbpe}" --option "bpemode=${bpemode}" \
     --option "fs=${fs_hz}" --option "feats_normalize=${feats_normalize}" \
-    --option "train_set=${train_set}" --option "valid_set=${valid_set}" \
-    || fail "refusing to use ${asr_exp} (see above)"
+    --option "train_set=${train_set}${speed_perturb_factors:+_sp}" --option "valid_set=${valid_set}" \
+    "${sp_guard[@]}" || fail "refusing to use ${asr_exp} (see above)"
 
 current_stage=0
 # require FILE STAGE: fail naming the missing input and the stage that makes it.
@@ -197,9 +299,21 @@ stage_data() {
     done
 }
 
+# stage_speed_perturb: data/<train_set> -> data/<train_set>_sp, one copy per factor
+# (audio under <dumpdir>/speed_perturb/<train_set>_sp/sp<f>/).
+stage_speed_perturb() {
+    require "data/${train_set}/wav.scp" 1
+    "${python}" -m espnet_allinone.bin.datadir speed_perturb "data/${train_set}" \
+        "data/${train_set}_sp" --factors="${speed_perturb_factors}" \
+        --audio_dir "${dumpdir}/speed_perturb/${train_set}_sp" --nj "${nj}"
+}
+
 stage_format() {
+    local maker
     for dset in "${train_set}" "${valid_set}"; do
-        require "data/${dset}/wav.scp" 1
+        maker=1
+        if [ -n "${speed_perturb_factors}" ] && [ "${dset}" = "${train_set}" ]; then maker=2; fi
+        require "data/${dset}/wav.scp" "${maker}"
         "${python}" -m espnet_allinone.bin.datadir format "data/${dset}" \
             "${data_feats}/org/${dset}" --fs "${fs_hz}" --nj "${nj}"
     done
@@ -477,10 +591,14 @@ stage_upload() {
         "${opts[@]}"
 }
 
-log "$0 $*"
+log "${command_line}"
 log "experiment: ${asr_exp}; subsystems: ${subsystem_list}"
 skip_prep="${skip_data_prep}"
 run_stage 1 data_prep "${skip_prep}" stage_data
+if [ -n "${speed_perturb_factors}" ]; then
+    run_stage 2 speed_perturb "${skip_prep}" stage_speed_perturb
+    train_set="${train_set}_sp"  # as asr.sh: every later stage uses the perturbed set
+fi
 run_stage 3 format "${skip_prep}" stage_format
 run_stage 4 filter "${skip_prep}" stage_filter
 run_stage 5 token_list "${skip_prep}" stage_token_list

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # All-in-one Conformer on LibriSpeech-100h (paper scale: 12 blocks, d=256, FFN 2048;
 # space depth {6,9,12} x width {0.5,1} x precision {int2,int4,int8,fp}).
+# Speed perturbation 0.9/1.0/1.1 as in ESPnet's asr1 recipe (stage 2 writes
+# data/train_clean_100_sp; the experiment is exp/asr_<config>_sp).
 # Set LIBRISPEECH in db.sh. Multi-GPU: --ngpu 4 (ESPnet's launcher, DDP);
 # multi-node: --num_nodes N with a slurm.pl cuda_cmd in cmd.sh.
 #
@@ -51,6 +53,7 @@ fi
     --nbpe 5000 \
     --bpemode unigram \
     --max_wav_duration 30 \
+    --speed_perturb_factors "0.9 1.0 1.1" \
     --train_config "${train_config}" \
     --inference_config conf/decode.yaml \
     --train_set train_clean_100 \
