@@ -1,4 +1,4 @@
-"""elastic_wav2vec2 measured side by side with torchaudio's model (issue 12).
+"""elastic_wav2vec2 measured side by side with torchaudio's model.
 
 ``step``: one fine-tuning step (forward + backward, conv front frozen in both) of
 the elastic encoder at full size, float, against torchaudio's ``Wav2Vec2Model``

@@ -1,4 +1,4 @@
-"""Does pretraining help? A tiny HuBERT pretrained with ESPnet, then all-in-one CTC (issue 12).
+"""Does pretraining help? A tiny HuBERT pretrained with ESPnet, then all-in-one CTC.
 
 On a synthetic espeak-ng corpus (``espnet_allinone.bin.make_corpus``):
 

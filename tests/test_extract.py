@@ -1,4 +1,4 @@
-"""Extraction of subsystems into standalone ESPnet models (issue 4).
+"""Extraction of subsystems into standalone ESPnet models.
 
 A freshly initialised all-in-one model (random weights, quantiser scales set
 by one forward pass per subsystem) is enough: extraction must reproduce the

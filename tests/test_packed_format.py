@@ -1,4 +1,4 @@
-"""The packed low-bit format of ``encoder: packed_conformer`` (issue 4).
+"""The packed low-bit format of ``encoder: packed_conformer``.
 
 Encoder level only (no ESPnet task): an elastic encoder's subsystem is cut,
 loaded into a PackedConformerEncoder, saved and loaded again; weights must

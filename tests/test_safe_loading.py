@@ -1,4 +1,4 @@
-"""Loading a checkpoint never runs code from it (issue: pickles that call eval, os.system...).
+"""Loading a checkpoint never runs code from it (pickles that call eval, os.system...).
 
 Crafted checkpoints, in the zip and in the legacy format (payload in the main
 pickle or in a header pickle), call a global that would write a marker file;

@@ -1,4 +1,4 @@
-"""``select``: the best subsystem under a budget, from results.json (issue 13)."""
+"""``select``: the best subsystem under a budget, from results.json."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The onnxruntime path (issue 13): same output as stock ESPnet, runs without torch, CLI.
+"""The onnxruntime path: same output as stock ESPnet, runs without torch, CLI.
 
 A freshly initialised all-in-one model (the shared toy experiment) is cut
 into fp, int8, int4 and int2 subsystems and decoded on the tiny synthesised

@@ -1,4 +1,4 @@
-"""All-in-one wav2vec2/HuBERT models in ESPnet: build, switch, extract, Speech2Text (issue 12).
+"""All-in-one wav2vec2/HuBERT models in ESPnet: build, switch, extract, Speech2Text.
 
 An all-in-one ESPnet model (``model: allinone``, ``encoder: elastic_wav2vec2``,
 raw waveform input, CTC) is built by ESPnet from a config whose encoder reads a

@@ -1,4 +1,4 @@
-"""Users' wav2vec2 / HuBERT checkpoints in three formats, loaded offline (issue 12).
+"""Users' wav2vec2 / HuBERT checkpoints in three formats, loaded offline.
 
 Tiny checkpoints with random weights are written in each format by
 ``espnet_allinone.testing.foundation_checkpoints``; the elastic encoder built

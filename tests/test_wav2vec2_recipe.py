@@ -1,4 +1,4 @@
-"""Foundation-model configs: written from a checkpoint, then ESPnet's --dry_run (issue 12).
+"""Foundation-model configs: written from a checkpoint, then ESPnet's --dry_run.
 
 Each LibriSpeech-100h config in ``conf/foundation/`` is stamped with a tiny stand-in
 checkpoint (wav2vec2: a Hugging Face folder, HuBERT: a fairseq ``.pt``, unfolded:

@@ -1,4 +1,4 @@
-"""Fine-tuning essentials of elastic_wav2vec2 inside ``model: allinone`` (issue 12).
+"""Fine-tuning essentials of elastic_wav2vec2 inside ``model: allinone``.
 
 A few real training steps of the ESPnet all-in-one model on random audio:
 the encoder is frozen for ``freeze_encoder_updates`` steps (counted per batch,

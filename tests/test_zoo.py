@@ -1,4 +1,4 @@
-"""Model-zoo packing and Hugging Face upload of extracted subsystems (issue 4)."""
+"""Model-zoo packing and Hugging Face upload of extracted subsystems."""
 
 from __future__ import annotations
 

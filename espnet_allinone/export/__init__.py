@@ -1,4 +1,4 @@
-"""From an all-in-one model to shippable ESPnet models (issue 4).
+"""From an all-in-one model to shippable ESPnet models.
 
 extract             cut subsystems into standalone model directories
 slicing             the active tensors of one subsystem of an elastic encoder
