@@ -54,12 +54,16 @@ def test_librispeech_recipe_data_prep(tmp_path: Path) -> None:
         == "101-2101"
     dev = read_table(recipe / "data" / "dev" / "text")  # dev-clean + dev-other
     assert len(dev) == 8 and any("DEV-OTHER" in t for t in dev.values())
-    for dset, n in (("train_clean_100", 4), ("dev", 8), ("test_clean", 4), ("test_other", 4)):
+    for dset, n in (("dev", 8), ("test_clean", 4), ("test_other", 4)):
         scp = read_table(recipe / "dump" / "raw" / dset / "wav.scp")
         assert len(scp) == n
         assert all(p.endswith(".flac") for p in scp.values())  # read in place
         samples = read_table(recipe / "dump" / "raw" / dset / "utt2num_samples")
         assert sorted(set(samples.values())) == ["16000", "24000"]
+    # the recipe trains on speed-perturbed data (0.9 1.0 1.1), as ESPnet's does
+    scp = read_table(recipe / "dump" / "raw" / "train_clean_100_sp" / "wav.scp")
+    assert sorted(scp) == sorted(f"{p}{u}" for u in train for p in ("", "sp0.9-", "sp1.1-"))
+    assert all(path.endswith(".flac") == (utt in train) for utt, path in scp.items())
 
 
 def fake_swbd(root: Path, eval_root: Path) -> None:
@@ -106,12 +110,15 @@ def test_swbd_recipe_data_prep_cuts_segments_and_channels(tmp_path: Path) -> Non
     assert len(read_table(recipe / "data" / "train_nodev" / "text")) == 10
     assert read_table(recipe / "data" / "eval2000" / "text") == {
         "en_4156-A_000050-000200": "OH YEAH RIGHT", "en_4156-B_000100-000350": "I THINK SO"}
-    scp = read_table(recipe / "dump" / "raw" / "train_nodev" / "wav.scp")
-    samples = read_table(recipe / "dump" / "raw" / "train_nodev" / "utt2num_samples")
+    scp = read_table(recipe / "dump" / "raw" / "train_nodev_sp" / "wav.scp")
+    samples = read_table(recipe / "dump" / "raw" / "train_nodev_sp" / "utt2num_samples")
+    assert len(scp) == 30  # speed perturbation 0.9 1.0 1.1, as ESPnet's recipe
     assert samples["sw02005-B_000800-001100"] == str(3 * 8000)
+    assert abs(int(samples["sp1.1-sw02005-B_000800-001100"]) - 3 * 8000 / 1.1) <= 8
     for utt, path in scp.items():
         info = soundfile.info(path)
         assert (info.samplerate, info.channels) == (8000, 1)
-        assert _peak_hz(path) == (300.0 if "-A_" in utt else 500.0)
+        if not utt.startswith("sp"):
+            assert _peak_hz(path) == (300.0 if "-A_" in utt else 500.0)
     ev = read_table(recipe / "dump" / "raw" / "eval2000" / "utt2num_samples")
     assert ev == {"en_4156-A_000050-000200": "12000", "en_4156-B_000100-000350": "20000"}
