@@ -206,6 +206,12 @@ class Extractor:
             _write_yaml(tmp / INFO_NAME, info)
         return result
 
+    def exact_bytes(self, arch: SubnetArch) -> int:
+        """The exact bytes of ``arch``'s extracted model (low-bit weights packed, the
+        rest 4 bytes a value), as ``extract`` records them, without extracting it."""
+        out = self.encoder.output_layers_size(arch)
+        return self.encoder.storage_bytes(arch) + self.rest_bytes + out.bytes - 4 * out.params
+
     # ------------------------------------------------------------------
     def _output_conf(self, arch: SubnetArch, name: str) -> dict:
         """``model_conf`` of a model with low-bit output layers (``model: packed``)."""

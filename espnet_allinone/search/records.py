@@ -83,10 +83,13 @@ class BlockChoice:
         if match is None:
             raise RecordError(f"malformed block choice {text!r}; expected w<width>-<precision> "
                               "or a<width>f<width>c<width>-<precision>, e.g. w0.5-int4")
-        if match["w"] is not None:
-            return cls.uniform(Fraction(match["w"]), match["bits"])
-        widths = tuple(_WIDTH.check(Fraction(match[k])) for k in "afc")
-        return cls(_BITS.check(match["bits"]), widths)  # type: ignore[arg-type]
+        try:
+            if match["w"] is not None:
+                return cls.uniform(Fraction(match["w"]), match["bits"])
+            widths = tuple(_WIDTH.check(Fraction(match[k])) for k in "afc")
+            return cls(_BITS.check(match["bits"]), widths)  # type: ignore[arg-type]
+        except SubsystemError as e:
+            raise RecordError(f"block choice {text!r}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -111,8 +114,11 @@ class MixedRecord:
         if not sep or not re.fullmatch(r"d\d+", head) or not body:
             raise RecordError(f"malformed mixed record {text!r}; expected d<depth>:<choice>+"
                               "<choice>..., e.g. d2:w1-int8+w0.5-int4")
-        return cls(PARTS[0].check(int(head[1:])),
-                   tuple(BlockChoice.parse(t) for t in body.split("+")))
+        try:
+            depth = PARTS[0].check(int(head[1:]))
+        except SubsystemError as e:
+            raise RecordError(f"mixed record {text!r}: {e}") from None
+        return cls(depth, tuple(BlockChoice.parse(t) for t in body.split("+")))
 
     def with_precision(self, precision: str | int) -> MixedRecord:
         """Every block at ``precision`` (``"fp"``: the float twin), widths kept."""
