@@ -201,13 +201,24 @@ def _run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
-def test_search_on_a_tiny_model_picks_within_budget_and_extracts(experiment, capsys) -> None:
+@pytest.fixture(scope="module")
+def searched(experiment) -> tuple[int, str, str, float]:
+    """The search run once on the toy experiment: (exit code, stdout, stderr, seconds)."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = search_cli.main(["--exp", str(experiment), "--max_bytes", "0.5MB",
+                                "--max_bytes", "330KiB", "--calibration_utts", "2"])
+    return code, out.getvalue(), err.getvalue(), time.perf_counter() - start
+
+
+def test_search_on_a_tiny_model_picks_within_budget_and_extracts(experiment, searched) -> None:
     from espnet2.bin.asr_inference import Speech2Text
 
-    start = time.perf_counter()
-    code, out, err = _run(capsys, "--exp", str(experiment), "--max_bytes", "0.5MB",
-                          "--max_bytes", "330KiB", "--calibration_utts", "2")
-    seconds = time.perf_counter() - start
+    code, out, err, seconds = searched
     assert code == 0, err
     summary = json.loads((experiment / "searched" / "search.json").read_text())
     print(f"tiny search: {summary['evaluations']} records scored, {summary['seconds']} s in "
@@ -282,3 +293,70 @@ def test_missing_model_or_held_out_data_is_named_and_nothing_written(experiment,
     assert code == 2 and f"{empty / 'text'} not found" in err
     for d in (bare, untrained, no_dev):
         assert not (d / "searched").exists()
+
+
+def test_select_and_the_plot_take_the_searched_front(experiment, searched, tmp_path,
+                                                     capsys) -> None:
+    """Searched picks join select's rows (not eligible until their test WER is collected),
+    collect reads scores and tests significance, select then extracts a searched pick
+    (again from search.json when its directory is gone), the report's plot adds a panel."""
+    import matplotlib.image
+
+    from espnet_allinone.bin import select as select_cli
+    from espnet_allinone.report.plot import plot_wer_vs_size
+    from espnet_allinone.report.results import Row
+    from tests.test_report import _systems
+
+    assert searched[0] == 0
+    exp = tmp_path / "exp"
+    shutil.copytree(experiment, exp)
+    summary = json.loads((exp / "searched" / "search.json").read_text())
+    for row in summary["chosen"]:  # the copy's own directories
+        row["directory"] = str(exp / "searched" / row["name"])
+    (exp / "searched" / "search.json").write_text(json.dumps(summary))
+    names = [c["name"] for c in summary["chosen"]]
+    uniform = [{"subsystem": "d4-w1-fp", "wer": 30.0, "params": 200_000, "bytes": 1_400_000,
+                "rtf": 0.05}, {"subsystem": "d2-w0.5-int2", "wer": 60.0, "params": 90_000,
+                               "bytes": 270_000, "rtf": 0.02}]
+    (exp / "results.json").write_text(json.dumps({"rows": uniform}))
+    assert select_cli.main(["--exp", str(exp), "--max_bytes", "1MB", "--dry_run"]) == 0
+    out, err = capsys.readouterr()
+    assert "chosen: d2-w0.5-int2" in out and f"{names[0]}" in out and "(searched)" in out
+    assert f"{names[0]} has no WER in search.json: not eligible" in err
+
+    ref, good, bad = _systems(tmp_path)
+    decode = tmp_path / "decode"
+    for d, hyp, wer in [(decode / "float" / "test", bad, 40.0),
+                        *((decode / n / "test", good, 20.0 + i) for i, n in enumerate(names))]:
+        (d / "score_wer").mkdir(parents=True)
+        shutil.copyfile(ref, d / "score_wer" / "ref.trn")
+        shutil.copyfile(hyp, d / "score_wer" / "hyp.trn")
+        (d / "scores.json").write_text(json.dumps({
+            "wer": {"error_rate": wer, "words": 720}, "cer": {"error_rate": wer / 2}}))
+    code, out, err = _run(capsys, "--exp", str(exp), "--collect", str(decode / "missing"))
+    assert code == 2 and "missing" in err and "decode and score" in err
+    code, out, err = _run(capsys, "--exp", str(exp), "--collect", str(decode),
+                          "--float_reference", str(decode / "float" / "test"))
+    assert code == 0, err
+    rows = json.loads((exp / "searched" / "search.json").read_text())["chosen"]
+    assert [r["wer"] for r in rows] == [20.0 + i for i in range(len(rows))]
+    assert all(r["vs_float"]["mapsswe"]["better"] == "b" for r in rows)  # searched better
+
+    best = rows[0]["name"]
+    shutil.rmtree(exp / "searched" / best)  # gone: extracted again from search.json
+    assert select_cli.main(["--exp", str(exp), "--max_bytes", "1MB"]) == 0
+    out, err = capsys.readouterr()
+    assert f"chosen: {best} (WER 20.00%)" in out and "not packed" in err
+    assert f"extracted: {exp / 'searched' / best}" in out
+    info = yaml.safe_load((exp / "searched" / best / "extract_info.yaml").read_text())
+    assert info["architecture"] == rows[0]["architecture"]
+    assert json.loads((exp / "selected.json").read_text())["searched"] is True
+    assert not (exp / "packed").exists()
+
+    report_rows = [Row(r["subsystem"], r["wer"], r["wer"] / 2, 720, r["params"], r["bytes"])
+                   for r in uniform]
+    with_search = plot_wer_vs_size(report_rows, exp / "wer_vs_size.png")
+    shutil.move(exp / "searched", tmp_path / "aside")
+    without = plot_wer_vs_size(report_rows, exp / "plain.png")
+    assert matplotlib.image.imread(with_search).shape[1] > \
+        1.5 * matplotlib.image.imread(without).shape[1]  # the dev panel beside the plot

@@ -13,6 +13,13 @@ it is not already, and ``<exp>/selected.json`` + ``<exp>/selected.png`` record
 the choice. Budgets: bytes with a unit (B, kB, MB, GB, KiB, MiB, GiB),
 parameters as a count (k, M, G), RTF as a ratio, WER in percent.
 
+With ``<exp>/searched/search.json`` (``python -m espnet_allinone.bin.search``) the
+searched records' picks join the table, marked ``(searched)``; one with a test
+WER (``bin.search --collect``) can be chosen like any subsystem: its directory
+is ``<exp>/searched/<name>/`` (re-extracted from the record in search.json if it
+is gone). The model-zoo packer names archives by subsystem string, so a
+searched pick is extracted but not packed.
+
 Exit status: 0 chosen; 2 bad arguments or results file; 3 no subsystem fits
 the budget (the message names the smallest available); 4 extraction or
 packing failed.
@@ -35,6 +42,7 @@ from espnet_allinone.deploy.select import (
     parse_budget,
     plot_selection,
     read_results,
+    read_searched,
 )
 from espnet_allinone.report.results import RESULTS_FILE
 
@@ -91,12 +99,33 @@ def materialise(exp: Path, sub: str, model_file: Path | None, pack: bool) -> tup
     return directory, archive if pack else None
 
 
+def materialise_searched(exp: Path, row: dict, model_file: Path | None) -> Path:
+    """A searched pick's directory, re-extracted from its record in search.json if gone."""
+    from espnet_allinone.export.extract import INFO_NAME
+    from espnet_allinone.search.experiment import extract_searched
+
+    directory = exp / "searched" / row["subsystem"]
+    if not (directory / INFO_NAME).is_file():
+        directory = extract_searched(exp, row["subsystem"], model_file)
+    return directory
+
+
+def _rows(args: argparse.Namespace) -> list[dict]:
+    """results.json's rows and the searched picks; results.json may be missing only when
+    there are searched rows."""
+    searched = read_searched(args.exp)
+    path = args.results or args.exp / RESULTS_FILE
+    if searched and args.results is None and not path.is_file():
+        return searched
+    return read_results(path) + searched
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     try:
         budgets = {o: parse_budget(o, getattr(args, o)) for o in BUDGETS
                    if getattr(args, o) is not None}
-        rows = read_results(args.results or args.exp / RESULTS_FILE)
+        rows = _rows(args)
     except SelectError as e:
         print(f"select: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -120,7 +149,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         return EXIT_OK
     try:
-        directory, archive = materialise(args.exp, sub, args.asr_model_file, not args.no_pack)
+        if choice.chosen.get("searched"):
+            directory, archive = materialise_searched(args.exp, choice.chosen,
+                                                      args.asr_model_file), None
+            if not args.no_pack:
+                print("note: a searched record is not packed (the zoo packer names archives "
+                      "by subsystem string)", file=sys.stderr)
+        else:
+            directory, archive = materialise(args.exp, sub, args.asr_model_file,
+                                             not args.no_pack)
     except (SelectError, OSError, RuntimeError, ValueError) as e:
         print(f"select: error: {sub}: {e}", file=sys.stderr)
         return EXIT_BUILD

@@ -7,6 +7,13 @@ real-time factor. Budgets (``max_bytes``, ``max_params``, ``max_rtf``,
 file. A figure a budget needs but a row lacks makes that row ineligible, and
 the reason is reported. Works for any subsystem string the project defines:
 only the rows are read, never the string's parts.
+
+Searched records (``python -m espnet_allinone.bin.search``) join the rows when
+``<exp>/searched/search.json`` exists (:func:`read_searched`), marked
+``"searched": true``: each budget's pick, sized by its extracted model file
+like the report's rows, with the test WER once ``bin.search --collect`` has
+read its scores (until then it is listed but not eligible, as any row
+without a WER).
 """
 
 from __future__ import annotations
@@ -93,6 +100,33 @@ def read_results(path: Path) -> list[dict]:
     return [dict(r) for r in rows]
 
 
+def read_searched(exp: Path) -> list[dict]:
+    """The searched picks of ``<exp>/searched/search.json`` as rows (none when absent)."""
+    from espnet_allinone.search.experiment import SEARCH_FILE, SEARCHED_DIR
+
+    path = Path(exp) / SEARCHED_DIR / SEARCH_FILE
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise SelectError(f"{path}: not valid JSON ({e})") from None
+    rows = []
+    for entry in data.get("chosen") or []:
+        if not isinstance(entry, Mapping) or not entry.get("name"):
+            raise SelectError(f"{path}: a 'chosen' entry has no 'name': {entry!r}")
+        rows.append({"subsystem": entry["name"], "searched": True, "wer": entry.get("wer"),
+                     "cer": entry.get("cer"), "params": entry.get("params"),
+                     "bytes": entry.get("disk_bytes", entry.get("bytes")),
+                     "exact_bytes": entry.get("exact_bytes"), "rtf": entry.get("rtf"),
+                     "dev_error": entry.get("dev_error"), "record": entry.get("record")})
+    return rows
+
+
+def _source(row: Mapping) -> str:
+    return "search.json" if row.get("searched") else "results.json"
+
+
 def _value(row: Mapping, key: str) -> float | None:
     value = row.get(key)
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -117,8 +151,8 @@ def choose(rows: list[dict], budgets: Mapping[str, float]) -> Choice:
         key, what = BUDGETS[option]
         missing = [r["subsystem"] for r in eligible if _value(r, key) is None]
         if missing:
-            notes.append(f"no {what} ({key}) in results.json for {', '.join(missing)}: "
-                         f"not eligible under --{option}")
+            notes.append(f"no {what} ({key}) in results.json/search.json for "
+                         f"{', '.join(missing)}: not eligible under --{option}")
         measured = [r for r in rows if _value(r, key) is not None]
         if not measured:
             raise SelectError(f"--{option}: results.json has no {what} ({key!r}) for any "
@@ -138,7 +172,9 @@ def choose(rows: list[dict], budgets: Mapping[str, float]) -> Choice:
         eligible = within
     for r in eligible:
         if _value(r, "wer") is None:
-            notes.append(f"{r['subsystem']} has no WER in results.json: not eligible")
+            hint = (" (decode, score and collect it: python -m espnet_allinone.bin.search "
+                    "--help)") if r.get("searched") else ""
+            notes.append(f"{r['subsystem']} has no WER in {_source(r)}: not eligible{hint}")
     ranked = [r for r in eligible if _value(r, "wer") is not None]
     if not ranked:
         raise SelectError("no subsystem within the budget has a WER in results.json")
@@ -159,7 +195,8 @@ def _fmt(key: str, value: float) -> str:
 def format_table(rows: list[dict], chosen: dict | None, front: list[dict]) -> str:
     """Every row, the Pareto front marked ``*`` and the chosen one ``<-``."""
     on_front = {r["subsystem"] for r in front}
-    lines = [f"{'subsystem':<18} {'WER%':>7} {'params':>12} {'bytes':>12} {'RTF':>8}"]
+    width = max([18, *(len(r["subsystem"]) + 3 for r in rows)])
+    lines = [f"{'subsystem':<{width}} {'WER%':>7} {'params':>12} {'bytes':>12} {'RTF':>8}"]
 
     def cell(r, k, spec):
         v = _value(r, k)
@@ -168,9 +205,10 @@ def format_table(rows: list[dict], chosen: dict | None, front: list[dict]) -> st
     for r in sorted(rows, key=lambda r: (_value(r, "bytes") or math.inf, r["subsystem"])):
         mark = (" *" if r["subsystem"] in on_front else "  ")
         pick = "  <- chosen" if chosen is not None and r["subsystem"] == chosen["subsystem"] else ""
-        lines.append(f"{r['subsystem'] + mark:<18} {cell(r, 'wer', '.2f'):>7} "
+        searched = "  (searched)" if r.get("searched") else ""
+        lines.append(f"{r['subsystem'] + mark:<{width}} {cell(r, 'wer', '.2f'):>7} "
                      f"{cell(r, 'params', ',.0f'):>12} {cell(r, 'bytes', ',.0f'):>12} "
-                     f"{cell(r, 'rtf', '.4f'):>8}{pick}")
+                     f"{cell(r, 'rtf', '.4f'):>8}{searched}{pick}")
     return "\n".join(lines)
 
 

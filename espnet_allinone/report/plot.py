@@ -1,7 +1,16 @@
-"""WER against model size, with the Pareto front (matplotlib, Agg backend)."""
+"""WER against model size, with the Pareto front (matplotlib, Agg backend).
+
+When the experiment has been searched (``<exp>/searched/search.json``, from
+``python -m espnet_allinone.bin.search``), the searched picks with a test WER
+join the plot as their own front, and a second panel beside it shows the
+search's dev CER against exact bytes: the front of the uniform subsystems
+and the front of everything the search scored. Without search.json the plot
+is as it always was.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from espnet_allinone.deploy.select import mark_selected
@@ -36,7 +45,12 @@ def plot_wer_vs_size(rows: list[Row], path: Path, title: str = "") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    search = read_search_summary(path.parent)
+    if search is None:
+        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    else:
+        fig, (ax, dev_ax) = plt.subplots(1, 2, figsize=(13, 4.5), dpi=120)
+        draw_search(ax, dev_ax, search)
     front = pareto_front(rows)
     front_names = {r.subsystem for r in front}
     xs = [r.bytes / 1e6 for r in rows]
@@ -64,3 +78,49 @@ def plot_wer_vs_size(rows: list[Row], path: Path, title: str = "") -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def read_search_summary(exp: Path) -> dict | None:
+    """``<exp>/searched/search.json``, or None when the experiment was not searched."""
+    from espnet_allinone.search.experiment import SEARCH_FILE, SEARCHED_DIR
+
+    path = Path(exp) / SEARCHED_DIR / SEARCH_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(bytes, error) points no other point beats on both, smallest first."""
+    return sorted(p for p in set(points) if not any(
+        q[0] <= p[0] and q[1] <= p[1] and q != p for q in points))
+
+
+def draw_search(ax, dev_ax, search: dict) -> None:
+    """Searched picks with a test WER on ``ax``; the search's dev fronts on ``dev_ax``."""
+    tested = [(c["disk_bytes"] / 1e6, c["wer"]) for c in search.get("chosen", [])
+              if c.get("wer") is not None and c.get("disk_bytes")]
+    if tested:
+        xs, ys = zip(*_front(tested))
+        ax.plot(xs, ys, "C1s-", zorder=3, label="searched (mixed records)")
+    cands = search.get("candidates", [])
+    every = [(c["bytes"] / 1e6, c["dev_error"]) for c in cands]
+    uniform = [(c["bytes"] / 1e6, c["dev_error"]) for c in cands if c.get("uniform")]
+    if every:
+        dev_ax.scatter(*zip(*every), s=8, c="0.7", zorder=2, label="scored by the search")
+    for points, style, label in ((uniform, "C0o--", "uniform subsystems' front"),
+                                 (every, "C1s-", "searched front")):
+        if points:
+            dev_ax.plot(*zip(*_front(points)), style, zorder=3, label=label)
+    for c in search.get("chosen", []):
+        dev_ax.annotate(", ".join(c.get("budgets", [])), (c["bytes"] / 1e6, c["dev_error"]),
+                        textcoords="offset points", xytext=(4, -10), fontsize=7)
+    dev_ax.set_xlabel("exact bytes (MB)")
+    dev_ax.set_ylabel(f"dev CER (%), {search.get('dev', {}).get('utterances', '?')} utterances")
+    dev_ax.set_title("search on held-out data (greedy CTC)")
+    dev_ax.grid(True, alpha=0.3)
+    dev_ax.legend(fontsize=8)

@@ -202,6 +202,29 @@ def run_search(inputs: Inputs, budgets: Sequence[tuple[str, int]], *, dev_utts: 
     return summary
 
 
+def extract_searched(exp: Path, name: str, asr_model_file: Path | None = None) -> Path:
+    """Extract a pick of ``search.json`` again (its record, its calibration) into
+    ``<exp>/searched/<name>/``, e.g. after the directory was removed."""
+    from espnet_allinone.export.calibration import CalibrationData
+    from espnet_allinone.export.extract import Extractor
+    from espnet_allinone.search.records import arch_from_dict
+
+    path = Path(exp) / SEARCHED_DIR / SEARCH_FILE
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    entry = next((c for c in summary.get("chosen", []) if c.get("name") == name), None)
+    if entry is None or "architecture" not in entry:
+        raise ExperimentError(f"{path} records no architecture for {name}")
+    calib = summary.get("calibration")
+    calibration = None if not calib else CalibrationData.from_data_dir(
+        calib["data"], int(calib["utterances"]))
+    config = Path(summary.get("config") or Path(exp) / "config.yaml")
+    checkpoint = pick_checkpoint(Path(exp), asr_model_file or (
+        Path(summary["checkpoint"]) if summary.get("checkpoint") else None))
+    extractor = Extractor(config, checkpoint, calibration)
+    return extractor.extract(arch_from_dict(entry["architecture"]), Path(exp) / SEARCHED_DIR,
+                             name=name).directory
+
+
 def format_front(summary: Mapping[str, Any]) -> str:
     """The Pareto front of exact bytes against dev error, picks marked with their budgets."""
     picks = {c["record"]: c for c in summary["chosen"]}
