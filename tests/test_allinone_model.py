@@ -287,6 +287,22 @@ def test_validation_reports_each_subsystem_and_plain_largest() -> None:
     assert int(model.sampler_step) == 0  # validation draws nothing
 
 
+def test_ctc_only_validation_leaves_out_what_it_cannot_compute() -> None:
+    """No attention decoder: no acc/cer/wer/loss_att keys (stock ESPnet leaves them
+    out; a None would print as nan in every validation line), CTC CER per subsystem."""
+    model = build(ctc_weight=1.0, valid_subsystems=["d1-w0.5-int4", "d2-w1-fp"],
+                  report_cer=True)
+    model.eval()
+    with torch.no_grad():
+        _, stats, _ = model(**batch())
+    for sub in ("d1-w0.5-int4", "d2-w1-fp"):
+        assert {k for k in stats if k.endswith(f"_{sub}")} == {
+            f"{key}_{sub}" for key in ("loss", "loss_ctc", "cer_ctc")}
+        assert float(stats[f"cer_ctc_{sub}"]) >= 0.0  # an untrained model inserts a lot
+    assert all(v is not None and not torch.isnan(torch.as_tensor(v)).any()
+               for v in stats.values())
+
+
 def test_default_valid_subsystems_are_largest_and_smallest() -> None:
     model = build()
     assert [str(s) for s in model.valid_subsystems] == ["d2-w1-fp", "d1-w0.5-int4"]

@@ -523,6 +523,9 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
                 loss, sub_stats, weight = super().forward(
                     speech, speech_lengths, text.clone(), text_lengths, **kwargs
                 )
+            # what the model cannot compute (a CTC-only model's attention accuracy) is
+            # None: left out, as stock ESPnet's log leaves it out, instead of a nan
+            sub_stats = {k: v for k, v in sub_stats.items() if v is not None}
             for key, value in sub_stats.items():
                 stats[f"{key}_{sub}"] = value
             if sub == plain_sub:
