@@ -3,7 +3,8 @@
 ESPnet's own ``ESPnetASRModel`` (same forward, same ``Speech2Text``), with the
 CTC linear (and an attention decoder's output layer) stored in ``model.pth``
 as packed codes and scales: loading dequantises them to exactly the weights
-the all-in-one model trained with at ``part_precisions.output``. Extraction
+the all-in-one model trained with at ``part_precisions.output`` (on the grid
+the packed entries record; ``quant_grid``, when given, must agree). Extraction
 writes it only when the output layers are low-bit; otherwise the model is
 a stock ``espnet`` one.
 """
@@ -36,7 +37,8 @@ class PackedOutputASRModel(ESPnetASRModel):
     """ESPnetASRModel with ``output_bits``-bit output layers stored bit-packed."""
 
     def __init__(self, *args: Any, output_bits: int | str = FLOAT_BITS,
-                 quant_symmetric: bool | None = None, **kwargs: Any) -> None:
+                 quant_symmetric: bool | None = None, quant_grid: str | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         try:
             bits = parse_precision(output_bits)
@@ -45,4 +47,5 @@ class PackedOutputASRModel(ESPnetASRModel):
         self.weight_bits = ({} if bits == FLOAT_BITS else
                             {f"{name}.weight": bits for name in output_layers(self)})
         self.quant_symmetric = quant_symmetric
+        self.quant_grid = packed_format.check_grid(quant_grid, quant_symmetric)
         packed_format.store_packed(self)

@@ -75,9 +75,13 @@ def test_config_defaults_and_round_trip():
         "clip_ratio": 0.9,
         "learn_scale": False,
         "activation_bits": 8,
+        "grid": "integer",
     }
     cfg = QuantConfig.from_dict(d)
     assert cfg.to_dict() == d
+    assert QuantConfig().grid == "integer"
+    balanced = {**QuantConfig().to_dict(), "grid": "balanced"}
+    assert QuantConfig.from_dict(balanced).to_dict() == balanced
     assert QuantConfig.from_dict(cfg) is cfg
     assert QuantConfig.from_dict({"clip": "fixed", "clip_ratio": 1}).clip_ratio == 1.0
 
@@ -102,8 +106,13 @@ def test_config_defaults_and_round_trip():
             (
                 r"unknown quant_conf key\(s\) bits, granularty; "
                 r"valid keys: symmetric, granularity, group_size, clip, clip_ratio, learn_scale, "
-                r"activation_bits"
+                r"activation_bits, grid"
             ),
+        ),
+        ({"grid": "mid-rise"}, r"grid 'mid-rise'; valid: integer, balanced"),
+        (
+            {"grid": "balanced", "symmetric": False},
+            r"grid: balanced needs symmetric: true",
         ),
     ],
 )
@@ -323,12 +332,15 @@ def test_lsq_scale_gradient_value():
 
 
 def reference_fake_quant(q: WeightFakeQuantizer, w, bits, rows=None, cols=None):
-    """The quantiser's forward as plain autograd ops (round with identity gradient,
-    clamp, LSQ-scaled scale and zero point), per element on the full weight."""
+    """The quantiser's forward as plain autograd ops (round -- floor on the balanced
+    grid -- with identity gradient, clamp, + 1/2 on the balanced grid, LSQ-scaled
+    scale and zero point), per element on the full weight."""
     cfg = q.config
     lo, hi = qrange(bits, cfg.symmetric)
+    balanced = cfg.grid == "balanced"
     n = {"tensor": OUT * IN, "channel": IN, "group": GS}[cfg.granularity]
-    g = 1.0 / math.sqrt(n * hi)
+    # LSQ's Q_P, the number of positive levels: one more on the balanced grid
+    g = 1.0 / math.sqrt(n * (hi + 1 if balanced else hi))
 
     def learned(value, p):  # value, with gradient g * d/dvalue to p
         return value + (p * g - (p * g).detach())
@@ -343,7 +355,9 @@ def reference_fake_quant(q: WeightFakeQuantizer, w, bits, rows=None, cols=None):
     sp = getattr(q, f"scale_int{bits}")
     s = cut(per_element(learned(sp.detach().clamp(2**-20, 65504).half().float(), sp)))
     x = cut(w) / s
-    r = x.round() + (x - x.detach())
+    r = (x.floor() if balanced else x.round()) + (x - x.detach())
+    if balanced:
+        return (r.clamp(lo, hi) + 0.5) * s
     if cfg.symmetric:
         return r.clamp(lo, hi) * s
     zp = getattr(q, f"zero_point_int{bits}")
@@ -352,10 +366,14 @@ def reference_fake_quant(q: WeightFakeQuantizer, w, bits, rows=None, cols=None):
 
 
 @pytest.mark.parametrize("gran", ["tensor", "channel", "group"])
-@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
-def test_gradients_match_plain_op_reference(symmetric, gran):
+@pytest.mark.parametrize(
+    "symmetric, grid",
+    [(True, "integer"), (False, "integer"), (True, "balanced")],
+    ids=["sym", "asym", "balanced"],
+)
+def test_gradients_match_plain_op_reference(symmetric, grid, gran):
     """Values bit-exact, gradients (weight, scale, zero point) equal to the plain-op form."""
-    cfg = QuantConfig(symmetric=symmetric, granularity=gran, group_size=GS)
+    cfg = QuantConfig(symmetric=symmetric, granularity=gran, group_size=GS, grid=grid)
     q = make(cfg, bits=(2, 4, 8))
     gen = torch.Generator().manual_seed(5)
     w = rand_weight(seed=4)
@@ -364,6 +382,8 @@ def test_gradients_match_plain_op_reference(symmetric, gran):
         with torch.no_grad():  # arbitrary learned values: some levels clip
             sp = getattr(q, f"scale_int{bits}")
             sp.mul_(torch.rand(sp.shape, generator=gen) * 0.5 + 0.4)
+            if grid == "balanced":  # clamps only beyond 4/3 max|w| at init (2 bits)
+                sp.mul_(0.75)
             if not symmetric:
                 getattr(q, f"zero_point_int{bits}").add_(
                     torch.randn(sp.shape, generator=gen) * 0.6

@@ -17,12 +17,14 @@ from espnet_allinone.encoders.options import stock_defaults
 
 def encoder_conf(source_conf: dict[str, Any], arch: SubnetArch, *, stock: bool,
                  quant_symmetric: bool | None = None,
-                 position_stats: bool = False) -> dict[str, Any]:
+                 position_stats: bool = False,
+                 quant_grid: str | None = None) -> dict[str, Any]:
     """The extracted encoder's options: the source's stock ConformerEncoder options at
     the record's size; for a ``packed_conformer`` (``stock`` False) also the record's
     per-block shapes (``block_archs``, ``block_schedule``, ``front_bits``) and, for
-    low-bit weights, ``quant_symmetric`` (checked against the file when loading); a
-    shared block keeps BatchNorm statistics per position with ``position_stats``."""
+    low-bit weights, ``quant_symmetric`` and, for a grid other than the integer one,
+    ``quant_grid`` (both checked against the file when loading); a shared block keeps
+    BatchNorm statistics per position with ``position_stats``."""
     keep = set(stock_defaults(ConformerEncoder))
     conf = {k: copy.deepcopy(v) for k, v in source_conf.items() if k in keep}
     stored = arch.stored_blocks()
@@ -37,6 +39,8 @@ def encoder_conf(source_conf: dict[str, Any], arch: SubnetArch, *, stock: bool,
         conf.update(arch.to_conf())
         if quant_symmetric is not None and not arch.is_float:
             conf["quant_symmetric"] = bool(quant_symmetric)
+        if quant_grid not in (None, "integer") and not arch.is_float:
+            conf["quant_grid"] = str(quant_grid)
         if position_stats and not arch.is_stacked:
             conf["position_stats"] = True
     return conf

@@ -361,7 +361,8 @@ class ElasticConformerEncoder(RejectUnknownOptions, SubsystemSwitching, Conforme
         stock = misfit is None
         conf = encoder_conf(dict(source_conf), target, stock=stock,
                             quant_symmetric=self.quant_config.symmetric,
-                            position_stats=self.positions > 1)
+                            position_stats=self.positions > 1,
+                            quant_grid=self.quant_config.grid)
         return ("conformer" if stock else "packed_conformer"), conf, stock, unroll
 
     # --- importance ---------------------------------------------------------

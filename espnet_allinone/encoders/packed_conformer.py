@@ -12,9 +12,11 @@ logical block runs; default each once, in order; with ``position_stats`` a
 shared block's conv BatchNorm keeps statistics per position) and
 ``front_bits``. Its
 ``state_dict`` stores the low-bit weights bit-packed (uint8 codes, fp16
-scales, integer zero points, see :mod:`espnet_allinone.quant.packed_format`)
-and loading dequantises them to exactly the fake-quantised weights the
-all-in-one model used, so the forward pass is the stock Conformer one.
+scales, integer zero points, the grid when not the integer one, see
+:mod:`espnet_allinone.quant.packed_format`) and loading dequantises them to
+exactly the fake-quantised weights the all-in-one model used, so the forward
+pass is the stock Conformer one. ``quant_symmetric`` and ``quant_grid``
+(None: as the file says) are what the config promises of the file.
 
 Directories extracted before architecture records existed spell a uniform
 architecture as ``attention_heads_kept``, ``conv_channels``, ``weight_bits``,
@@ -63,6 +65,7 @@ class PackedConformerEncoder(RejectUnknownOptions, ConformerEncoder):
         weight_bits: int = FLOAT_BITS,
         quant_symmetric: bool | None = None,
         quantized_modules: list[str] | None = None,
+        quant_grid: str | None = None,
         **stock_options: Any,
     ):
         conf = {**stock_defaults(ConformerEncoder), **stock_options}
@@ -92,6 +95,7 @@ class PackedConformerEncoder(RejectUnknownOptions, ConformerEncoder):
         elif position_stats:
             raise ValueError("position_stats needs a block_schedule (shared blocks)")
         self.quant_symmetric = quant_symmetric
+        self.quant_grid = packed_format.check_grid(quant_grid, quant_symmetric)
         self.weight_bits = self._quantized_weights(shapes, front_bits, weight_bits,
                                                    quantized_modules)
         packed_format.store_packed(self)

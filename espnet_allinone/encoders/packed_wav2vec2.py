@@ -50,6 +50,7 @@ class PackedWav2Vec2Encoder(RejectUnknownOptions, Wav2Vec2EncoderBase):
         block_schedule: list[int] | None = None,
         front_bits: int = FLOAT_BITS,
         quant_symmetric: bool | None = None,
+        quant_grid: str | None = None,
         **architecture: Any,
     ):
         conf = arch_conf(architecture)
@@ -86,6 +87,7 @@ class PackedWav2Vec2Encoder(RejectUnknownOptions, Wav2Vec2EncoderBase):
             out[f"{POS_CONV}.weight"] = front_bits
         self.weight_bits = out
         self.quant_symmetric = quant_symmetric
+        self.quant_grid = packed_format.check_grid(quant_grid, quant_symmetric)
         packed_format.store_packed(self)
 
 
@@ -149,6 +151,8 @@ def extracted_encoder(encoder: Any, arch: SubnetArch, plugin_free: bool
         block.pop("conv_channels", None)
     if not arch.is_float:
         conf["quant_symmetric"] = bool(encoder.quant_config.symmetric)
+        if encoder.quant_config.grid != "integer":
+            conf["quant_grid"] = encoder.quant_config.grid
     return "packed_wav2vec2", conf, False
 
 

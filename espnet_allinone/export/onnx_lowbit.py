@@ -10,6 +10,13 @@ float ``MatMul`` for each layer shape and keeps float where the low-bit kernel
 is slower, saying so in the report (``policy="nbits"`` always maps, for the
 smallest file; ``"float"`` never does).
 
+Weights on the balanced grid (code q means (q + 1/2) x scale) keep their
+codes: the offset is the zero point, 2^(bits-1) - 1/2 as a float
+(MatMulNBits computes (u - zp) x scale of the unsigned level u = q +
+2^(bits-1), the same number). Where this onnxruntime's kernel takes no float
+zero points (CPU: not at 8 bits), such a layer stays a float MatMul of the
+dequantised weight, with the reason in the report.
+
 ``quantize_int8`` is onnxruntime's dynamic int8 quantisation of the rest
 (float MatMuls -> ``MatMulInteger``, and the Conv2d subsampling front and the
 conv module -> ``ConvInteger``): faster, not exact.
@@ -38,9 +45,20 @@ class QuantizedLinear:
     bits: int
     codes: np.ndarray          # [N, K] unsigned levels (symmetric codes shifted by 2^(bits-1))
     scale: np.ndarray          # [N, K // block] float32
-    zero_point: np.ndarray | None  # [N, K // block] uint8 or None (default 2^(bits-1))
+    zero_point: np.ndarray | None  # [N, K // block] uint8, float32 (balanced grid: the
+    #                                codes' 2^(bits-1) - 1/2) or None (default 2^(bits-1))
     block: int
     weight_t: np.ndarray       # [K, N] float32: the dequantised weight as the MatMul holds it
+
+    @property
+    def float_zero_point(self) -> bool:
+        return self.zero_point is not None and self.zero_point.dtype == np.float32
+
+    @property
+    def zero_point_kind(self) -> str:
+        if self.zero_point is None:
+            return "default"
+        return "float" if self.float_zero_point else "uint8"
 
 
 @dataclass
@@ -74,12 +92,23 @@ def packed_linears(state_dict: dict[str, torch.Tensor]) -> list[QuantizedLinear]
         symmetric = qw.zero_point is None
         codes = qw.codes.to(torch.int32) + (2 ** (qw.bits - 1) if symmetric else 0)
         scale = qw.scale.float().expand(n_out, blocks).contiguous()
-        zp = None if symmetric else qw.zero_point.to(torch.uint8).expand(n_out, blocks)
+        offset = _grid_offset(qw)
+        if not symmetric:
+            zp = qw.zero_point.to(torch.uint8).expand(n_out, blocks).contiguous().numpy()
+        elif offset:  # (u - (2^(b-1) - offset)) * s == (q + offset) * s, exactly
+            zp = np.full((n_out, blocks), 2 ** (qw.bits - 1) - offset, dtype=np.float32)
+        else:
+            zp = None
         out.append(QuantizedLinear(
-            name, qw.bits, codes.numpy().astype(np.uint8), scale.numpy(),
-            None if zp is None else zp.contiguous().numpy(), qw.group_size,
+            name, qw.bits, codes.numpy().astype(np.uint8), scale.numpy(), zp, qw.group_size,
             qw.dequantize().t().contiguous().numpy().astype(np.float32)))
     return out
+
+
+def _grid_offset(qw) -> float:
+    from espnet_allinone.quant.fake_quant import grid_offset
+
+    return grid_offset(getattr(qw, "grid", "integer"))
 
 
 def pack_rows(values: np.ndarray, bits: int) -> np.ndarray:
@@ -95,13 +124,50 @@ def pack_rows(values: np.ndarray, bits: int) -> np.ndarray:
     return out
 
 
-def nbits_supported(bits: int, block: int) -> str | None:
-    """None if MatMulNBits takes this layout, else why not."""
+def nbits_supported(bits: int, block: int, float_zero_point: bool = False) -> str | None:
+    """None if MatMulNBits takes this layout, else why not (``float_zero_point``: the
+    balanced grid's zero point 2^(bits-1) - 1/2, tried once on this onnxruntime)."""
     if bits not in NBITS_BITS:
         return f"{bits}-bit weights: MatMulNBits takes {list(NBITS_BITS)} bits"
     if block < 16 or block & (block - 1):
         return f"group size {block}: MatMulNBits needs a power of two >= 16"
+    if float_zero_point and not _float_zero_points_work(bits):
+        return (f"balanced grid at {bits} bits: this onnxruntime's MatMulNBits takes no float "
+                "zero point (the grid's 1/2 offset) there")
     return None
+
+
+_FLOAT_ZP: dict[int, bool] = {}
+
+
+def _float_zero_points_work(bits: int) -> bool:
+    """Whether MatMulNBits here runs ``bits``-bit codes with float zero points correctly."""
+    if bits not in _FLOAT_ZP:
+        from onnx import helper
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+        refused = (ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.NotImplemented,
+                   ort_errors.InvalidGraph, ort_errors.RuntimeException)
+        k_in, n_out, block = 32, 4, 16
+        rng = np.random.default_rng(0)
+        codes = rng.integers(0, 2**bits, (n_out, k_in)).astype(np.uint8)
+        scale = np.full((n_out, k_in // block), 0.25, dtype=np.float32)
+        zp = np.full_like(scale, 2 ** (bits - 1) - 0.5)
+        weight = (codes.astype(np.float32) - 2 ** (bits - 1) + 0.5) * 0.25
+        q = QuantizedLinear("probe", bits, codes, scale, zp, block,
+                            np.ascontiguousarray(weight.T))
+        inits, names = nbits_node_inputs(q, "w")
+        x = rng.standard_normal((1, 3, k_in)).astype(np.float32)
+        try:
+            session = _single_op_session(
+                helper.make_node("MatMulNBits", ["x", *names], ["y"], domain="com.microsoft",
+                                 K=k_in, N=n_out, bits=bits, block_size=block),
+                inits, k_in, n_out, 1, quiet=True)
+            got = session.run(None, {"x": x})[0]
+            _FLOAT_ZP[bits] = bool(np.allclose(got, x @ q.weight_t, rtol=1e-5, atol=1e-5))
+        except refused:  # the kernel refuses the layout
+            _FLOAT_ZP[bits] = False
+    return _FLOAT_ZP[bits]
 
 
 def nbits_node_inputs(q: QuantizedLinear, prefix: str) -> tuple[list, list[str]]:
@@ -114,14 +180,18 @@ def nbits_node_inputs(q: QuantizedLinear, prefix: str) -> tuple[list, list[str]]
     inits = [numpy_helper.from_array(packed, prefix + "_B"),
              numpy_helper.from_array(q.scale.reshape(-1), prefix + "_scales")]
     names = [prefix + "_B", prefix + "_scales"]
-    if q.zero_point is not None:
+    if q.float_zero_point:  # one float per block, not packed
+        inits.append(numpy_helper.from_array(q.zero_point.reshape(-1), prefix + "_zp"))
+        names.append(prefix + "_zp")
+    elif q.zero_point is not None:
         inits.append(numpy_helper.from_array(pack_rows(q.zero_point, q.bits).reshape(-1),
                                              prefix + "_zp"))
         names.append(prefix + "_zp")
     return inits, names
 
 
-def _single_op_session(node, inits, k_in: int, n_out: int, threads: int):
+def _single_op_session(node, inits, k_in: int, n_out: int, threads: int,
+                       quiet: bool = False):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -132,6 +202,8 @@ def _single_op_session(node, inits, k_in: int, n_out: int, threads: int):
                                                     helper.make_opsetid("com.microsoft", 1)])
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    if quiet:  # a probe: a refusal is an answer, not an error to log
+        options.log_severity_level = 4
     return ort.InferenceSession(model.SerializeToString(), options,
                                 providers=["CPUExecutionProvider"])
 
@@ -144,7 +216,7 @@ def time_nbits_vs_float(q: QuantizedLinear, threads: int = 1, rounds: int = 15) 
     from onnx import helper, numpy_helper
 
     n_out, k_in = q.codes.shape
-    key = (q.bits, k_in, n_out, q.block, q.zero_point is None, threads)
+    key = (q.bits, k_in, n_out, q.block, q.zero_point_kind, threads)
     if key in _TIMINGS:
         return _TIMINGS[key]
     inits, names = nbits_node_inputs(q, "w")
@@ -194,7 +266,7 @@ def map_low_bit(state_dict: dict[str, torch.Tensor], src: Path, dst: Path,
             continue
         matched.add(q.name)
         n_out, k_in = q.codes.shape
-        shape_key = (q.bits, k_in, n_out, q.block)
+        shape_key = (q.bits, k_in, n_out, q.block, q.zero_point_kind)
         if shape_key not in decided:
             decided[shape_key] = _decide(q, policy, threads, report)
         if decided[shape_key] is not None:
@@ -229,7 +301,7 @@ def _decide(q: QuantizedLinear, policy: str, threads: int, report: LowBitReport)
     """None: use MatMulNBits; otherwise the reason to keep the float MatMul."""
     n_out, k_in = q.codes.shape
     shape = f"[{TIMING_FRAMES}x{k_in}]x[{k_in}x{n_out}] {q.bits}-bit, groups of {q.block}"
-    why_not = nbits_supported(q.bits, q.block)
+    why_not = nbits_supported(q.bits, q.block, q.float_zero_point)
     if why_not is not None:
         report.decisions.append(f"{shape}: float MatMul ({why_not})")
         return why_not

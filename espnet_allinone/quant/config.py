@@ -17,6 +17,9 @@ GRANULARITIES = ("tensor", "channel", "group")
 CLIP_MODES = ("none", "fixed", "mse")
 """Initial range: full min/max, a fixed fraction of it, or the MSE-best fraction."""
 
+GRIDS = ("integer", "balanced")
+"""Symmetric level sets: integer multiples of the scale, or mid-rise (q + 1/2) x scale."""
+
 ACTIVATION_BITS = (None, 8)
 """Activation fake quantisation: off, or 8-bit dynamic per-tensor."""
 
@@ -41,6 +44,11 @@ class QuantConfig:
     learn_scale:     LSQ(+) learned scales (and zero points); False recomputes
                      them from the current weight every forward.
     activation_bits: None, or 8 to fake-quantise layer inputs.
+    grid:            "integer": code q means q x scale (2 bits: {-2, -1, 0, 1} x s);
+                     "balanced" (symmetric only): q means (q + 1/2) x scale, levels
+                     symmetric about zero without an exact zero (2 bits:
+                     {-1.5, -0.5, 0.5, 1.5} x s), codes rounded down (floor).
+                     The codes and their storage are the same for both.
     """
 
     symmetric: bool = True
@@ -50,6 +58,7 @@ class QuantConfig:
     clip_ratio: float = 1.0
     learn_scale: bool = True
     activation_bits: int | None = None
+    grid: str = "integer"
 
     def __post_init__(self) -> None:
         for name in ("symmetric", "learn_scale"):
@@ -96,6 +105,16 @@ class QuantConfig:
             raise QuantConfigError(
                 f"unsupported quant_conf.activation_bits {self.activation_bits!r}; "
                 "valid: null (off), 8"
+            )
+        if self.grid not in GRIDS:
+            raise QuantConfigError(
+                f"unknown quant_conf.grid {self.grid!r}; valid: {', '.join(GRIDS)}"
+            )
+        if self.grid == "balanced" and not self.symmetric:
+            raise QuantConfigError(
+                "quant_conf.grid: balanced needs symmetric: true (the balanced grid is "
+                "the signed mid-rise one, without a zero point); set symmetric: true or "
+                "grid: integer"
             )
 
     @classmethod

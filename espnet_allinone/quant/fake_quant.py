@@ -10,6 +10,13 @@ Grids (b bits, scale s, per tensor / output row / group of input columns):
 * symmetric:  q = clamp(round(w / s), -2^(b-1), 2^(b-1) - 1),  w_q = q * s
 * asymmetric: q = clamp(round(w / s) + z, 0, 2^b - 1),          w_q = (q - z) * s
   with an integer zero point z.
+* balanced (symmetric, ``grid: balanced``): the same signed codes, meaning
+  mid-rise levels: q = clamp(floor(w / s), -2^(b-1), 2^(b-1) - 1),
+  w_q = (q + 1/2) * s, so the 2^b levels lie symmetric about zero
+  ({-1.5, -0.5, 0.5, 1.5} x s at 2 bits) and none is zero.
+
+The grid's maths is in the functions below (``grid_offset``, ``_levels``,
+``_dequant``, ``positive_levels``); the config only names it.
 
 Scales are kept to float16 values (the packed format stores fp16) and
 clamped to [MIN_SCALE, 65504], so all-zero or constant weights give no NaN or
@@ -31,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from espnet_allinone.precision import FLOAT_BITS, SUPPORTED_BITS
-from espnet_allinone.quant.config import QuantConfig
+from espnet_allinone.quant.config import GRIDS, QuantConfig
 
 MIN_SCALE = 2.0**-20
 """Smallest scale (an exact fp16 value): guards zero and constant weights."""
@@ -68,27 +75,58 @@ def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
     return 0, 2**bits - 1
 
 
-def _levels(w3: Tensor, s3: Tensor, z3: Tensor | None, qmin: int, qmax: int) -> Tensor:
+def grid_offset(grid: str) -> float:
+    """What a code means beside its integer value: w_q = (q + offset) * s.
+
+    0 for the integer grid, 1/2 for the balanced (mid-rise) grid.
+    """
+    if grid == "integer":
+        return 0.0
+    if grid == "balanced":
+        return 0.5
+    raise ValueError(f"unknown quantisation grid {grid!r}; valid: {', '.join(GRIDS)}")
+
+
+def positive_levels(bits: int, symmetric: bool, grid: str = "integer") -> int:
+    """Q_P of LSQ's gradient scale 1 / sqrt(n Q_P): the number of positive levels.
+
+    The integer grid's top code 2^(b-1) - 1 (2^b - 1 unsigned); the balanced
+    grid has one more, 2^(b-1) (levels 1/2 ... 2^(b-1) - 1/2).
+    """
+    qmax = qrange(bits, symmetric)[1]
+    return qmax + 1 if grid_offset(grid) else qmax
+
+
+def _round_levels(x: Tensor, offset: float) -> Tensor:
+    """The nearest level's code of x = w / s: round (integer grid), floor (mid-rise)."""
+    return x.floor() if offset else x.round()
+
+
+def _levels(w3: Tensor, s3: Tensor, z3: Tensor | None, qmin: int, qmax: int,
+            offset: float = 0.0) -> Tensor:
     """Integer levels (as float) of grouped weights (no gradient path)."""
-    r = (w3 / s3).round()
+    r = _round_levels(w3 / s3, offset)
     if z3 is not None:
         r = r + z3
     return r.clamp(qmin, qmax)
 
 
-def _dequant(q: Tensor, s3: Tensor, z3: Tensor | None) -> Tensor:
-    return q * s3 if z3 is None else (q - z3) * s3
+def _dequant(q: Tensor, s3: Tensor, z3: Tensor | None, offset: float = 0.0) -> Tensor:
+    if z3 is not None:
+        return (q - z3) * s3
+    return (q + offset) * s3 if offset else q * s3
 
 
 class _FakeQuantSTE(torch.autograd.Function):
-    """``_dequant(_levels(w, s, z))`` in one autograd node (zeros as +0.0, like codes).
+    """``_dequant(_levels(w, s, z, offset))`` in one autograd node (zeros as +0.0, like codes).
 
     Gradients are those of the plain-op form "round with identity gradient,
     then clamp" (tests/test_quant.py checks them against it), with x = w / s,
-    level r = round(x) + z, in = (qmin <= r <= qmax), q = clamp(r):
+    level r = round(x) + z (floor(x) on the balanced grid, offset o = 1/2;
+    o = 0 otherwise), in = (qmin <= r <= qmax), q = clamp(r):
 
     * w: grad where in, else 0 (STE);
-    * s: sum of grad * (q - z - x) where in, grad * (q - z) outside (LSQ);
+    * s: sum of grad * (q - z + o - x) where in, grad * (q - z + o) outside (LSQ);
     * z: sum of -s * grad outside.
 
     Saving only ``in`` and the s-gradient factor (instead of autograd's ~10
@@ -106,14 +144,15 @@ class _FakeQuantSTE(torch.autograd.Function):
         qmin: int,
         qmax: int,
         track: bool,
+        offset: float = 0.0,
     ) -> Tensor:
         x = w3 / s3
         # + 0.0 turns round's -0.0 into +0.0, as dequantised integer codes have
-        r = x.round().add_(0.0 if z3 is None else z3)
+        r = _round_levels(x, offset).add_(0.0 if z3 is None else z3)
         q = r.clamp(qmin, qmax)
         save = track and any(ctx.needs_input_grad[:3])
         inside = r.eq_(q) if save else None  # 1.0 where the clamp changed nothing
-        qz = q if z3 is None else q.sub_(z3)
+        qz = q.sub_(z3) if z3 is not None else q.add_(offset) if offset else q
         if save:
             # float masks and in-place ops: bool masks, where() and fresh
             # full-size temporaries are what make this slow on CPU
@@ -132,7 +171,7 @@ class _FakeQuantSTE(torch.autograd.Function):
         gz = None
         if need_z:  # -s * (grad summed outside the range)
             gz = (gw.sum_to_size(s3.shape) - grad.sum_to_size(s3.shape)) * s3
-        return (gw if need_w else None), gs, gz, None, None, None
+        return (gw if need_w else None), gs, gz, None, None, None, None
 
 
 def _range_qparams(
@@ -142,7 +181,8 @@ def _range_qparams(
 
     ``w3`` is [rows, groups, columns per group]; results are [rows, groups]
     ([1, 1] per tensor). Symmetric: s = ratio * 2 max|w| / (2^b - 1), so the
-    span of the 2^b levels equals [-max|w|, max|w|] (as PyTorch's observers).
+    span of the 2^b levels equals 2 max|w| (as PyTorch's observers); on the
+    balanced grid the outer levels are exactly -max|w| and max|w|.
     Asymmetric: the range always includes 0 so zero stays exact.
     """
     if symmetric:
@@ -171,6 +211,8 @@ class QuantizedWeight:
     zero_point: uint8, same shape as scale; None when symmetric.
     group_size: columns sharing one scale (cols for tensor/channel granularity).
     shape:      (rows, cols).
+    grid:       what a code means: "integer" (q * s) or "balanced" ((q + 1/2) * s,
+                symmetric only).
     """
 
     codes: Tensor
@@ -179,6 +221,7 @@ class QuantizedWeight:
     bits: int
     group_size: int
     shape: tuple[int, int]
+    grid: str = "integer"
 
     def __post_init__(self) -> None:
         rows, cols = (int(n) for n in self.shape)
@@ -206,6 +249,11 @@ class QuantizedWeight:
                 f"zero_point has shape {tuple(self.zero_point.shape)}, "
                 f"expected the scale's {tuple(self.scale.shape)}"
             )
+        grid_offset(self.grid)  # names the valid grids
+        if self.grid != "integer" and self.zero_point is not None:
+            raise ValueError(
+                f"the {self.grid} grid is symmetric: it takes no zero point"
+            )
 
     @property
     def symmetric(self) -> bool:
@@ -217,7 +265,7 @@ class QuantizedWeight:
         q = self.codes.float().reshape(rows, cols // self.group_size, self.group_size)
         s3 = self.scale.float().unsqueeze(-1)
         z3 = None if self.zero_point is None else self.zero_point.float().unsqueeze(-1)
-        return _dequant(q, s3, z3).reshape(rows, cols)
+        return _dequant(q, s3, z3, grid_offset(self.grid)).reshape(rows, cols)
 
     def storage_bits(self) -> int:
         """Codes at ``bits`` each, 16 per scale, 8 per zero point."""
@@ -284,6 +332,7 @@ class WeightFakeQuantizer(nn.Module):
         else:
             self.group_size = in_features
         self.n_groups = in_features // self.group_size
+        self._offset = grid_offset(cfg.grid)
         self._per_tensor = cfg.granularity == "tensor"
         shape = (1, 1) if self._per_tensor else (out_features, self.n_groups)
         self._scale_numel = (
@@ -310,6 +359,7 @@ class WeightFakeQuantizer(nn.Module):
             f"{'symmetric' if c.symmetric else 'asymmetric'}, {c.granularity}"
             + (f"({self.group_size})" if c.granularity == "group" else "")
             + f", clip={c.clip}, learn_scale={c.learn_scale}"
+            + (f", grid={c.grid}" if c.grid != "integer" else "")
         )
 
     # --- checks -------------------------------------------------------------
@@ -452,8 +502,9 @@ class WeightFakeQuantizer(nn.Module):
             s, z = _range_qparams(w3, bits, cfg.symmetric, self._per_tensor, ratio)
             s3 = s.unsqueeze(-1)
             z3 = None if z is None else z.unsqueeze(-1)
+            off = self._offset
             err = (
-                (_dequant(_levels(w3, s3, z3, qmin, qmax), s3, z3) - w3)
+                (_dequant(_levels(w3, s3, z3, qmin, qmax, off), s3, z3, off) - w3)
                 .square()
                 .sum(-1)
             )
@@ -500,7 +551,9 @@ class WeightFakeQuantizer(nn.Module):
         cfg = self.config
         qmax = qrange(bits, cfg.symmetric)[1]
         if cfg.learn_scale:
-            g = 1.0 / math.sqrt(self._scale_numel * qmax)
+            g = 1.0 / math.sqrt(
+                self._scale_numel * positive_levels(bits, cfg.symmetric, cfg.grid)
+            )
             sp = self._slice_qparam(getattr(self, f"scale_int{bits}"), rows, cols)
             scale = _fp16_scale(sp.detach())
             if grad:
@@ -552,7 +605,8 @@ class WeightFakeQuantizer(nn.Module):
         ``cols``: a prefix length or a LongTensor of column indices.
 
         STE to the weight (zero outside the clamp range), LSQ gradient
-        (scaled by 1/sqrt(n * Qp)) to the scales and zero points.
+        (scaled by 1/sqrt(n * Qp), Qp = ``positive_levels``) to the scales and
+        zero points.
         """
         self._check_weight(weight)
         bits = self._check_bits(bits)
@@ -562,7 +616,7 @@ class WeightFakeQuantizer(nn.Module):
         w3, s3, z3 = self._slice_and_qparams(weight, bits, rows, cols, grad=True)
         qmin, qmax = qrange(bits, self.config.symmetric)
         track = torch.is_grad_enabled()
-        out = _FakeQuantSTE.apply(w3, s3, z3, qmin, qmax, track)
+        out = _FakeQuantSTE.apply(w3, s3, z3, qmin, qmax, track, self._offset)
         return out.reshape(w3.shape[0], -1).to(weight.dtype)
 
     @torch.no_grad()
@@ -578,7 +632,7 @@ class WeightFakeQuantizer(nn.Module):
         bits = self._check_bits(bits, allow_float=False)
         rows, cols = self._check_rows(rows), self._check_cols(cols)
         w3, s3, z3 = self._slice_and_qparams(weight, bits, rows, cols, grad=False)
-        q = _levels(w3, s3, z3, *qrange(bits, self.config.symmetric))
+        q = _levels(w3, s3, z3, *qrange(bits, self.config.symmetric), self._offset)
         n_rows, n_cols = w3.shape[0], w3.shape[1] * w3.shape[2]
         symmetric = z3 is None
         return QuantizedWeight(
@@ -592,6 +646,7 @@ class WeightFakeQuantizer(nn.Module):
             if self.config.granularity == "group"
             else n_cols,
             shape=(n_rows, n_cols),
+            grid=self.config.grid,
         )
 
     def storage_bits(self, n_rows: int, n_cols: int, bits: int) -> int:

@@ -12,11 +12,15 @@ key                    dtype    content
 ``<name>_zero_point``  uint8    same shape as scale; only when asymmetric
 ``<name>_shape``       int64    [rows, cols] (the 2-D view; Conv1d [o, i*k])
 ``<name>_bits``        int64    scalar: 2, 4 or 8
+``<name>_grid``        int64    scalar: the grid's index in ``GRIDS``
+                                (1: balanced); only when not integer
 =====================  =======  =============================================
 
 Signedness follows from the zero point: absent = symmetric (signed codes,
-two's complement), present = asymmetric (unsigned codes). The group size is
-``cols // scale.shape[1]``. Loading turns the entries back into
+two's complement), present = asymmetric (unsigned codes). What a code means
+follows from the grid record: absent = ``integer`` (q x scale, every file
+written before grids existed), ``balanced`` = (q + 1/2) x scale. The group
+size is ``cols // scale.shape[1]``. Loading turns the entries back into
 ``QuantizedWeight.dequantize()``, bit-identical to the fake-quantised weight
 the all-in-one model trained with.
 """
@@ -30,11 +34,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from espnet_allinone.quant.config import GRIDS
 from espnet_allinone.quant.fake_quant import QuantizedWeight
 from espnet_allinone.quant.packing import pack_codes, unpack_codes
 
-SUFFIXES = ("codes", "scale", "zero_point", "shape", "bits")
-"""Key suffixes of one packed weight (zero_point only when asymmetric)."""
+SUFFIXES = ("codes", "scale", "zero_point", "shape", "bits", "grid")
+"""Key suffixes of one packed weight (zero_point only when asymmetric, grid only when
+not the integer grid)."""
+
+DEFAULT_GRID = "integer"
+"""The grid of a packed weight without a grid record."""
 
 
 class PackedFormatError(RuntimeError):
@@ -68,7 +77,23 @@ def to_state(qw: QuantizedWeight, name: str) -> dict[str, Tensor]:
     }
     if qw.zero_point is not None:
         out[f"{name}_zero_point"] = qw.zero_point.detach().to(torch.uint8).contiguous().clone()
+    if qw.grid != DEFAULT_GRID:
+        out[f"{name}_grid"] = torch.tensor(GRIDS.index(qw.grid), dtype=torch.int64)
     return out
+
+
+def _grid(state: Mapping[str, Tensor], name: str) -> str:
+    """The grid a packed weight's record names (none: integer)."""
+    record = state.get(f"{name}_grid")
+    if record is None:
+        return DEFAULT_GRID
+    index = int(record) if record.numel() == 1 else -1
+    if not 0 <= index < len(GRIDS):
+        raise PackedFormatError(
+            f"{name}_grid is {record.tolist()!r}, not a known grid; valid: "
+            + ", ".join(f"{i} ({g})" for i, g in enumerate(GRIDS))
+        )
+    return GRIDS[index]
 
 
 def from_state(state: Mapping[str, Tensor], name: str) -> QuantizedWeight:
@@ -78,7 +103,8 @@ def from_state(state: Mapping[str, Tensor], name: str) -> QuantizedWeight:
     if missing:
         raise PackedFormatError(
             f"packed weight is missing {', '.join(missing)}; expected keys "
-            + ", ".join(f"{name}_{s}" for s in SUFFIXES) + " (zero_point only when asymmetric)"
+            + ", ".join(f"{name}_{s}" for s in SUFFIXES)
+            + " (zero_point only when asymmetric, grid only when not integer)"
         )
     bits = int(state[f"{name}_bits"])
     rows, cols = (int(n) for n in state[f"{name}_shape"].tolist())
@@ -91,6 +117,12 @@ def from_state(state: Mapping[str, Tensor], name: str) -> QuantizedWeight:
             f"{name}_scale has shape {list(scale.shape)}, which does not split {cols} "
             "columns into equal groups"
         )
+    grid = _grid(state, name)
+    if grid != DEFAULT_GRID and zero_point is not None:
+        raise PackedFormatError(
+            f"{name} has a zero point (asymmetric) and the {grid} grid, which is "
+            "symmetric only"
+        )
     return QuantizedWeight(
         codes=codes.reshape(rows, cols),
         scale=scale.to(torch.float16),
@@ -98,7 +130,19 @@ def from_state(state: Mapping[str, Tensor], name: str) -> QuantizedWeight:
         bits=bits,
         group_size=cols // n_groups,
         shape=(rows, cols),
+        grid=grid,
     )
+
+
+def check_grid(grid: str | None, symmetric: bool | None = None) -> str | None:
+    """A config's ``quant_grid`` (None: whatever the file's grid records say), checked."""
+    if grid is None:
+        return None
+    if grid not in GRIDS:
+        raise ValueError(f"unknown quant_grid {grid!r}; valid: {', '.join(GRIDS)}")
+    if grid != DEFAULT_GRID and symmetric is False:
+        raise ValueError(f"quant_grid: {grid} is symmetric only, but quant_symmetric is false")
+    return grid
 
 
 def pop_state(state: MutableMapping[str, Tensor], name: str) -> dict[str, Tensor] | None:
@@ -109,11 +153,13 @@ def pop_state(state: MutableMapping[str, Tensor], name: str) -> dict[str, Tensor
 
 
 def dequantize_to(qw: QuantizedWeight, bits: int, weight_shape: Sequence[int],
-                  symmetric: bool | None = None, name: str = "weight") -> Tensor:
+                  symmetric: bool | None = None, name: str = "weight",
+                  grid: str | None = None) -> Tensor:
     """The float weight of ``weight_shape`` that ``qw`` stands for (exact).
 
-    ``bits`` and ``symmetric`` (None: either) are what the config promises;
-    a mismatch means the config and the model file do not belong together.
+    ``bits``, ``symmetric`` and ``grid`` (None: either) are what the config
+    promises; a mismatch means the config and the model file do not belong
+    together.
     """
     rows = int(weight_shape[0])
     cols = math.prod(int(s) for s in weight_shape[1:])
@@ -124,6 +170,8 @@ def dequantize_to(qw: QuantizedWeight, bits: int, weight_shape: Sequence[int],
         have = "symmetric" if qw.symmetric else "asymmetric"
         want = "symmetric" if symmetric else "asymmetric"
         mismatch = f"is {have}, the config says {want} quantisation"
+    elif grid is not None and qw.grid != grid:
+        mismatch = f"is on the {qw.grid} grid, the config says quant_grid: {grid}"
     elif qw.shape != (rows, cols):
         mismatch = (f"has shape {list(qw.shape)}, the model expects {list(weight_shape)} "
                     f"(as [{rows}, {cols}])")
@@ -139,8 +187,9 @@ def dequantize_to(qw: QuantizedWeight, bits: int, weight_shape: Sequence[int],
 def store_packed(module: torch.nn.Module) -> None:
     """Make ``module`` keep the weights named in ``module.weight_bits`` (name -> bits)
     bit-packed in its state_dict: loading dequantises them exactly
-    (``module.quant_symmetric``: the signedness the config promises, or None), saving
-    writes the loaded entries back. Used by the packed encoders and the packed model."""
+    (``module.quant_symmetric``: the signedness the config promises, or None;
+    ``module.quant_grid``, when present: the grid it promises, or None: the file's
+    grid records decide), saving writes the loaded entries back. Used by the packed encoders and the packed model."""
     module._packed = {}
     module.state_dict_packed = True
     module._register_state_dict_hook(_save_packed)
@@ -168,7 +217,7 @@ def _load_packed(module, state_dict, prefix, local_metadata, strict,
             )
         qw = from_state(entries, prefix + name)
         weight = dequantize_to(qw, bits, tuple(params[name].shape), module.quant_symmetric,
-                               prefix + name)
+                               prefix + name, getattr(module, "quant_grid", None))
         state_dict[prefix + name] = weight.to(params[name].dtype)
         packed.update({k[len(prefix):]: v for k, v in entries.items()})
     module._packed = packed
