@@ -360,3 +360,24 @@ def test_select_and_the_plot_take_the_searched_front(experiment, searched, tmp_p
     without = plot_wer_vs_size(report_rows, exp / "plain.png")
     assert matplotlib.image.imread(with_search).shape[1] > \
         1.5 * matplotlib.image.imread(without).shape[1]  # the dev panel beside the plot
+
+
+@pytest.mark.parametrize("seed_blocks", [None, 2], ids=["stacked", "unfolded"])
+def test_mixed_records_of_wav2vec2_models_extract_exactly(tmp_path, seed_blocks
+                                                                     ) -> None:
+    """Family-neutral: records come from the encoder's resolve; a seed block shared by
+    two logical positions runs its one choice at both."""
+    from espnet_allinone.export.extract import Extractor
+    from tests.test_wav2vec2_extract import SPACE, write_experiment
+
+    space = dict(SPACE, seed_blocks=seed_blocks) if seed_blocks else SPACE
+    paths = write_experiment(tmp_path / "exp", **space)
+    ex = Extractor(paths["config"], paths["model"])
+    text = "d4:w0.5-int4+a1f0.5c0.5-int8" + ("" if seed_blocks else "+w1-fp+w0.5-int8")
+    arch = build_arch(ex.encoder, text)
+    if seed_blocks:
+        assert arch.schedule == (0, 1, 0, 1) and arch.blocks[0] == arch.blocks[2]
+    assert arch.blocks[1].conv_channels is None and len(arch.blocks[1].ffn_units[0]) < \
+        len(ex.encoder.resolve("d4-w1-fp").blocks[1].ffn_units[0])
+    result = ex.extract(arch, tmp_path / "out", name="mixed")
+    assert result.max_abs_diff <= 1e-4 and result.exact_bytes == ex.exact_bytes(arch)

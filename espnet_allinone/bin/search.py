@@ -20,24 +20,27 @@ Budgets: a number with a unit B, kB, MB, GB, KiB, MiB, GiB (case-insensitive;
 bytes when none). ``bin.select`` then picks from these rows too, and the
 report's plot draws the searched front.
 
-Decoding and scoring the searched models on a test set (what recipe stages
-13-14 run for ``<exp>/extracted/<subsystem>``; run in the recipe directory)::
+Decoding and scoring the searched models on a test set: what recipe stages
+13-14 run for ``<exp>/extracted/<subsystem>`` (``decode_models``, ``bin.score``),
+here for ``<exp>/searched/<name>``, into a decode dir of their own (``bin.report``
+without ``--subsystems`` reads every dir of ``<exp>/decode``; run in the recipe
+directory, ``--config`` the recipe's ``--inference_config``)::
 
     names=$(python -c "import json; print(' '.join(c['name'] for c in \\
         json.load(open('exp/x/searched/search.json'))['chosen']))")
     python -m espnet_allinone.bin.asr_inference_multi --batch_size 1 --ngpu 0 \\
         --data_path_and_name_and_type dump/raw/test/wav.scp,speech,sound \\
-        --key_file dump/raw/test/wav.scp --output_dir exp/x/decode_searched/logdir \\
-        --model_dirs $(for n in $names; do echo exp/x/searched/$n; done) \\
-        --config conf/decode_asr.yaml
+        --output_dir exp/x/decode_searched/logdir --config conf/decode_ctc.yaml \\
+        --model_dirs $(for n in $names; do echo exp/x/searched/$n; done)
     for n in $names; do
         mkdir -p exp/x/decode_searched/$n/test
-        sort exp/x/decode_searched/logdir/$n/1best_recog/text > exp/x/decode_searched/$n/test/text
+        sort exp/x/decode_searched/logdir/$n/1best_recog/text \\
+            > exp/x/decode_searched/$n/test/text
         python -m espnet_allinone.bin.score --ref_dir dump/raw/test \\
             --hyp_text exp/x/decode_searched/$n/test/text --outdir exp/x/decode_searched/$n/test
     done
     python -m espnet_allinone.bin.search --exp exp/x --collect exp/x/decode_searched \\
-        --test_set test --float_reference exp/x/decode_asr/d12-w1-fp/test
+        --test_set test --float_reference exp/x/decode/d12-w1-fp/test
 
 ``--collect DIR`` reads each searched model's ``DIR/<name>/<test_set>/scores.json``
 into ``search.json`` (test WER and CER: what ``bin.select`` ranks) and, with
@@ -140,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     print(format_front(summary))
     print(f"(Pareto front of exact bytes against dev CER; {summary['evaluations']} records "
-          f"scored in {summary['seconds']:.1f} s)")
+          f"scored; {summary['seconds']:.1f} s, {summary['load_seconds']:.1f} s of it loading)")
     for b in summary["budgets"]:
         print(f"--max_bytes {b['budget']}: {b['chosen']}")
     print(f"written: {args.exp / 'searched'}")

@@ -134,6 +134,7 @@ def run_search(inputs: Inputs, budgets: Sequence[tuple[str, int]], *, dev_utts: 
                               "architecture records to search")
     scorer = Scorer(extractor.model, dev, detokenizer(extractor.config), calibration,
                     batch_size)
+    loaded = time.perf_counter()
     archs: dict = {}
 
     def arch(record):
@@ -194,6 +195,7 @@ def run_search(inputs: Inputs, budgets: Sequence[tuple[str, int]], *, dev_utts: 
         "candidates": [c.to_dict() for c in sorted(result.candidates,
                                                    key=lambda c: (c.bytes, c.error))],
         "evaluations": scorer.evaluations, "seconds": round(seconds, 2),
+        "load_seconds": round(loaded - start, 2),
     }
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{SEARCH_FILE}.tmp"
