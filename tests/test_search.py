@@ -50,7 +50,10 @@ def test_record_spelling_round_trips_and_bad_ones_are_named() -> None:
     assert rec.blocks[1].widths == (Fraction(1, 2), Fraction(1), Fraction(1, 2))
     assert str(rec) == "d2:w1-int8+a0.5f1c0.5-int4" and MixedRecord.parse(str(rec)) == rec
     assert str(rec.with_precision("fp")) == "d2:w1-fp+a0.5f1c0.5-fp"
-    for bad in ("d2-w1-int4", "d2:w1-int3", "d2:", "x:w1-fp", "d2:w1.5-fp"):
+    at = MixedRecord.parse("d2:w1-fp+w1-int4@int4")
+    assert at.parts == 4 and str(at) == "d2:w1-fp+w1-int4@int4"
+    assert str(at.with_precision("fp")) == "d2:w1-fp+w1-fp@fp"
+    for bad in ("d2-w1-int4", "d2:w1-int3", "d2:", "x:w1-fp", "d2:w1.5-fp", "d2:w1-fp@int3"):
         with pytest.raises(RecordError):
             MixedRecord.parse(bad)
     space = SearchSpace.from_encoder_conf({"num_blocks": 2, "linear_units": 8,
@@ -157,6 +160,28 @@ def test_a_mixed_record_runs_sizes_extracts_and_loads_in_stock_speech2text(
     out, _ = s2t.asr_model.encode(speech, lengths)
     assert (out - ref).abs().max() <= 1e-5
     assert encoder.active_subsystem == full
+
+
+def test_front_and_output_follow_the_records_parts_precision(tmp_path) -> None:
+    """With part_precisions {front: int8, output: int8} a record's front and output run
+    at 8 bits once its parts precision is quantised, also beside float blocks; without
+    one they follow the most precise block. Extraction stays exact."""
+    from espnet_allinone.export.extract import Extractor
+    from espnet_allinone.testing.toy_experiment import (
+        DEFAULT_ENCODER_CONF,
+        write_toy_experiment,
+    )
+
+    conf = dict(DEFAULT_ENCODER_CONF, part_precisions={"front": "int8", "output": "int8"})
+    paths = write_toy_experiment(tmp_path / "aio", encoder_conf=conf, model="allinone")
+    ex = Extractor(paths["config"], paths["model"])
+    follow = build_arch(ex.encoder, "d2:w1-fp+w1-int4")
+    assert (follow.front_bits, follow.output_bits) == (32, 32)
+    low = build_arch(ex.encoder, "d2:w1-fp+w1-int4@int4")
+    assert (low.front_bits, low.output_bits) == (8, 8) and low.blocks[0].bits == 32
+    assert ex.exact_bytes(low) < ex.exact_bytes(follow)
+    result = ex.extract(low, tmp_path / "out", name="parts")
+    assert result.max_abs_diff <= 1e-4 and result.exact_bytes == ex.exact_bytes(low)
 
 
 def test_a_record_outside_the_model_is_named(extractor) -> None:

@@ -5,9 +5,10 @@ number in the billions, and scoring one costs seconds on a CPU; a descent
 that lowers one block at a time needs a few evaluations per step. Method:
 
 1. *Sensitivity pass*: from the largest record, each block lowered one step
-   in precision or in width (per module kind with ``per_module``), and the
-   depth one step down, others full: the dev-error increase per byte saved of
-   every move.
+   in precision or in width (per module kind with ``per_module``), the
+   precision the front and output layers follow one step down
+   (``part_precisions``), and the depth one step down, others full: the
+   dev-error increase per byte saved of every move.
 2. *Descent*: from the largest record, take the move with the lowest error
    increase per byte saved, until the smallest budget is met. Scores are
    lazy: a move whose score was measured in an older record is re-measured
@@ -24,9 +25,9 @@ Torch-free: the caller gives the byte count and the error of a record.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from espnet_allinone.search.records import KINDS, BlockChoice, MixedRecord
+from espnet_allinone.search.records import KINDS, BlockChoice, MixedRecord, parts_bits
 from espnet_allinone.subsystem import SearchSpace
 
 
@@ -50,7 +51,7 @@ class Candidate:
 
 
 Move = tuple[str, int, str]
-"""(``bits`` | ``width`` | ``depth``, physical block (-1 for depth), module kind or "")."""
+"""(``bits`` | ``width`` | ``parts`` | ``depth``, physical block (-1: none), module kind or "")."""
 
 
 @dataclass
@@ -96,9 +97,14 @@ class GreedySearch:
 
     # --- records ------------------------------------------------------------------------
     def canonical(self, record: MixedRecord) -> MixedRecord:
-        """``record`` without the choices of blocks past the last one its depth runs
-        (records that run the same blocks the same way spell the same)."""
-        return MixedRecord(record.depth, record.blocks[: max(self.used(record)) + 1])
+        """``record`` without the choices of blocks past the last one its depth runs, and
+        without a front/output precision equal to the one it follows anyway (records
+        that run the same blocks the same way spell the same)."""
+        used = self.used(record)
+        parts = record.parts
+        if parts is not None and parts == max(record.blocks[p].bits for p in used):
+            parts = None
+        return MixedRecord(record.depth, record.blocks[: max(used) + 1], parts)
 
     def largest(self) -> MixedRecord:
         s = self.space
@@ -118,6 +124,8 @@ class GreedySearch:
                                             uniform)
             c = self.scored[record]
             self.log(f"  {c.how:<11} {c.bytes:>12,} B  CER {c.error:6.2f}%  {record}")
+        elif uniform and self.scored[record].uniform is None:  # the descent met a uniform one
+            self.scored[record] = replace(self.scored[record], uniform=uniform)
         return self.scored[record]
 
     def moves(self, record: MixedRecord) -> list[tuple[Move, MixedRecord]]:
@@ -134,9 +142,12 @@ class GreedySearch:
                 if width is not None and (kind or choice.is_uniform):
                     lowered = choice.replace(kind=kind or None, width=width)
                     out.append((("width", k, kind), record.replace_block(k, lowered)))
+        parts = _lower(self.space.bits, parts_bits(record, self.used(record)))
+        if parts is not None:
+            out.append((("parts", -1, ""), MixedRecord(record.depth, record.blocks, parts)))
         depth = _lower(self.space.depths, record.depth)
         if depth is not None:
-            out.append((("depth", -1, ""), MixedRecord(depth, record.blocks)))
+            out.append((("depth", -1, ""), MixedRecord(depth, record.blocks, record.parts)))
         return [(move, self.canonical(r)) for move, r in out]
 
     # --- the search ---------------------------------------------------------------------
@@ -160,8 +171,8 @@ class GreedySearch:
         current = self.score(self.largest(), "largest")
         path = [current]
         delta: dict[Move, tuple[float, MixedRecord]] = {}  # error increase, measured from
-        for move, nxt in self.moves(current.record):  # the sensitivity pass
-            if self.size(nxt) < current.bytes:
+        for move, nxt in self.moves(current.record) if current.bytes > target else ():
+            if self.size(nxt) < current.bytes:  # the sensitivity pass
                 delta[move] = (self.score(nxt, "sensitivity").error - current.error,
                                current.record)
         while current.bytes > target:

@@ -10,15 +10,18 @@ draw them reproducibly and the search can walk them; one spelling, e.g.::
 
     d4:w1-int8+w0.5-int4+w1-fp+w1-int2      choice k applies to physical block k
     d4:a0.5f1c1-int4+w1-int8+w1-int8+w1-int8  per module kind (attention, ffn, conv)
+    d4:w1-fp+w1-int4+w1-int4+w1-int4@int4   front and output as in a uniform int4 subsystem
 
 :func:`build_arch` turns a record into the encoder's
 :class:`~espnet_allinone.arch.SubnetArch` through the encoder's own
 ``resolve`` (each block's entries are taken from the uniform subsystem with
 that block's choice), so every family and unfolded encoders work without
 family knowledge here: a block shared by several logical positions runs its
-one choice at each of them. The front and the output layers follow the most
-precise block (``part_precisions`` as for that block's uniform subsystem), so
-a record never runs them below any of its blocks. Torch-free.
+one choice at each of them. The front and the output layers run as in the
+uniform subsystem of the record's ``parts`` precision (``part_precisions``:
+``{front: int8}`` gives an int8 front to every quantised one, ``same`` the
+precision itself); without ``@<precision>`` they follow the most precise
+block, so they never run below any block. Torch-free.
 """
 
 from __future__ import annotations
@@ -94,13 +97,16 @@ class BlockChoice:
 
 @dataclass(frozen=True)
 class MixedRecord:
-    """A depth and one :class:`BlockChoice` per physical block (choice k: block k)."""
+    """A depth, one :class:`BlockChoice` per physical block (choice k: block k) and the
+    precision the front and output layers follow (None: the most precise block's)."""
 
     depth: int
     blocks: tuple[BlockChoice, ...]
+    parts: int | None = None
 
     def __str__(self) -> str:
-        return f"d{self.depth}:" + "+".join(map(str, self.blocks))
+        parts = "" if self.parts is None else f"@{_BITS.format(self.parts)}"
+        return f"d{self.depth}:" + "+".join(map(str, self.blocks)) + parts
 
     def __repr__(self) -> str:
         return f"MixedRecord('{self}')"
@@ -111,24 +117,27 @@ class MixedRecord:
         if isinstance(text, MixedRecord):
             return text
         head, sep, body = str(text).strip().partition(":")
+        body, at, parts = body.partition("@")
         if not sep or not re.fullmatch(r"d\d+", head) or not body:
             raise RecordError(f"malformed mixed record {text!r}; expected d<depth>:<choice>+"
                               "<choice>..., e.g. d2:w1-int8+w0.5-int4")
         try:
             depth = PARTS[0].check(int(head[1:]))
+            bits = _BITS.check(parts) if at else None
         except SubsystemError as e:
             raise RecordError(f"mixed record {text!r}: {e}") from None
-        return cls(depth, tuple(BlockChoice.parse(t) for t in body.split("+")))
+        return cls(depth, tuple(BlockChoice.parse(t) for t in body.split("+")), bits)
 
     def with_precision(self, precision: str | int) -> MixedRecord:
         """Every block at ``precision`` (``"fp"``: the float twin), widths kept."""
         bits = _BITS.check(precision)
-        return MixedRecord(self.depth, tuple(b.replace(bits=bits) for b in self.blocks))
+        return MixedRecord(self.depth, tuple(b.replace(bits=bits) for b in self.blocks),
+                           None if self.parts is None else bits)
 
     def replace_block(self, index: int, choice: BlockChoice) -> MixedRecord:
         blocks = list(self.blocks)
         blocks[index] = choice
-        return MixedRecord(self.depth, tuple(blocks))
+        return MixedRecord(self.depth, tuple(blocks), self.parts)
 
     @property
     def is_float(self) -> bool:
@@ -139,6 +148,10 @@ class MixedRecord:
         if self.depth not in space.depths:
             raise RecordError(f"record {self}: depth {self.depth} (valid: "
                               f"{', '.join(map(str, space.depths))})")
+        if self.parts is not None and self.parts not in space.bits:
+            raise RecordError(f"record {self}: front/output precision "
+                              f"{_BITS.format(self.parts)} (valid: "
+                              f"{', '.join(map(_BITS.format, space.bits))})")
         for k, block in enumerate(self.blocks):
             if block.bits not in space.bits:
                 raise RecordError(f"record {self}: block {k} precision {_BITS.format(block.bits)}"
@@ -202,10 +215,17 @@ def build_arch(encoder: ResolvingEncoder, record: MixedRecord | str) -> SubnetAr
         attention, ffn, conv = parts
         blocks.append(BlockArch(physical, heads=attention.heads, ffn_units=ffn.ffn_units,
                                 conv_channels=conv.conv_channels, bits=choice.bits))
-    top = resolved(space.widths[-1], max(record.blocks[p].bits for p in used))
+    top = resolved(space.widths[-1], parts_bits(record, used))
     arch = SubnetArch(tuple(blocks), front_bits=top.front_bits, output_bits=top.output_bits)
     encoder.check_arch(arch)
     return arch
+
+
+def parts_bits(record: MixedRecord, used: Iterable[int]) -> int:
+    """The precision the front and output follow: ``parts``, else the most precise used
+    block's."""
+    return record.parts if record.parts is not None else max(record.blocks[p].bits
+                                                             for p in used)
 
 
 def physical_blocks(encoder: ResolvingEncoder) -> int:

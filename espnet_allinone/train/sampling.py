@@ -33,7 +33,8 @@ with this probability, replaced by a *mixed* record
 (:class:`~espnet_allinone.search.records.MixedRecord`): a depth from the
 space's depths and, for each of ``num_blocks`` block positions, a precision
 and a width drawn uniformly from the space (``mixed_per_module``: one width
-per module kind), so training covers the non-uniform records a search later
+per module kind), and the precision the front and output layers follow
+(``part_precisions``), so training covers the non-uniform records a search later
 picks from. The draw comes from the same per-step generator after the
 uniform draw, so it is as reproducible, the uniform draws are unchanged, and
 the number of paths (and stats keys) stays fixed.
@@ -196,7 +197,7 @@ class SubsystemSampler:
             widths = (tuple(pick(space.widths) for _ in KINDS) if self.mixed_per_module
                       else (pick(space.widths),) * len(KINDS))
             blocks.append(BlockChoice(bits, widths))
-        return MixedRecord(depth, tuple(blocks))
+        return MixedRecord(depth, tuple(blocks), pick(space.bits))
 
     def sample(self, step: int) -> list[Subsystem | MixedRecord]:
         """The paths of training step ``step`` in run order (fixed, then random)."""
