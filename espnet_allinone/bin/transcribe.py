@@ -38,15 +38,19 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True,
                    help="an extracted model directory (config.yaml, model.pth) or a zoo .zip")
     p.add_argument("--wav_scp", type=Path, default=None, help="Kaldi wav.scp: '<id> <path>'")
-    p.add_argument("--variant", choices=("exact", "int8"), default="exact",
+    p.add_argument("--variant", choices=("exact", "fast", "int8"), default="exact",
                    help="exact: the subsystem's own weights, float activations (output as "
-                        "Speech2Text); int8: dynamic int8 for the float layers (faster)")
+                        "Speech2Text); fast: low-bit layers' MatMulNBits with int8 compute "
+                        "(accuracy_level 4; not exact); int8: dynamic int8 for the float "
+                        "layers (faster, not exact)")
+    p.add_argument("--fast", action="store_true", help="the same as --variant fast")
     p.add_argument("--search", choices=("greedy", "beam"), default="greedy")
     p.add_argument("--beam_size", type=int, default=10)
     p.add_argument("--num_threads", type=int, default=1)
     p.add_argument("--kernels", choices=("auto", "nbits", "float"), default="auto",
                    help="low-bit layers: auto = MatMulNBits where it is measured fast on this "
-                        "CPU; nbits = always (smallest file); float = dequantised")
+                        "CPU; nbits = always; float = never (float MatMuls of the weights, "
+                        "which the file stores bit-packed either way)")
     p.add_argument("--no_resample", action="store_true",
                    help="refuse (skip) files at another sample rate instead of resampling")
     p.add_argument("--output", type=Path, default=None, help="default: stdout")
@@ -83,6 +87,12 @@ def _write_atomic(path: Path, text: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     say = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+    if args.fast:
+        if args.variant not in ("exact", "fast"):
+            print(f"transcribe: error: --fast and --variant {args.variant} exclude each other",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        args.variant = "fast"
     if args.num_threads < 1 or args.beam_size < 1:
         print("transcribe: error: --num_threads and --beam_size must be >= 1 (got "
               f"{args.num_threads}, {args.beam_size})", file=sys.stderr)

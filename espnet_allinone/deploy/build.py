@@ -10,8 +10,15 @@ under a temporary name and renamed, so a failed export leaves nothing.
 
 Files: ``model.onnx`` (variant ``exact``: encoder + CTC, float activations,
 each quantised Linear as ``MatMulNBits`` with the subsystem's own codes where
-that is fast here), ``model.int8.onnx`` (variant ``int8``: the rest dynamic
-int8, the Conv2d front included), ``frontend.npz``, ``deploy.json``.
+that is fast here, every other packed weight stored bit-packed and expanded
+once when the session is built, so the file is about the packed model's
+size; see :mod:`espnet_allinone.export.onnx_lowbit`), ``model.fast.onnx``
+(variant ``fast``, on request: the same with ``MatMulNBits`` at
+``accuracy_level`` 4, int8 compute inside the kernel, not exact),
+``model.int8.onnx`` (variant ``int8``, on request: onnxruntime's dynamic
+int8 of the float layers, the Conv2d front included; made from the
+dequantised model, so its low-bit layers take 8 bits),
+``frontend.npz``, ``deploy.json``.
 """
 
 from __future__ import annotations
@@ -36,8 +43,10 @@ from espnet_allinone.deploy.runtime import (
     read_meta,
 )
 
-VARIANTS = ("exact", "int8")
-VARIANT_FILES = {"exact": "model.onnx", "int8": "model.int8.onnx"}
+VARIANTS = ("exact", "int8", "fast")
+VARIANT_FILES = {"exact": "model.onnx", "int8": "model.int8.onnx", "fast": "model.fast.onnx"}
+WEIGHT_STORAGE = "packed"  # deploy.json: how the .onnx files hold low-bit weights
+FAST_ACCURACY_LEVEL = 4    # MatMulNBits accuracy_level of the fast variant: int8 compute
 MODEL_FILES = ("config.yaml", "model.pth")
 
 
@@ -95,6 +104,7 @@ def is_current(model: Path, variants: Sequence[str], kernels: str, convs: str = 
     except (DeployError, ValueError):
         return False
     return (meta.get("source_sha256") == source_digest(model) and meta.get("kernels") == kernels
+            and meta.get("weight_storage") == WEIGHT_STORAGE
             and ("int8" not in variants or meta.get("int8_convs") == convs)
             and all(v in meta["variants"] and (out / meta["variants"][v]["file"]).is_file()
                     for v in variants))
@@ -117,6 +127,8 @@ def ensure_exported(model: str | Path, variants: Sequence[str] = ("exact",),
     out = export_dir_for(model)
     if not force and is_current(model, variants, kernels, convs):
         return out
+    with contextlib.suppress(DeployError, ValueError, KeyError):  # keep what was exported
+        variants = [v for v in VARIANTS if v in variants or v in read_meta(out)["variants"]]
     log(f"exporting {model} for onnxruntime -> {out}")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -245,13 +257,25 @@ def _export(config: Path, model_file: Path, out: Path, variants: Sequence[str], 
     report = onnx_lowbit.map_low_bit(state, fp32, out / VARIANT_FILES["exact"], kernels, threads)
     for line in report.decisions:
         log(f"  kernel: {line}")
-    meta_variants = {"exact": _variant(out, "exact", f"{report.replaced} MatMulNBits layers")}
-    int8_decision = None
-    if "int8" in variants:
+    for line in report.stored_float:
+        log(f"  stored float: {line}")
+    meta_variants = {"exact": _variant(out, "exact", _kernels(report))}
+    int8_decision = fast_report = None
+    if "int8" in variants:  # dynamic int8 quantises float initialisers: start from those
+        unpacked = out / "model.unpacked.onnx"
+        int8_report = onnx_lowbit.map_low_bit(state, fp32, unpacked, kernels, threads,
+                                              store="float")
         int8_decision = onnx_lowbit.quantize_int8_best(
-            out / VARIANT_FILES["exact"], out / VARIANT_FILES["int8"], front.n_mels, convs, threads)
+            unpacked, out / VARIANT_FILES["int8"], front.n_mels, convs, threads)
+        unpacked.unlink()
         meta_variants["int8"] = _variant(out, "int8", f"{int8_decision}; "
-                                         f"{report.replaced} MatMulNBits layers kept")
+                                         f"{int8_report.replaced} MatMulNBits layers kept")
+    if "fast" in variants:
+        fast_report = onnx_lowbit.map_low_bit(state, fp32, out / VARIANT_FILES["fast"], kernels,
+                                              threads, accuracy_level=FAST_ACCURACY_LEVEL)
+        for line in fast_report.decisions:
+            log(f"  fast kernel: {line}")
+        meta_variants["fast"] = _variant(out, "fast", _kernels(fast_report))
     (out / "model.fp32.onnx").unlink()
     for name, v in meta_variants.items():
         log(f"  {name}: {v['file']} {v['bytes']:,} bytes ({v['kernels']})")
@@ -264,6 +288,10 @@ def _export(config: Path, model_file: Path, out: Path, variants: Sequence[str], 
         "int8_convs": convs if int8_decision else None,
         "kernel_decisions": report.decisions,
         "kept_float": report.kept_float,
+        "weight_storage": WEIGHT_STORAGE,
+        "stored_packed": len(report.stored_packed),
+        "stored_float": report.stored_float,
+        "fast_kernel_decisions": fast_report.decisions if fast_report else None,
         "token_list": token_list,
         "token_type": conf.get("token_type", "char"),
         "space_symbol": "<space>",
@@ -289,11 +317,21 @@ def _min_samples(model, front: LogMelFrontend) -> int:
 def load_model(model: str | Path, variant: str = "exact", num_threads: int = 1,
                search: str = "greedy", beam_size: int = 10, kernels: str = "auto",
                log: Callable[[str], None] = print, convs: str = "auto") -> OnnxSpeech2Text:
-    """The Python API: export ``model`` if needed (once) and return its onnxruntime recogniser."""
-    directory = ensure_exported(model, variants=("exact", "int8") if variant == "int8"
-                                else ("exact",), kernels=kernels, threads=num_threads, log=log,
-                                convs=convs)
+    """The Python API: export ``model`` if needed (once) and return its onnxruntime recogniser.
+
+    ``variant``: "exact" (default; greedy output as ESPnet's), "fast" (MatMulNBits with
+    int8 compute, not exact) or "int8" (dynamic int8 float layers, not exact).
+    """
+    directory = ensure_exported(model, variants=("exact",) if variant == "exact"
+                                else ("exact", variant), kernels=kernels, threads=num_threads,
+                                log=log, convs=convs)
     return OnnxSpeech2Text(directory, variant, num_threads, search, beam_size)
+
+
+def _kernels(report) -> str:
+    level = f" (accuracy_level {report.accuracy_level})" if report.accuracy_level else ""
+    return (f"{report.replaced} MatMulNBits layers{level}; {len(report.stored_packed)} "
+            "weights stored bit-packed, expanded at session start")
 
 
 def _variant(out: Path, name: str, kernels: str) -> dict:

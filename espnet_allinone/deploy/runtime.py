@@ -6,6 +6,14 @@ directory (``build.ensure_exported``) runs anywhere those two install::
     from espnet_allinone.deploy.runtime import OnnxSpeech2Text
     asr = OnnxSpeech2Text("exp/x/extracted/d4-w1-int4.onnx", num_threads=2)
     text, tokens, token_ids = asr(waveform)[0]      # as ESPnet's Speech2Text
+
+Variants (files of the exported directory): ``exact`` (the default: output as
+ESPnet's), ``fast`` (``MatMulNBits`` at accuracy_level 4, int8 compute inside
+the low-bit kernel: faster where the CPU has int8 dot products, not exact)
+and ``int8`` (dynamic int8 float layers). Low-bit weights are stored
+bit-packed in the files and expanded by constant nodes that onnxruntime
+folds when the session is built (graph optimisation, on here), so a session
+starts a little later than from a float file and runs the same.
 """
 
 from __future__ import annotations

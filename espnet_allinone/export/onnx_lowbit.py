@@ -1,21 +1,46 @@
-"""Low-bit weights of an extracted subsystem as onnxruntime kernels.
+"""Low-bit weights of an extracted subsystem in the onnxruntime file: N bits on disk.
 
-Each quantised Linear layer of an exported graph (a float ``MatMul`` whose
-weight equals the dequantised packed weight) becomes a ``MatMulNBits`` node
-holding the subsystem's own codes, scales and zero points, so it computes
-exactly what the PyTorch model computes while its weights take 2, 4 or 8 bits
-in the file. Whether that is also the fastest exact form depends on the CPU
-and onnxruntime version: ``policy="auto"`` times ``MatMulNBits`` against the
-float ``MatMul`` for each layer shape and keeps float where the low-bit kernel
-is slower, saying so in the report (``policy="nbits"`` always maps, for the
-smallest file; ``"float"`` never does).
+Every packed weight of an N-bit subsystem (2, 4 or 8 bits) is stored in the
+exported ``.onnx`` with its own N-bit codes and float16 scales, so the file
+is about as small as the packed ``model.pth`` (only the float parts, e.g. a
+float front end, stay float). How each quantised layer then computes:
+
+* ``MatMulNBits`` (onnxruntime's low-bit kernel, holding the codes as its
+  weight) for a Linear layer whose group size is a power of two >= 16 (16,
+  32, 64, 128, ...), 2, 4 or 8 bits, where the kernel also takes the zero
+  point and, with ``policy="auto"``, is measured no slower than the float
+  ``MatMul`` of that shape on this CPU (``"nbits"``: always; ``"float"``:
+  never). Its float16 scales become float by a ``Cast`` that onnxruntime
+  folds once when the session is built.
+* Otherwise the layer is a float ``MatMul`` (or ``Conv``: the Conformer
+  convolution module's Conv1d weights, the depthwise one with its BatchNorm
+  folded in as the exporter did it) of a weight that the file stores
+  bit-packed: a ``uint8`` initialiser holding four 2-bit / two 4-bit / one
+  8-bit codes a byte plus the float16 scales, expanded to float by a few ONNX
+  ops (``BitShift``, ``Mod``, ``Cast``, ``Sub``, ``Mul``) whose inputs are all
+  constant, so onnxruntime constant-folds them ONCE at session
+  initialisation; inference then runs the float weight it would have read from
+  a float file. This is what group sizes ``MatMulNBits`` cannot take get
+  (the default recipe's 36 = 144 / 4 heads, any group that is not a power of
+  two or is below 16), and 2- and 8-bit layers where the kernel measured
+  slower. The result is bit-identical: the expansion computes the packed
+  format's own ``(q + offset - zero point) x scale`` in float32, and the file
+  costs N bits a weight while the running session holds float weights for
+  these layers (memory as the float model's, start-up a few ms per MB).
 
 Weights on the balanced grid (code q means (q + 1/2) x scale) keep their
 codes: the offset is the zero point, 2^(bits-1) - 1/2 as a float
 (MatMulNBits computes (u - zp) x scale of the unsigned level u = q +
 2^(bits-1), the same number). Where this onnxruntime's kernel takes no float
-zero points (CPU: not at 8 bits), such a layer stays a float MatMul of the
-dequantised weight, with the reason in the report.
+zero points (CPU: not at 8 bits), such a layer is a float MatMul of the
+bit-packed weight, with the reason in the report.
+
+``accuracy_level=4`` (the deploy path's ``fast`` variant, ``transcribe
+--fast``) lets ``MatMulNBits`` quantise its activations to int8 inside the
+kernel (AVX2/AVX-512 VNNI/AMX int8 dot products): faster where the CPU has
+them, not exact; the default (0) computes in float and is exact.
+``store="float"`` writes the dequantised float weights instead (the
+intermediate that onnxruntime's dynamic int8 quantisation starts from).
 
 ``quantize_int8`` is onnxruntime's dynamic int8 quantisation of the rest
 (float MatMuls -> ``MatMulInteger``, and the Conv2d subsampling front and the
@@ -32,6 +57,8 @@ import numpy as np
 import torch
 
 POLICIES = ("auto", "nbits", "float")
+STORES = ("packed", "float")
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits: 0 unset (float compute), 4 int8 compute
 NBITS_BITS = (2, 4, 8)
 TIMING_FRAMES = 250          # encoder frames of 10 s of audio after 4x subsampling
 SLOWER_TOLERANCE = 1.10      # keep MatMulNBits unless it is >10% slower than float
@@ -49,6 +76,9 @@ class QuantizedLinear:
     #                                codes' 2^(bits-1) - 1/2) or None (default 2^(bits-1))
     block: int
     weight_t: np.ndarray       # [K, N] float32: the dequantised weight as the MatMul holds it
+    scale16: np.ndarray | None = None    # [N or 1, K // block] float16, as the file stores it
+    zp_stored: np.ndarray | None = None  # [N or 1, K // block] uint8 (asymmetric), as stored
+    offset: float = 0.0                  # the grid's offset (balanced: 1/2)
 
     @property
     def float_zero_point(self) -> bool:
@@ -63,10 +93,17 @@ class QuantizedLinear:
 
 @dataclass
 class LowBitReport:
+    """``replaced``: MatMulNBits nodes; ``kept_float``: packed weights computed by a float
+    MatMul/Conv (why); ``stored_packed``: initialisers stored bit-packed (expanded at
+    session start); ``stored_float``: packed weights the file holds as float (why)."""
+
     path: Path
     replaced: int = 0
     kept_float: list[str] = field(default_factory=list)
     decisions: list[str] = field(default_factory=list)
+    stored_packed: list[str] = field(default_factory=list)
+    stored_float: list[str] = field(default_factory=list)
+    accuracy_level: int = 0
 
 
 def _quantized_weight(state_dict: dict[str, torch.Tensor], name: str):
@@ -101,7 +138,9 @@ def packed_linears(state_dict: dict[str, torch.Tensor]) -> list[QuantizedLinear]
             zp = None
         out.append(QuantizedLinear(
             name, qw.bits, codes.numpy().astype(np.uint8), scale.numpy(), zp, qw.group_size,
-            qw.dequantize().t().contiguous().numpy().astype(np.float32)))
+            qw.dequantize().t().contiguous().numpy().astype(np.float32),
+            qw.scale.to(torch.float16).numpy(),
+            None if symmetric else qw.zero_point.to(torch.uint8).numpy(), offset))
     return out
 
 
@@ -211,19 +250,29 @@ def _single_op_session(node, inits, k_in: int, n_out: int, threads: int,
 _TIMINGS: dict[tuple, tuple[float, float]] = {}
 
 
-def time_nbits_vs_float(q: QuantizedLinear, threads: int = 1, rounds: int = 15) -> tuple[float, float]:
+def _nbits_node(q: QuantizedLinear, inputs: list[str], outputs: list[str], name: str = "",
+                accuracy_level: int = 0):
+    from onnx import helper
+
+    n_out, k_in = q.codes.shape
+    extra = {"accuracy_level": accuracy_level} if accuracy_level else {}
+    return helper.make_node("MatMulNBits", inputs, outputs, name=name or None,
+                            domain="com.microsoft", K=k_in, N=n_out, bits=q.bits,
+                            block_size=q.block, **extra)
+
+
+def time_nbits_vs_float(q: QuantizedLinear, threads: int = 1, rounds: int = 15,
+                        accuracy_level: int = 0) -> tuple[float, float]:
     """(MatMulNBits ms, float MatMul ms) for q's shape on this CPU, fastest of interleaved rounds."""
     from onnx import helper, numpy_helper
 
     n_out, k_in = q.codes.shape
-    key = (q.bits, k_in, n_out, q.block, q.zero_point_kind, threads)
+    key = (q.bits, k_in, n_out, q.block, q.zero_point_kind, threads, accuracy_level)
     if key in _TIMINGS:
         return _TIMINGS[key]
     inits, names = nbits_node_inputs(q, "w")
-    nbits = _single_op_session(
-        helper.make_node("MatMulNBits", ["x", *names], ["y"], domain="com.microsoft",
-                         K=k_in, N=n_out, bits=q.bits, block_size=q.block),
-        inits, k_in, n_out, threads)
+    nbits = _single_op_session(_nbits_node(q, ["x", *names], ["y"], accuracy_level=accuracy_level),
+                               inits, k_in, n_out, threads)
     dense = _single_op_session(helper.make_node("MatMul", ["x", "W"], ["y"]),
                                [numpy_helper.from_array(q.weight_t, "W")], k_in, n_out, threads)
     x = {"x": np.random.default_rng(0).standard_normal((1, TIMING_FRAMES, k_in),
@@ -238,21 +287,195 @@ def time_nbits_vs_float(q: QuantizedLinear, threads: int = 1, rounds: int = 15) 
     return _TIMINGS[key]
 
 
+# --- bit-packed initialisers, expanded once at session initialisation -----------------
+class Constants:
+    """Initialisers for the expansion subgraphs; small ones (shapes, shifts, zero points)
+    are shared by value, so each packed weight adds little beside its codes and scales."""
+
+    SHARED_BYTES = 64
+
+    def __init__(self, prefix: str = "lowbit"):
+        self.prefix, self.inits, self._shared = prefix, [], {}
+
+    def add(self, name: str, value) -> str:
+        from onnx import numpy_helper
+
+        value = np.asarray(value)
+        if value.nbytes <= self.SHARED_BYTES:
+            key = (value.dtype.str, value.shape, value.tobytes())
+            if key not in self._shared:
+                self._shared[key] = f"{self.prefix}_c{len(self._shared)}"
+                self.inits.append(numpy_helper.from_array(value, self._shared[key]))
+            return self._shared[key]
+        self.inits.append(numpy_helper.from_array(value, name))
+        return name
+
+
+def _int64(*values: int) -> np.ndarray:
+    return np.array(values, dtype=np.int64)
+
+
+def compact_nbits_inputs(q: QuantizedLinear, prefix: str,
+                         consts: Constants | None = None) -> tuple[list, list[str], list]:
+    """As ``nbits_node_inputs``, with the scales stored float16 ([N or 1, groups], as in
+    the packed file) and a float zero point stored once: (initialisers, input names,
+    the constant nodes that expand them to MatMulNBits' float inputs at session start)."""
+    from onnx import TensorProto, helper
+
+    own = consts is None
+    consts = Constants(prefix) if own else consts
+    start = len(consts.inits)
+    n_out, k_in = q.codes.shape
+    blocks = k_in // q.block
+    packed = pack_rows(q.codes, q.bits).reshape(n_out, blocks, q.block * q.bits // 8)
+    flat = consts.add(prefix + "_flat", _int64(n_out * blocks))
+    names = [consts.add(prefix + "_B", packed), prefix + "_scales"]
+    nodes = [helper.make_node("Cast", [consts.add(prefix + "_scales16", q.scale16)],
+                              [prefix + "_scales32"], to=TensorProto.FLOAT),
+             helper.make_node("Expand", [prefix + "_scales32",
+                                         consts.add(prefix + "_rows", _int64(n_out, blocks))],
+                              [prefix + "_scales_rows"]),
+             helper.make_node("Reshape", [prefix + "_scales_rows", flat], [prefix + "_scales"])]
+    if q.float_zero_point:  # one number (2^(bits-1) - 1/2), expanded to every block
+        zp1 = consts.add(prefix + "_zp1", np.array(q.zero_point.flat[0], dtype=np.float32))
+        nodes.append(helper.make_node("Expand", [zp1, flat], [prefix + "_zp"]))
+        names.append(prefix + "_zp")
+    elif q.zero_point is not None:
+        names.append(consts.add(prefix + "_zp", pack_rows(q.zero_point, q.bits).reshape(-1)))
+    return (consts.inits[start:] if own else []), names, nodes
+
+
+def packed_weight_nodes(q: QuantizedLinear, out: str, shape: tuple[int, ...] | None = None,
+                        row_factor: np.ndarray | None = None,
+                        consts: Constants | None = None) -> tuple[list, list]:
+    """Initialisers and constant nodes that compute q's float weight as tensor ``out``.
+
+    ``shape`` None: the MatMul operand [K, N] (the transposed weight); else the weight's
+    [N, K] rows reshaped to ``shape`` (a Conv weight), each row multiplied by
+    ``row_factor`` when given (a BatchNorm the exporter folded into the Conv). The codes
+    are packed planar along the rows (byte r holds rows r, r + R, r + 2R, ... of the
+    [N, K] unsigned levels, lowest bits first, R = ceil(N * bits / 8)) so that one
+    broadcast ``BitShift`` and one ``Mod`` unpack them; then ``(float(u) - zero point)
+    x scale`` per group in float32, the packed format's own arithmetic (bit-identical).
+    With ``consts`` the initialisers go there (small ones shared) and [] is returned.
+    """
+    from onnx import TensorProto, helper
+
+    own = consts is None
+    consts = Constants(out) if own else consts
+    start = len(consts.inits)
+    n_out, k_in = q.codes.shape
+    per = 8 // q.bits
+    nodes = []
+
+    def node(op, inputs, suffix, **attrs):
+        nodes.append(helper.make_node(op, inputs, [f"{out}:{suffix}"], **attrs))
+        return nodes[-1].output[0]
+
+    if per > 1:
+        n_pad = -(-n_out // per)
+        padded = np.zeros((n_pad * per, k_in), dtype=np.uint8)
+        padded[:n_out] = q.codes
+        planes = padded.reshape(per, n_pad, k_in)
+        packed = np.zeros((n_pad, k_in), dtype=np.uint8)
+        for j in range(per):
+            packed |= (planes[j] << (j * q.bits)).astype(np.uint8)
+        shifts = (np.arange(per, dtype=np.uint8) * q.bits).reshape(per, 1, 1)
+        codes = node("BitShift", [consts.add(f"{out}:codes{q.bits}", packed),
+                                  consts.add(f"{out}:shifts", shifts)], "shifted",
+                     direction="RIGHT")
+        codes = node("Mod", [codes, consts.add(f"{out}:levels",
+                                               np.array(2 ** q.bits, dtype=np.uint8))], "u")
+        codes = node("Reshape", [codes, consts.add(f"{out}:planes",
+                                                   _int64(per * n_pad, k_in))], "u_rows")
+        if per * n_pad != n_out:
+            codes = node("Slice", [codes, consts.add(f"{out}:start", _int64(0)),
+                                   consts.add(f"{out}:end", _int64(n_out)),
+                                   consts.add(f"{out}:axis", _int64(0))], "u_kept")
+    else:
+        codes = consts.add(f"{out}:codes8", q.codes)
+    levels = node("Cast", [codes], "levels", to=TensorProto.FLOAT)
+    levels = node("Reshape", [levels, consts.add(f"{out}:grouped", _int64(
+        n_out, k_in // q.block, q.block))], "grouped")
+    if q.zp_stored is not None:  # asymmetric: (u - z) * s
+        zero = node("Cast", [consts.add(f"{out}:zp", q.zp_stored[..., None])], "zp_f32",
+                    to=TensorProto.FLOAT)
+    else:  # symmetric: u - (2^(b-1) - offset) == q + offset, exactly
+        zero = consts.add(f"{out}:zp", np.array(2 ** (q.bits - 1) - q.offset, dtype=np.float32))
+    centred = node("Sub", [levels, zero], "centred")
+    scale = node("Cast", [consts.add(f"{out}:scale16", q.scale16[..., None])], "scale",
+                 to=TensorProto.FLOAT)
+    weight = node("Mul", [centred, scale], "scaled")
+    weight = node("Reshape", [weight, consts.add(f"{out}:rows", _int64(n_out, k_in))], "rows")
+    if shape is None:
+        nodes.append(helper.make_node("Transpose", [weight], [out], perm=[1, 0]))
+    else:
+        if row_factor is not None:
+            weight = node("Mul", [weight, consts.add(f"{out}:row_factor", row_factor.astype(
+                np.float32).reshape(-1, 1))], "folded")
+        nodes.append(helper.make_node("Reshape", [weight, consts.add(
+            f"{out}:shape", _int64(*shape))], [out]))
+    return (consts.inits[start:] if own else []), nodes
+
+
+def row_factors(rows: np.ndarray, target: np.ndarray, steps: int = 4) -> np.ndarray | None:
+    """float32 f with ``rows[i] * f[i] == target[i]`` bitwise in float32 for every row
+    (a BatchNorm folded into a Conv weight by the exporter), or None if there is none."""
+    rows, target = rows.astype(np.float32), target.astype(np.float32)
+    if rows.shape != target.shape:
+        return None
+    factors = np.ones(rows.shape[0], dtype=np.float32)
+    pick = np.argmax(np.abs(rows), axis=1)
+    for i in range(rows.shape[0]):
+        row, want = rows[i], target[i]
+        if row[pick[i]] == 0:
+            if np.any(want != 0):
+                return None
+            continue
+        f = np.float32(want[pick[i]] / row[pick[i]])
+        candidates = [f]
+        up = down = f
+        for _ in range(steps):
+            up, down = np.nextafter(up, np.float32(np.inf)), np.nextafter(down, np.float32(-np.inf))
+            candidates += [up, down]
+        for c in candidates:
+            if np.array_equal(row * c, want):
+                factors[i] = c
+                break
+        else:
+            return None
+    return factors
+
+
 def map_low_bit(state_dict: dict[str, torch.Tensor], src: Path, dst: Path,
-                policy: str = "auto", threads: int = 1) -> LowBitReport:
-    """Rewrite ``src``'s quantised Linear MatMuls as MatMulNBits (per ``policy``) into ``dst``."""
+                policy: str = "auto", threads: int = 1, *, store: str = "packed",
+                accuracy_level: int = 0) -> LowBitReport:
+    """Rewrite ``src``'s quantised Linear MatMuls as MatMulNBits (per ``policy``) into ``dst``.
+
+    ``store="packed"``: every other packed weight found in the graph (float MatMuls,
+    Convs) is stored bit-packed and expanded at session start; ``"float"``: as
+    dequantised float initialisers. ``accuracy_level``: the MatMulNBits attribute
+    (0: float compute, exact; 4: int8 compute, faster, not exact), also used when
+    timing the kernel for ``policy="auto"``.
+    """
     import onnx
     from onnx import helper, numpy_helper
 
     if policy not in POLICIES:
         raise ValueError(f"kernel policy {policy!r} unknown; valid: {', '.join(POLICIES)}")
+    if store not in STORES:
+        raise ValueError(f"weight storage {store!r} unknown; valid: {', '.join(STORES)}")
+    if accuracy_level not in ACCURACY_LEVELS:
+        raise ValueError(f"accuracy_level {accuracy_level!r} unknown; valid: "
+                         f"{', '.join(map(str, ACCURACY_LEVELS))}")
     quantized = packed_linears(state_dict)
-    report = LowBitReport(Path(dst))
+    report = LowBitReport(Path(dst), accuracy_level=accuracy_level)
     by_value = {q.weight_t.tobytes(): q for q in quantized if q.codes.ndim == 2}
     graph_model = onnx.load(str(src))
     graph = graph_model.graph
     inits = {init.name: init for init in graph.initializer}
-    new_nodes, used, matched = [], set(), set()
+    new_nodes, const_nodes, used, matched, nbits = [], [], set(), set(), set()
+    consts = Constants()
     decided: dict[tuple, str | None] = {}
     for node in graph.node:
         b = node.input[1] if node.op_type == "MatMul" and len(node.input) == 2 else None
@@ -268,19 +491,22 @@ def map_low_bit(state_dict: dict[str, torch.Tensor], src: Path, dst: Path,
         n_out, k_in = q.codes.shape
         shape_key = (q.bits, k_in, n_out, q.block, q.zero_point_kind)
         if shape_key not in decided:
-            decided[shape_key] = _decide(q, policy, threads, report)
+            decided[shape_key] = _decide(q, policy, threads, report, store, accuracy_level)
         if decided[shape_key] is not None:
             report.kept_float.append(f"{q.name}: {decided[shape_key]}")
             new_nodes.append(node)
             continue
         prefix = f"{b}_q{q.bits}"
-        extra, names = nbits_node_inputs(q, prefix)
+        if store == "packed":
+            extra, names, expand = compact_nbits_inputs(q, prefix, consts)
+            const_nodes.extend(expand)
+        else:
+            extra, names = nbits_node_inputs(q, prefix)
         graph.initializer.extend(extra)
-        new_nodes.append(helper.make_node(
-            "MatMulNBits", [node.input[0], *names], list(node.output),
-            name=(node.name or b) + f"_q{q.bits}", domain="com.microsoft",
-            K=k_in, N=n_out, bits=q.bits, block_size=q.block))
+        new_nodes.append(_nbits_node(q, [node.input[0], *names], list(node.output),
+                                     (node.name or b) + f"_q{q.bits}", accuracy_level))
         used.add(b)
+        nbits.add(q.name)
         report.replaced += 1
     for q in quantized:
         if q.name not in matched:
@@ -291,32 +517,97 @@ def map_low_bit(state_dict: dict[str, torch.Tensor], src: Path, dst: Path,
     keep = [i for i in graph.initializer if i.name not in used or i.name in still_used]
     del graph.initializer[:]
     graph.initializer.extend(keep)
+    if store == "packed":
+        const_nodes.extend(_store_packed(graph, quantized, nbits, report, consts))
+        graph.initializer.extend(consts.inits)
+    if const_nodes:  # computed from initialisers only: before every node that reads them
+        rest = list(graph.node)
+        del graph.node[:]
+        graph.node.extend(const_nodes + rest)
     if not any(op.domain == "com.microsoft" for op in graph_model.opset_import):
         graph_model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.save(graph_model, str(dst))
     return report
 
 
-def _decide(q: QuantizedLinear, policy: str, threads: int, report: LowBitReport) -> str | None:
+def _store_packed(graph, quantized: list[QuantizedLinear], nbits: set[str],
+                  report: LowBitReport, consts: Constants) -> list:
+    """Replace each float initialiser that is a packed weight (as a MatMul operand, a Conv
+    weight, or a Conv weight with a BatchNorm folded in) by its bit-packed form; returns
+    the constant nodes that expand them (each writes the initialiser's own name)."""
+    from onnx import TensorProto, numpy_helper
+
+    read = {i for n in graph.node for i in n.input}
+    by_t, by_rows, by_shape = {}, {}, {}
+    for q in quantized:
+        q_rows = np.ascontiguousarray(q.weight_t.T)
+        by_t.setdefault(q.weight_t.tobytes(), q)
+        by_rows.setdefault(q_rows.tobytes(), q)
+        by_shape.setdefault(q_rows.shape, []).append((q, q_rows))
+    stored: set[str] = set()
+    keep, nodes = [], []
+    for init in graph.initializer:
+        found = None
+        if init.name in read and init.data_type == TensorProto.FLOAT and len(init.dims) >= 2:
+            array = numpy_helper.to_array(init)
+            rows = array.reshape(array.shape[0], -1)
+            if array.ndim == 2 and array.tobytes() in by_t:
+                found = (by_t[array.tobytes()], None, None, "float MatMul")
+            elif rows.tobytes() in by_rows:
+                found = (by_rows[rows.tobytes()], array.shape, None, "weight as it is")
+            else:
+                candidates = sorted(by_shape.get(rows.shape, ()),
+                                    key=lambda c: c[0].name in stored)  # unclaimed first
+                for q, q_rows in candidates:
+                    factors = row_factors(q_rows, rows)
+                    if factors is not None:
+                        found = (q, array.shape, factors, "a BatchNorm folded in per row")
+                        break
+        if found is None:
+            keep.append(init)
+            continue
+        q, shape, factors, how = found
+        nodes.extend(packed_weight_nodes(q, init.name, shape, factors, consts)[1])
+        stored.add(q.name)
+        report.stored_packed.append(f"{init.name}: {q.name}, {q.bits}-bit ({how})")
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    computed = {n.output[0] for n in nodes}
+    inputs = [i for i in graph.input if i.name not in computed]
+    if len(inputs) != len(graph.input):  # initialisers listed as graph inputs (old exporters)
+        del graph.input[:]
+        graph.input.extend(inputs)
+    for q in quantized:
+        if q.name not in stored and q.name not in nbits:
+            report.stored_float.append(f"{q.name}: its float weight is no initialiser of "
+                                       "the graph; stored as the exporter wrote it")
+    return nodes
+
+
+def _decide(q: QuantizedLinear, policy: str, threads: int, report: LowBitReport,
+            store: str = "float", accuracy_level: int = 0) -> str | None:
     """None: use MatMulNBits; otherwise the reason to keep the float MatMul."""
     n_out, k_in = q.codes.shape
     shape = f"[{TIMING_FRAMES}x{k_in}]x[{k_in}x{n_out}] {q.bits}-bit, groups of {q.block}"
+    kept = (f"float MatMul, weights stored {q.bits}-bit and dequantised once at session start"
+            if store == "packed" else "float MatMul, dequantised")
+    kernel = "MatMulNBits" + (f" (accuracy_level {accuracy_level})" if accuracy_level else "")
     why_not = nbits_supported(q.bits, q.block, q.float_zero_point)
     if why_not is not None:
-        report.decisions.append(f"{shape}: float MatMul ({why_not})")
+        report.decisions.append(f"{shape}: {kept} ({why_not})")
         return why_not
     if policy == "float":
-        report.decisions.append(f"{shape}: float MatMul (kernel policy 'float')")
+        report.decisions.append(f"{shape}: {kept} (kernel policy 'float')")
         return "kernel policy 'float'"
     if policy == "nbits":
-        report.decisions.append(f"{shape}: MatMulNBits (kernel policy 'nbits')")
+        report.decisions.append(f"{shape}: {kernel} (kernel policy 'nbits')")
         return None
-    t_nbits, t_float = time_nbits_vs_float(q, threads)
-    measured = f"MatMulNBits {t_nbits:.3f} ms, float MatMul {t_float:.3f} ms on this CPU"
+    t_nbits, t_float = time_nbits_vs_float(q, threads, accuracy_level=accuracy_level)
+    measured = f"{kernel} {t_nbits:.3f} ms, float MatMul {t_float:.3f} ms on this CPU"
     if t_nbits > SLOWER_TOLERANCE * t_float:
-        report.decisions.append(f"{shape}: float MatMul, dequantised ({measured})")
+        report.decisions.append(f"{shape}: {kept} ({measured})")
         return f"MatMulNBits slower here ({measured})"
-    report.decisions.append(f"{shape}: MatMulNBits ({measured})")
+    report.decisions.append(f"{shape}: {kernel} ({measured})")
     return None
 
 
