@@ -258,3 +258,56 @@ def test_packed_initialiser_expands_bit_identically(bits, kind):
         assert packed_bytes < rows * cols * bits / 8 + 4 * rows * cols / group + 400, name
     assert onnx_lowbit.row_factors(want, want * factor[:, None]) is not None
     assert onnx_lowbit.row_factors(want, want + 1) is None
+
+
+def test_runtime_expands_in_numpy_bit_identically(exported):
+    """deploy.expand evaluates the constant expansion in numpy: the session it builds gives
+    the very bits of onnxruntime's own constant folding; its minimal protobuf reader reads
+    what the onnx package reads; a file without packed weights is loaded as it is."""
+    import onnx
+    import onnxruntime as ort
+
+    from espnet_allinone.deploy import expand
+
+    dirs, _ = exported
+    rng = np.random.default_rng(0)
+    feeds = {"feats": rng.standard_normal((2, 300, 20), dtype=np.float32),
+             "feats_lengths": np.array([300, 222], dtype=np.int64)}
+    for (group, sub), directory in dirs.items():
+        path = export_dir_for(directory) / "model.onnx"
+        data = path.read_bytes()
+        expanded = expand.expand(data)
+        if sub.endswith("fp"):
+            assert expanded is None
+            continue
+        assert expanded.nodes_evaluated > 0 and expanded.names
+        model = onnx.load_from_string(expanded.model)
+        ops = {n.op_type for n in model.graph.node}
+        assert not ops & {"BitShift", "Mod"}, (group, sub, ops)
+        assert len(model.graph.node) == len(onnx.load_from_string(data).graph.node) - \
+            expanded.nodes_evaluated
+        stubs = {i.name for i in model.graph.initializer
+                 if i.data_location == onnx.TensorProto.EXTERNAL}
+        assert stubs == set(expanded.names)
+        ours = expand.session(path, ort.SessionOptions(), ["CPUExecutionProvider"])
+        folded = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for a, b in zip(ours.run(None, feeds), folded.run(None, feeds)):
+            assert a.tobytes() == b.tobytes(), (group, sub)
+        # the reader against the onnx package, node by node
+        reference = onnx.load_from_string(data).graph
+        graph = next(f[2] for f in expand.fields(data) if f[0] == 7)
+        nodes = [expand._node(v, (s, e)) for n, w, v, s, e in expand.fields(graph) if n == 1]
+        assert len(nodes) == len(reference.node)
+        for got, want in zip(nodes, reference.node):
+            assert (got.op_type, got.inputs, got.outputs, got.domain) == (
+                want.op_type, list(want.input), list(want.output), want.domain)
+            for attr in want.attribute:
+                value = onnx.helper.get_attribute_value(attr)
+                if attr.type in (onnx.AttributeProto.INT, onnx.AttributeProto.INTS):
+                    assert got.attributes[attr.name] == value
+        inits = {i.name: i for i in reference.initializer}
+        for n, w, v, _, _ in expand.fields(graph):
+            if n == 5:
+                name, array = expand._tensor(v)
+                if array is not None:
+                    assert array.tobytes() == onnx.numpy_helper.to_array(inits[name]).tobytes()

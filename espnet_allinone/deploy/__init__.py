@@ -1,12 +1,13 @@
 """Deployment: extracted subsystems run on onnxruntime, and picking one for a budget.
 
 runtime     load an exported model and transcribe (numpy + onnxruntime only)
+expand      expand the bit-packed weights of an exported .onnx in numpy before the session
 frontend    STFT, log-mel and global MVN in numpy, as ESPnet's DefaultFrontend
 ctc         CTC greedy and prefix beam search in numpy, as ESPnet's beam search
 audio       read wav files: sample-rate check, resampling, corrupt-file errors
 build       export an extracted model dir or zoo zip once, next to the model (torch)
 select      per-subsystem budgets, the Pareto front and the pick (results.json)
 
-``runtime``, ``frontend``, ``ctc`` and ``audio`` import neither torch nor
+``runtime``, ``expand``, ``frontend``, ``ctc`` and ``audio`` import neither torch nor
 ESPnet, so an exported model runs where only numpy and onnxruntime exist.
 """

@@ -11,9 +11,11 @@ Variants (files of the exported directory): ``exact`` (the default: output as
 ESPnet's), ``fast`` (``MatMulNBits`` at accuracy_level 4, int8 compute inside
 the low-bit kernel: faster where the CPU has int8 dot products, not exact)
 and ``int8`` (dynamic int8 float layers). Low-bit weights are stored
-bit-packed in the files and expanded by constant nodes that onnxruntime
-folds when the session is built (graph optimisation, on here), so a session
-starts a little later than from a float file and runs the same.
+bit-packed in the files, with the constant nodes that expand them; here they
+are expanded in numpy once, before the session is built
+(:mod:`espnet_allinone.deploy.expand`; plain onnxruntime would constant-fold
+the same nodes itself, with a higher peak of memory), so a session starts a
+little later than from a float file and runs the same.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from espnet_allinone.deploy import ctc
+from espnet_allinone.deploy import ctc, expand
 from espnet_allinone.deploy.frontend import FILE_NAME as FRONTEND_FILE
 from espnet_allinone.deploy.frontend import LogMelFrontend
 
@@ -92,9 +94,10 @@ class OnnxSpeech2Text:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # idle worker threads spinning would steal cores from other streams / processes
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        self.session = ort.InferenceSession(
-            str(self.directory / variants[variant]["file"]), options,
-            providers=["CPUExecutionProvider"])
+        # bit-packed weights expanded in numpy, intermediates freed as it goes (onnxruntime's
+        # own constant folding of them would hold them all at once)
+        self.session = expand.session(self.directory / variants[variant]["file"], options,
+                                      providers=["CPUExecutionProvider"])
 
     # ------------------------------------------------------------------
     def log_probs(self, speeches: list[np.ndarray]) -> list[np.ndarray]:

@@ -9,8 +9,9 @@
 * ``quantize_onnx_int8``: onnxruntime's dynamic int8 quantisation of that graph.
 * ``onnx_matmul_nbits``: a low-bit (2/4/8) extracted model's quantised Linear
   layers as onnxruntime ``MatMulNBits`` nodes holding the model's own codes
-  and scales, so the low-bit weights run exactly (no re-quantisation); see
-  :mod:`espnet_allinone.export.onnx_lowbit`. The whole pipeline (numpy front
+  and scales, so the low-bit weights run exactly (no re-quantisation), and
+  its other packed weights stored bit-packed in the file (expanded once at
+  session start); see :mod:`espnet_allinone.export.onnx_lowbit`. The whole pipeline (numpy front
   end, CTC search, reuse of the exported files) is :mod:`espnet_allinone.deploy`.
 """
 

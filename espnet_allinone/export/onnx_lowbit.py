@@ -10,23 +10,26 @@ float front end, stay float). How each quantised layer then computes:
   32, 64, 128, ...), 2, 4 or 8 bits, where the kernel also takes the zero
   point and, with ``policy="auto"``, is measured no slower than the float
   ``MatMul`` of that shape on this CPU (``"nbits"``: always; ``"float"``:
-  never). Its float16 scales become float by a ``Cast`` that onnxruntime
-  folds once when the session is built.
+  never). Its float16 scales become float by a constant ``Cast``, evaluated
+  once when the session is built (as below).
 * Otherwise the layer is a float ``MatMul`` (or ``Conv``: the Conformer
   convolution module's Conv1d weights, the depthwise one with its BatchNorm
   folded in as the exporter did it) of a weight that the file stores
   bit-packed: a ``uint8`` initialiser holding four 2-bit / two 4-bit / one
   8-bit codes a byte plus the float16 scales, expanded to float by a few ONNX
-  ops (``BitShift``, ``Mod``, ``Cast``, ``Sub``, ``Mul``) whose inputs are all
-  constant, so onnxruntime constant-folds them ONCE at session
-  initialisation; inference then runs the float weight it would have read from
-  a float file. This is what group sizes ``MatMulNBits`` cannot take get
-  (the default recipe's 36 = 144 / 4 heads, any group that is not a power of
-  two or is below 16), and 2- and 8-bit layers where the kernel measured
-  slower. The result is bit-identical: the expansion computes the packed
-  format's own ``(q + offset - zero point) x scale`` in float32, and the file
-  costs N bits a weight while the running session holds float weights for
-  these layers (memory as the float model's, start-up a few ms per MB).
+  ops (``BitShift``, ``Mod``, ``Cast``, ``Sub``, ``Mul``, ``Reshape``) whose
+  inputs are all constant, so they run ONCE when the session is built: the
+  deploy runtime evaluates them in numpy first
+  (:mod:`espnet_allinone.deploy.expand`), and plain onnxruntime constant-folds
+  them itself (same result, more memory while it does). Inference then runs
+  the float weight it would have read from a float file. This is what group
+  sizes ``MatMulNBits`` cannot take get (the default recipe's 36 = 144 / 4
+  heads, any group that is not a power of two or is below 16), and 2- and
+  8-bit layers where the kernel measured slower. The result is bit-identical:
+  the expansion computes the packed format's own ``(q + offset - zero point)
+  x scale`` in float32, and the file costs N bits a weight while the running
+  session holds float weights for these layers (memory as the float model's
+  once built, start-up some ms per MB of float weights).
 
 Weights on the balanced grid (code q means (q + 1/2) x scale) keep their
 codes: the offset is the zero point, 2^(bits-1) - 1/2 as a float
@@ -352,12 +355,14 @@ def packed_weight_nodes(q: QuantizedLinear, out: str, shape: tuple[int, ...] | N
 
     ``shape`` None: the MatMul operand [K, N] (the transposed weight); else the weight's
     [N, K] rows reshaped to ``shape`` (a Conv weight), each row multiplied by
-    ``row_factor`` when given (a BatchNorm the exporter folded into the Conv). The codes
-    are packed planar along the rows (byte r holds rows r, r + R, r + 2R, ... of the
-    [N, K] unsigned levels, lowest bits first, R = ceil(N * bits / 8)) so that one
-    broadcast ``BitShift`` and one ``Mod`` unpack them; then ``(float(u) - zero point)
-    x scale`` per group in float32, the packed format's own arithmetic (bit-identical).
-    With ``consts`` the initialisers go there (small ones shared) and [] is returned.
+    ``row_factor`` when given (a BatchNorm the exporter folded into the Conv). The
+    unsigned levels are stored in the orientation of the result ([K, N] or [N, K]),
+    packed planar along its first axis (byte r of a column holds entries r, r + R,
+    r + 2R, ... lowest bits first, R = ceil(rows * bits / 8)) so that one broadcast
+    ``BitShift`` and one ``Mod`` unpack them and every reshape is free; then
+    ``(float(u) - zero point) x scale`` per group in float32, the packed format's own
+    arithmetic (bit-identical), and no float transpose. With ``consts`` the initialisers
+    go there (small ones shared) and [] is returned.
     """
     from onnx import TensorProto, helper
 
@@ -365,6 +370,7 @@ def packed_weight_nodes(q: QuantizedLinear, out: str, shape: tuple[int, ...] | N
     consts = Constants(out) if own else consts
     start = len(consts.inits)
     n_out, k_in = q.codes.shape
+    groups = k_in // q.block
     per = 8 // q.bits
     nodes = []
 
@@ -372,49 +378,62 @@ def packed_weight_nodes(q: QuantizedLinear, out: str, shape: tuple[int, ...] | N
         nodes.append(helper.make_node(op, inputs, [f"{out}:{suffix}"], **attrs))
         return nodes[-1].output[0]
 
+    if shape is None:  # [K, N]: groups run down the columns: [groups, block, N]
+        codes = np.ascontiguousarray(q.codes.T)
+        grouped = (groups, q.block, n_out)
+
+        def per_group(values):  # [N or 1, groups] -> [groups, 1, N or 1]
+            return np.ascontiguousarray(values.T[:, None, :])
+    else:  # [N, K]: groups along the rows: [N, groups, block]
+        codes = q.codes
+        grouped = (n_out, groups, q.block)
+
+        def per_group(values):  # [N or 1, groups] -> [N or 1, groups, 1]
+            return np.ascontiguousarray(values[..., None])
+    rows, cols = codes.shape
     if per > 1:
-        n_pad = -(-n_out // per)
-        padded = np.zeros((n_pad * per, k_in), dtype=np.uint8)
-        padded[:n_out] = q.codes
-        planes = padded.reshape(per, n_pad, k_in)
-        packed = np.zeros((n_pad, k_in), dtype=np.uint8)
+        n_pad = -(-rows // per)
+        padded = np.zeros((n_pad * per, cols), dtype=np.uint8)
+        padded[:rows] = codes
+        planes = padded.reshape(per, n_pad, cols)
+        packed = np.zeros((n_pad, cols), dtype=np.uint8)
         for j in range(per):
             packed |= (planes[j] << (j * q.bits)).astype(np.uint8)
         shifts = (np.arange(per, dtype=np.uint8) * q.bits).reshape(per, 1, 1)
-        codes = node("BitShift", [consts.add(f"{out}:codes{q.bits}", packed),
-                                  consts.add(f"{out}:shifts", shifts)], "shifted",
-                     direction="RIGHT")
-        codes = node("Mod", [codes, consts.add(f"{out}:levels",
-                                               np.array(2 ** q.bits, dtype=np.uint8))], "u")
-        codes = node("Reshape", [codes, consts.add(f"{out}:planes",
-                                                   _int64(per * n_pad, k_in))], "u_rows")
-        if per * n_pad != n_out:
-            codes = node("Slice", [codes, consts.add(f"{out}:start", _int64(0)),
-                                   consts.add(f"{out}:end", _int64(n_out)),
-                                   consts.add(f"{out}:axis", _int64(0))], "u_kept")
+        levels = node("BitShift", [consts.add(f"{out}:codes{q.bits}", packed),
+                                   consts.add(f"{out}:shifts", shifts)], "shifted",
+                      direction="RIGHT")
+        levels = node("Mod", [levels, consts.add(f"{out}:levels",
+                                                 np.array(2 ** q.bits, dtype=np.uint8))], "u")
+        levels = node("Reshape", [levels, consts.add(f"{out}:planes",
+                                                     _int64(per * n_pad, cols))], "u_rows")
+        if per * n_pad != rows:
+            levels = node("Slice", [levels, consts.add(f"{out}:start", _int64(0)),
+                                    consts.add(f"{out}:end", _int64(rows)),
+                                    consts.add(f"{out}:axis", _int64(0))], "u_kept")
     else:
-        codes = consts.add(f"{out}:codes8", q.codes)
-    levels = node("Cast", [codes], "levels", to=TensorProto.FLOAT)
-    levels = node("Reshape", [levels, consts.add(f"{out}:grouped", _int64(
-        n_out, k_in // q.block, q.block))], "grouped")
+        levels = consts.add(f"{out}:codes8", codes)
+    levels = node("Cast", [levels], "levels", to=TensorProto.FLOAT)
+    levels = node("Reshape", [levels, consts.add(f"{out}:grouped", _int64(*grouped))],
+                  "grouped")
     if q.zp_stored is not None:  # asymmetric: (u - z) * s
-        zero = node("Cast", [consts.add(f"{out}:zp", q.zp_stored[..., None])], "zp_f32",
+        zero = node("Cast", [consts.add(f"{out}:zp", per_group(q.zp_stored))], "zp_f32",
                     to=TensorProto.FLOAT)
     else:  # symmetric: u - (2^(b-1) - offset) == q + offset, exactly
         zero = consts.add(f"{out}:zp", np.array(2 ** (q.bits - 1) - q.offset, dtype=np.float32))
     centred = node("Sub", [levels, zero], "centred")
-    scale = node("Cast", [consts.add(f"{out}:scale16", q.scale16[..., None])], "scale",
+    scale = node("Cast", [consts.add(f"{out}:scale16", per_group(q.scale16))], "scale",
                  to=TensorProto.FLOAT)
     weight = node("Mul", [centred, scale], "scaled")
-    weight = node("Reshape", [weight, consts.add(f"{out}:rows", _int64(n_out, k_in))], "rows")
     if shape is None:
-        nodes.append(helper.make_node("Transpose", [weight], [out], perm=[1, 0]))
-    else:
-        if row_factor is not None:
-            weight = node("Mul", [weight, consts.add(f"{out}:row_factor", row_factor.astype(
-                np.float32).reshape(-1, 1))], "folded")
         nodes.append(helper.make_node("Reshape", [weight, consts.add(
-            f"{out}:shape", _int64(*shape))], [out]))
+            f"{out}:shape", _int64(k_in, n_out))], [out]))
+        return (consts.inits[start:] if own else []), nodes
+    if row_factor is not None:  # [N, groups, block] x [N, 1, 1]
+        weight = node("Mul", [weight, consts.add(f"{out}:row_factor", row_factor.astype(
+            np.float32).reshape(-1, 1, 1))], "folded")
+    nodes.append(helper.make_node("Reshape", [weight, consts.add(
+        f"{out}:shape", _int64(*shape))], [out]))
     return (consts.inits[start:] if own else []), nodes
 
 
