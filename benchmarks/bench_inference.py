@@ -16,15 +16,23 @@ subsystem, and times, on the same 10 s of audio, in one run, interleaved:
                        encoder only (no CTC), so they do less work than ours
     ours exact         espnet_allinone.deploy: numpy front end, onnxruntime encoder
                        + CTC, greedy; low-bit weights as MatMulNBits where measured
-                       fast (else dequantised float, the reason printed)
-    ours int8          the same with dynamic int8 for the float MatMuls, and for the
+                       fast (else a float MatMul of the weight, which the file stores
+                       bit-packed and the session expands once at start; the reason
+                       printed)
+    ours fast          the same with MatMulNBits at accuracy_level 4 (int8 compute
+                       in the kernel; not exact), low-bit subsystems only
+    ours int8          dynamic int8 for the float MatMuls, and for the
                        convolutions (conv2d front included, ConvInteger) where that
                        is measured faster at export (the choice is printed)
 
-RTF = compute seconds / audio seconds (fastest of the interleaved rounds,
-median in brackets). Then, per subsystem, the RTF and peak resident memory of
-our onnxruntime path in a fresh process (numpy + onnxruntime only) on one
-10 s utterance and on a batch of 16, for sizing a server.
+The header names the CPU and the int8 features onnxruntime's kernels can use
+(AVX2, AVX-VNNI, AVX-512 VNNI, AMX, from /proc/cpuinfo). RTF = compute
+seconds / audio seconds (fastest of the interleaved rounds, median in
+brackets). Then, per subsystem, the file sizes, session start-up time and
+resident memory of our onnxruntime path in a fresh process (numpy +
+onnxruntime only): after the session is built, and the peak with one 10 s
+utterance and with a batch of 16, for sizing a server; ``--float_files`` adds
+the same for the dequantised float file (the storage before bit-packing).
 """
 
 from __future__ import annotations
@@ -162,13 +170,43 @@ def _espnet_onnx(directory: Path, work: Path, threads_list: list[int], log) -> d
 
 SPEECH = np.zeros(0, dtype=np.float32)
 
+CPU_FLAGS = (("avx2", "AVX2"), ("avx_vnni", "AVX-VNNI"), ("avx512f", "AVX-512F"),
+             ("avx512_vnni", "AVX-512 VNNI"), ("amx_tile", "AMX"), ("amx_int8", "AMX-INT8"))
+
+
+def cpu_features() -> str:
+    """The CPU's model name and its int8-relevant features, from /proc/cpuinfo."""
+    name, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and name == "unknown CPU":
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        return "CPU features unknown (no /proc/cpuinfo)"
+    have = [label for flag, label in CPU_FLAGS if flag in flags]
+    missing = [label for flag, label in CPU_FLAGS if flag not in flags]
+    return (f"{name}, {os.cpu_count()} logical CPUs; int8 features: "
+            f"{', '.join(have) or 'none'}" + (f" (no {', '.join(missing)})" if missing else ""))
+
+
 MEMORY_SCRIPT = """
 import json, sys, time
 import numpy as np
 from espnet_allinone.deploy.runtime import OnnxSpeech2Text
 directory, variant, threads, batch, samples = sys.argv[1], sys.argv[2], int(sys.argv[3]), \\
     int(sys.argv[4]), int(sys.argv[5])
+def status(key):  # VmRSS: now; VmHWM: this process's own peak (ru_maxrss would carry the
+    # parent's over fork + exec)
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key))
+start = time.perf_counter()
 asr = OnnxSpeech2Text(directory, variant, threads)
+load_s = time.perf_counter() - start
+load_rss, load_peak = status("VmRSS"), status("VmHWM")
 rng = np.random.default_rng(0)
 wavs = [(rng.standard_normal(samples) * 0.1).astype(np.float32) for _ in range(batch)]
 asr.transcribe_batch(wavs)
@@ -176,9 +214,8 @@ best = float("inf")
 for _ in range(3):
     start = time.perf_counter(); asr.transcribe_batch(wavs); best = min(best, time.perf_counter() - start)
 heavy = [m for m in ("torch", "espnet2") if m in sys.modules]
-# VmHWM: this process's own peak (ru_maxrss would carry the parent's over fork + exec)
-peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
-print(json.dumps({"seconds": best, "peak_kb": peak, "heavy": heavy}))
+print(json.dumps({"seconds": best, "peak_kb": status("VmHWM"), "load_s": load_s,
+                  "load_rss_kb": load_rss, "load_peak_kb": load_peak, "heavy": heavy}))
 """
 
 
@@ -187,6 +224,34 @@ def _memory(directory: Path, variant: str, threads: int, batch: int, samples: in
                           str(threads), str(batch), str(samples)], check=True,
                          capture_output=True, text=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _float_file_dir(out: Path, state_path: Path, kernels: str) -> Path:
+    """A copy of export directory ``out`` whose model.onnx holds dequantised float weights
+    (the storage before bit-packing; same kernels), for the memory comparison."""
+    import shutil
+
+    from espnet_allinone.deploy.frontend import FILE_NAME as FRONTEND_FILE
+    from espnet_allinone.deploy.frontend import LogMelFrontend
+    from espnet_allinone.export import fast, onnx_lowbit
+
+    twin = out.with_name(out.name + ".float-weights")
+    if twin.exists():
+        shutil.rmtree(twin)
+    shutil.copytree(out, twin)
+    meta = json.loads((out / "deploy.json").read_text())
+    source = Path(meta["source"])
+    from espnet2.tasks.asr import ASRTask
+
+    model, _ = ASRTask.build_model_from_file(source / "config.yaml", source / "model.pth", "cpu")
+    n_mels = LogMelFrontend.load(out / FRONTEND_FILE).n_mels
+    fp32 = fast.export_onnx(model.eval(), twin / "model.fp32.onnx", n_mels)
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    onnx_lowbit.map_low_bit(state, fp32, twin / "model.onnx", kernels, store="float")
+    fp32.unlink()
+    meta["variants"]["exact"]["bytes"] = (twin / "model.onnx").stat().st_size
+    (twin / "deploy.json").write_text(json.dumps(meta))
+    return twin
 
 
 def main() -> None:
@@ -201,6 +266,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16, help="batch size of the memory table")
     p.add_argument("--kernels", default="auto", choices=("auto", "nbits", "float"))
     p.add_argument("--no_espnet_onnx", action="store_true")
+    p.add_argument("--float_files", action="store_true",
+                   help="memory table: also the dequantised float .onnx of each subsystem")
     p.add_argument("--workdir", type=Path, default=None)
     args = p.parse_args()
     threads_list = [int(t) for t in args.threads.split(",")]
@@ -218,6 +285,8 @@ def main() -> None:
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
+
+    log(f"CPU: {cpu_features()}")
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_inference-"))
     half = args.blocks // 2
@@ -248,10 +317,12 @@ def main() -> None:
         model, _ = ASRTask.build_model_from_file(
             result.directory / "config.yaml", result.directory / "model.pth", "cpu")
         model.eval()
-        out = ensure_exported(result.directory, variants=("exact", "int8"),
-                              kernels=args.kernels, log=lambda _m: None)
+        low_bit = not sub.endswith("-fp")
+        out = ensure_exported(result.directory, variants=("exact", "int8", "fast") if low_bit
+                              else ("exact", "int8"), kernels=args.kernels, log=lambda _m: None)
         meta = json.loads((out / "deploy.json").read_text())
         kernel_notes[sub] = [*meta["kernel_decisions"],
+                             *(f"fast variant: {d}" for d in meta["fast_kernel_decisions"] or ()),
                              "int8 variant: " + meta["variants"]["int8"]["kernels"]]
         q8 = fast.int8_dynamic(model) if sub in (full, smallest) else None
         for threads in threads_list:
@@ -260,7 +331,7 @@ def main() -> None:
                 runners[threads, sub, "torch int8"] = _torch_runner(q8, speech_t)
             if sub == smallest:
                 runners[threads, sub, "torch front only"] = _front_runner(model, speech_t)
-            for variant in ("exact", "int8"):
+            for variant in ("exact", "fast", "int8") if low_bit else ("exact", "int8"):
                 asr = OnnxSpeech2Text(out, variant, threads)
                 runners[threads, sub, f"ours {variant}"] = lambda a=asr: a(SPEECH)
                 sizes[sub, f"ours {variant}"] = meta["variants"][variant]["bytes"]
@@ -283,7 +354,8 @@ def main() -> None:
             rows.append((t, sub, name, sizes.get((sub, name), sizes[sub, "model.pth"]),
                          best / args.seconds, median / args.seconds, base / best))
 
-    print(f"\n{args.blocks} blocks d={args.dim} FFN {args.units}, 80 mels, {args.seconds:.0f} s "
+    print(f"\nCPU: {cpu_features()}")
+    print(f"{args.blocks} blocks d={args.dim} FFN {args.units}, 80 mels, {args.seconds:.0f} s "
           f"of audio, {args.repeats} interleaved rounds; RTF of the fastest round (median); "
           f"speed-up vs {full} torch float at the same thread count; MB = the file that runs "
           f"(model.pth for torch, .onnx for onnxruntime)")
@@ -307,9 +379,10 @@ def main() -> None:
                                          got.get((f"d{args.blocks}-w1-int8", "ours int8"), 0),
                                          got.get((full, "ours int8"), 0)), 2.0),
             ("4-bit >= 2x", max(got.get((f"d{args.blocks}-w1-int4", v), 0)
-                                for v in ("ours exact", "ours int8")), 2.0),
+                                for v in ("ours exact", "ours fast", "ours int8")), 2.0),
             ("smallest subsystem >= 6x", max(got.get((smallest, v), 0)
-                                             for v in ("ours exact", "ours int8")), 6.0),
+                                             for v in ("ours exact", "ours fast", "ours int8")),
+             6.0),
         ]
         for name, value, target in checks:
             print(f"  {t} thread(s): {name}: {value:.2f}x ({'met' if value >= target else 'NOT met'})")
@@ -321,17 +394,27 @@ def main() -> None:
 
     print(f"\nour onnxruntime path in a fresh process (numpy + onnxruntime only), "
           f"{args.seconds:.0f} s utterances, exact variant, {threads_list[-1]} thread(s): "
-          "RTF = compute / audio seconds of the whole batch; peak RSS of the process")
-    print(f"{'subsystem':<14} {'.onnx MB':>8} {'RTF x1':>8} {'peak MB x1':>10} "
-          f"{'RTF x' + str(args.batch):>9} {'peak MB x' + str(args.batch):>12}")
+          "file sizes; session start-up (s) and resident memory after it (RSS MB); peak RSS "
+          f"of the process with 1 and {args.batch} utterances; RTF = compute / audio seconds "
+          "of the whole batch")
+    print(f"{'subsystem':<14} {'weights':<8} {'.pth MB':>7} {'.onnx MB':>8} {'start s':>7} "
+          f"{'RSS MB':>7} {'RTF x1':>8} {'peak MB x1':>10} {'RTF x' + str(args.batch):>9} "
+          f"{'peak MB x' + str(args.batch):>12}")
     for sub in subs:
-        one = _memory(export_dir_for(dirs[sub]), "exact", threads_list[-1], 1, samples)
-        many = _memory(export_dir_for(dirs[sub]), "exact", threads_list[-1], args.batch, samples)
-        assert not one["heavy"] and not many["heavy"], (one, many)
-        print(f"{sub:<14} {sizes[sub, 'ours exact'] / 1e6:>8.2f} "
-              f"{one['seconds'] / args.seconds:>8.4f} {one['peak_kb'] / 1024:>10.1f} "
-              f"{many['seconds'] / (args.batch * args.seconds):>9.4f} "
-              f"{many['peak_kb'] / 1024:>12.1f}")
+        out = export_dir_for(dirs[sub])
+        rows = [("packed" if not sub.endswith("-fp") else "float", out)]
+        if args.float_files and not sub.endswith("-fp"):
+            rows.append(("float", _float_file_dir(out, dirs[sub] / "model.pth", args.kernels)))
+        for storage, directory in rows:
+            one = _memory(directory, "exact", threads_list[-1], 1, samples)
+            many = _memory(directory, "exact", threads_list[-1], args.batch, samples)
+            assert not one["heavy"] and not many["heavy"], (one, many)
+            onnx_mb = (directory / "model.onnx").stat().st_size / 1e6
+            print(f"{sub:<14} {storage:<8} {sizes[sub, 'model.pth'] / 1e6:>7.2f} "
+                  f"{onnx_mb:>8.2f} {one['load_s']:>7.2f} {one['load_rss_kb'] / 1024:>7.1f} "
+                  f"{one['seconds'] / args.seconds:>8.4f} {one['peak_kb'] / 1024:>10.1f} "
+                  f"{many['seconds'] / (args.batch * args.seconds):>9.4f} "
+                  f"{many['peak_kb'] / 1024:>12.1f}")
 
 
 if __name__ == "__main__":
