@@ -37,6 +37,7 @@ GROUPS = {  # group size -> (model width, FFN units, kernel policy)
     36: (72, 144, "auto"),    # MatMulNBits cannot take it: "auto" must say why, per shape
     32: (64, 128, "nbits"),
 }
+PARTS = {36: {"front": "int8", "output": "int8"}}  # as the default recipe: 4-D conv2d front
 RATIO, SLACK = 1.2, 32_000  # .onnx <= 1.2 x model.pth + the tiny model's graph overhead
 
 
@@ -44,6 +45,9 @@ def _toy(group: int):
     width, units, _ = GROUPS[group]
     conf = dict(DEFAULT_ENCODER_CONF, output_size=width, linear_units=units,
                 quant_conf={"granularity": "group", "group_size": group})
+    if group in PARTS:  # quantised front and CTC output layer: the training model attaches them
+        conf["part_precisions"] = PARTS[group]
+        return shared_toy_experiment(encoder_conf=conf, model="allinone")
     return shared_toy_experiment(encoder_conf=conf)
 
 
@@ -93,7 +97,11 @@ def test_onnx_file_is_the_packed_models_size(exported):
                 assert not packed and not nbits and meta["stored_packed"] == 0
                 continue
             bits = int(sub.rsplit("int", 1)[1])
-            assert {q.bits for q in packed} == {bits}
+            assert bits in {q.bits for q in packed} <= {bits, 8}  # 8: the quantised parts
+            if group in PARTS:  # the conv2d front (4-D weights) and the CTC output, packed
+                names = {q.name for q in packed}
+                assert {"encoder.embed.conv.0.weight", "encoder.embed.conv.2.weight",
+                        "ctc.ctc_lo.weight"} <= names, sorted(names)
             # no packed weight is in the file as float, in either orientation
             floats = {onnx.numpy_helper.to_array(i).tobytes() for i in graph.initializer
                       if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) >= 2}
@@ -106,7 +114,8 @@ def test_onnx_file_is_the_packed_models_size(exported):
                 assert not nbits
                 assert meta["kernel_decisions"] and all(
                     "group size 36: MatMulNBits needs a power of two >= 16" in d
-                    and f"weights stored {bits}-bit" in d for d in meta["kernel_decisions"])
+                    and ("weights stored 8-bit" in d or f"weights stored {bits}-bit" in d)
+                    for d in meta["kernel_decisions"])
             else:  # kernels "nbits": each Linear (4 blocks x 9) a MatMulNBits of its bits
                 assert len(nbits) == 4 * 9 and all(
                     next(a.i for a in n.attribute if a.name == "bits") == bits for n in nbits)
