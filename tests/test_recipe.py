@@ -215,15 +215,28 @@ def test_tiny_run_through_every_stage_to_the_report(prepared: Path) -> None:
     assert (exp / "wer_vs_size.png").read_bytes()[:4] == b"\x89PNG"
     assert "| d1-w0.5-int4" in res.stdout  # the table is printed at the end
     train_log = (exp / "train.log").read_text()  # ESPnet's own training log
-    assert "loss_random" in train_log or "loss_d" in train_log
-    # a healthy run reads healthy in every training log window (validation of a CTC-only
-    # model shows ESPnet's own nan for its absent attention-decoder stats)
-    train_parts = [x.split("[train]", 1)[1].split("[valid]", 1)[0]
-                   for x in train_log.splitlines() if "epoch results: [train]" in x]
-    train_parts += [x for x in train_log.splitlines() if "epoch:train:" in x]
-    assert train_parts and not [x for x in train_parts if re.search(r"=\s*nan\b", x)]
+    # sandwich: the largest and smallest paths every step, the drawn one averaged
+    for key in ("loss_d2-w1-fp", "loss_d1-w0.5-int4", "loss_random", "kl_random"):
+        assert f"{key}=" in train_log, key
+    # a healthy run reads healthy in every training and validation log window (a
+    # CTC-only model leaves out the attention-decoder stats it cannot compute)
+    windows = [x.split("epoch results: ", 1)[1] for x in train_log.splitlines()
+               if "epoch results: [train]" in x]
+    windows += [x for x in train_log.splitlines() if "epoch:train:" in x]
+    assert windows and "cer_ctc_d1-w0.5-int4=" in windows[0]
+    assert not [x for x in windows if re.search(r"=\s*nan\b", x)]
+    # TensorBoard: one curve per subsystem's loss, as in the log
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    curves = EventAccumulator(str(exp / "tensorboard" / "train")).Reload().Tags()["scalars"]
+    assert {"loss_d2-w1-fp", "loss_d1-w0.5-int4", "loss_random", "kl_random"} <= set(curves)
     extract_log = (exp / "logs" / "stage12_extract.log").read_text()
     assert all(sub in extract_log for sub in rows)  # the extraction table names each one
+    # each subsystem's BatchNorm statistics calibrated on the (tiny) training set
+    assert "calibration: 200 utterances asked for, dump/raw/train has 36: using all 36" \
+        in extract_log
+    info = yaml.safe_load((exp / "extracted" / "d1-w0.5-int4" / "extract_info.yaml").read_text())
+    assert info["calibration"] == {"data": "dump/raw/train", "utterances": 36}
 
 
 def test_baselines_stage_adds_alone_wer_and_training_time_ratio(prepared: Path) -> None:
