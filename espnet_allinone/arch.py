@@ -13,7 +13,7 @@ this record and nothing else. Torch-free.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,6 +172,34 @@ class SubnetArch:
                     f"physical block {block.physical} runs at two logical positions with "
                     "different heads/units/channels/bits; a shared block keeps one set"
                 )
+
+    # --- the record in files (extract_info.yaml's ``architecture``, search.json) ----
+    def to_dict(self) -> dict[str, Any]:
+        """The record with its index sets, as plain YAML/JSON data."""
+        return {
+            "blocks": [
+                {"physical": b.physical, "heads": list(b.heads),
+                 "ffn_units": [list(u) for u in b.ffn_units],
+                 "conv_channels": None if b.conv_channels is None else list(b.conv_channels),
+                 "bits": b.bits}
+                for b in self.blocks
+            ],
+            "front_bits": self.front_bits,
+        } | ({"output_bits": self.output_bits} if self.output_bits != FLOAT_BITS else {})
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SubnetArch:
+        """Inverse of :meth:`to_dict`; ArchError names what is missing."""
+        try:
+            blocks = tuple(BlockArch(int(b["physical"]), tuple(b["heads"]),
+                                     tuple(tuple(u) for u in b["ffn_units"]),
+                                     None if b.get("conv_channels") is None
+                                     else tuple(b["conv_channels"]), b["bits"])
+                           for b in data["blocks"])
+        except (KeyError, TypeError) as e:
+            raise ArchError(f"architecture record lacks {e}") from None
+        return cls(blocks, data.get("front_bits", FLOAT_BITS),
+                   data.get("output_bits", FLOAT_BITS))
 
     # --- the extracted model's encoder_conf --------------------------------
     def to_conf(self) -> dict[str, Any]:

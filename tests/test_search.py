@@ -21,14 +21,13 @@ import soundfile
 import torch
 import yaml
 
+from espnet_allinone.arch import SubnetArch
 from espnet_allinone.bin import search as search_cli
 from espnet_allinone.search.greedy import GreedySearch, SearchError, pareto_front
 from espnet_allinone.search.records import (
     BlockChoice,
     MixedRecord,
     RecordError,
-    arch_from_dict,
-    arch_to_dict,
     build_arch,
 )
 from espnet_allinone.subsystem import SearchSpace
@@ -150,8 +149,8 @@ def test_a_mixed_record_runs_sizes_extracts_and_loads_in_stock_speech2text(
     result = extractor.extract(arch, tmp_path, name="mixed")
     assert result.exact_bytes == nbytes and result.max_abs_diff <= 1e-4
     info = yaml.safe_load((result.directory / "extract_info.yaml").read_text())
-    assert info["architecture"] == arch_to_dict(arch)
-    assert arch_from_dict(info["architecture"]) == arch
+    assert info["architecture"] == arch.to_dict()
+    assert SubnetArch.from_dict(info["architecture"]) == arch
     s2t = Speech2Text(asr_train_config=result.directory / "config.yaml",
                       asr_model_file=result.directory / "model.pth", ctc_weight=1.0)
     speech, lengths = probe_input(extractor.model, seed=3)

@@ -116,7 +116,7 @@ class Extractor:
         if self.calibration is not None:
             out["calibration"] = self.calibration.describe()
         if arch is not None:
-            out["architecture"] = _arch_record(arch)
+            out["architecture"] = arch.to_dict()
         return out
 
     def extract(
@@ -304,20 +304,6 @@ not part of any extracted model)."""
 
 def _training_only(name: str) -> bool:
     return any(part in TRAINING_ONLY for part in name.split("."))
-
-
-def _arch_record(arch: SubnetArch) -> dict:
-    """The record with its index sets, for the fingerprint of an explicit architecture."""
-    return {
-        "blocks": [
-            {"physical": b.physical, "heads": list(b.heads),
-             "ffn_units": [list(u) for u in b.ffn_units],
-             "conv_channels": None if b.conv_channels is None else list(b.conv_channels),
-             "bits": b.bits}
-            for b in arch.blocks
-        ],
-        "front_bits": arch.front_bits,
-    } | ({"output_bits": arch.output_bits} if arch.output_bits != FLOAT_BITS else {})
 
 
 def _float_bytes(module: torch.nn.Module) -> int:

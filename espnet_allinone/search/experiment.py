@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from espnet_allinone.search.records import arch_to_dict
-
 CHECKPOINTS = ("valid.loss.ave.pth", "valid.acc.ave.pth", "valid.loss.best.pth",
                "valid.acc.best.pth")
 """The checkpoints the recipe extracts from, first found first (``allinone.sh``'s
@@ -165,7 +163,7 @@ def run_search(inputs: Inputs, budgets: Sequence[tuple[str, int]], *, dev_utts: 
     picked = {}  # name -> architecture record
     for text, budget in budgets:
         cand = result.chosen[budget]
-        record = arch_to_dict(arch(cand.record))
+        record = arch(cand.record).to_dict()
         name = searched_name(cand.bytes, record)
         picked[name] = arch(cand.record)
         entry = chosen.setdefault(name, {
@@ -207,9 +205,9 @@ def run_search(inputs: Inputs, budgets: Sequence[tuple[str, int]], *, dev_utts: 
 def extract_searched(exp: Path, name: str, asr_model_file: Path | None = None) -> Path:
     """Extract a pick of ``search.json`` again (its record, its calibration) into
     ``<exp>/searched/<name>/``, e.g. after the directory was removed."""
+    from espnet_allinone.arch import SubnetArch
     from espnet_allinone.export.calibration import CalibrationData
     from espnet_allinone.export.extract import Extractor
-    from espnet_allinone.search.records import arch_from_dict
 
     path = Path(exp) / SEARCHED_DIR / SEARCH_FILE
     summary = json.loads(path.read_text(encoding="utf-8"))
@@ -223,7 +221,7 @@ def extract_searched(exp: Path, name: str, asr_model_file: Path | None = None) -
     checkpoint = pick_checkpoint(Path(exp), asr_model_file or (
         Path(summary["checkpoint"]) if summary.get("checkpoint") else None))
     extractor = Extractor(config, checkpoint, calibration)
-    return extractor.extract(arch_from_dict(entry["architecture"]), Path(exp) / SEARCHED_DIR,
+    return extractor.extract(SubnetArch.from_dict(entry["architecture"]), Path(exp) / SEARCHED_DIR,
                              name=name).directory
 
 

@@ -27,7 +27,7 @@ block, so they never run below any block. Torch-free.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Protocol
@@ -231,35 +231,6 @@ def parts_bits(record: MixedRecord, used: Iterable[int]) -> int:
 def physical_blocks(encoder: ResolvingEncoder) -> int:
     """How many physical blocks the encoder's deepest subsystem runs (a record's choices)."""
     return max(encoder.resolve(encoder.space.largest).schedule) + 1
-
-
-# --- the record in files (extract_info.yaml's ``architecture``, search.json) -------------
-def arch_to_dict(arch: SubnetArch) -> dict[str, Any]:
-    """The record with its index sets (the layout ``extract_info.yaml`` stores)."""
-    return {
-        "blocks": [
-            {"physical": b.physical, "heads": list(b.heads),
-             "ffn_units": [list(u) for u in b.ffn_units],
-             "conv_channels": None if b.conv_channels is None else list(b.conv_channels),
-             "bits": b.bits}
-            for b in arch.blocks
-        ],
-        "front_bits": arch.front_bits,
-    } | ({"output_bits": arch.output_bits} if arch.output_bits != FLOAT_BITS else {})
-
-
-def arch_from_dict(data: Mapping[str, Any]) -> SubnetArch:
-    """Inverse of :func:`arch_to_dict`; ArchError names what is missing."""
-    try:
-        blocks = tuple(BlockArch(int(b["physical"]), tuple(b["heads"]),
-                                 tuple(tuple(u) for u in b["ffn_units"]),
-                                 None if b.get("conv_channels") is None
-                                 else tuple(b["conv_channels"]), b["bits"])
-                       for b in data["blocks"])
-    except (KeyError, TypeError) as e:
-        raise ArchError(f"architecture record lacks {e}") from None
-    return SubnetArch(blocks, data.get("front_bits", FLOAT_BITS),
-                      data.get("output_bits", FLOAT_BITS))
 
 
 def records_of(space: SearchSpace, subs: Iterable[str | Subsystem], blocks: int
