@@ -31,6 +31,7 @@ from espnet_allinone.testing.toy_experiment import (
     DEFAULT_ENCODER_CONF,
     shared_toy_experiment,
 )
+from tests.test_transcribe import _espnet_greedy
 
 SUBS = ("d4-w1-fp", "d4-w1-int8", "d4-w1-int4", "d4-w1-int2")
 GROUPS = {  # group size -> (model width, FFN units, kernel policy)
@@ -125,32 +126,17 @@ def test_onnx_file_is_the_packed_models_size(exported):
     print("\n" + "\n".join(report))
 
 
-def _espnet_greedy(model, speech: np.ndarray) -> tuple[list[int], np.ndarray]:
-    """ESPnet's own CTC best path (CTC.argmax) and log-posteriors."""
-    with torch.no_grad():
-        x = torch.from_numpy(speech)[None]
-        enc, _ = model.encode(x, torch.tensor([x.shape[1]]))
-        best = model.ctc.argmax(enc)[0].tolist()
-        logp = model.ctc.log_softmax(enc)[0].numpy()
-    ids, prev = [], None
-    for i in best:
-        if i != prev and i not in (model.blank_id, model.eos):
-            ids.append(i)
-        prev = i
-    return ids, logp
-
-
 def test_greedy_output_equals_espnet(exported):
     from espnet2.bin.asr_inference import Speech2Text
 
     dirs, audio = exported
     for (group, sub), directory in dirs.items():
-        model = Speech2Text(asr_train_config=directory / "config.yaml",
-                            asr_model_file=directory / "model.pth", ctc_weight=1.0).asr_model
+        s2t = Speech2Text(asr_train_config=directory / "config.yaml",
+                          asr_model_file=directory / "model.pth", ctc_weight=1.0)
         asr = OnnxSpeech2Text(export_dir_for(directory))
         n_tokens = 0
         for speech in audio:
-            ref_ids, ref_logp = _espnet_greedy(model, speech)
+            ref_ids, ref_logp = _espnet_greedy(s2t, speech)
             logp = asr.log_probs([speech])[0]
             assert logp.shape == ref_logp.shape, (group, sub)
             assert np.abs(logp - ref_logp).max() < 1e-4, (group, sub)
