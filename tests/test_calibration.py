@@ -62,19 +62,19 @@ def _stats(model: torch.nn.Module) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("sub", ["d4-w1-fp", "d2-w0.5-int2"])
 @torch.no_grad()
-def test_calibrated_statistics_are_the_cumulative_average_of_each_utterance(
-        toy, data_dir, sub):
-    """Each BatchNorm's running mean/variance after calibration = the mean over the
-    utterances of that utterance's batch mean / unbiased variance (as it runs with
-    batch statistics, as calibration runs it); the count = the utterances."""
+def test_calibrated_statistics_are_pooled_over_every_frame(toy, data_dir, sub):
+    """Each BatchNorm's running mean/variance after calibration = the mean and unbiased
+    variance of its input over every frame of the calibration utterances (run one at a
+    time, each normalised with its own statistics, as calibration runs them); the
+    count = the utterances. Not the average of per-utterance variances, which would
+    miss the spread between the utterances' means."""
     extractor = Extractor(toy["config"], toy["model"])
     model, data = extractor.model, CalibrationData.from_data_dir(data_dir, NUM_UTTS)
     norms = batch_norms(model.encoder)
-    seen: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {id(n): [] for n in norms}
+    seen: dict[int, list[torch.Tensor]] = {id(n): [] for n in norms}
 
     def record(norm, inputs, _out):
-        x = inputs[0].transpose(0, 1).reshape(inputs[0].shape[1], -1)
-        seen[id(norm)].append((x.mean(1), x.var(1, unbiased=True)))
+        seen[id(norm)].append(inputs[0].transpose(0, 1).reshape(inputs[0].shape[1], -1))
 
     with extractor.encoder.use_subsystem(sub), kept_statistics(model.encoder):
         model.eval()
@@ -90,12 +90,14 @@ def test_calibrated_statistics_are_the_cumulative_average_of_each_utterance(
         ran = [n for n in norms if seen[id(n)]]
         assert len(ran) == int(sub[1])  # one conv module per active block
         for norm in ran:
+            frames = torch.cat(seen[id(norm)], dim=1).double()
             mean, var, count = norm.active_stats()
             assert int(count) == NUM_UTTS
-            assert torch.allclose(mean, torch.stack([m for m, _ in seen[id(norm)]]).mean(0),
+            assert torch.allclose(mean.double(), frames.mean(1), atol=1e-5)
+            assert torch.allclose(var.double(), frames.var(1, unbiased=True), rtol=1e-4,
                                   atol=1e-5)
-            assert torch.allclose(var, torch.stack([v for _, v in seen[id(norm)]]).mean(0),
-                                  rtol=1e-4, atol=1e-5)
+            within = torch.stack([f.double().var(1) for f in seen[id(norm)]]).mean(0)
+            assert (var.double() - within).abs().max() > 1e-3  # not the per-utterance average
         assert not model.training and all(not n.training for n in norms)
 
 

@@ -114,6 +114,26 @@ class ElasticBatchNorm1d(nn.BatchNorm1d):
         index = self._index_tensor.to(mean.device)
         return mean.index_select(0, index), var.index_select(0, index), count
 
+    @torch.no_grad()
+    def assign_active_stats(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
+        """Set the active channels' statistics at the current position (calibration):
+        the width's own bank for a prepared prefix, else the full bank at the channels."""
+        k = self.active_channels
+        if self._index_tensor is None and k in self.widths:
+            bank_mean, bank_var, bank_count = self.stats(k)
+            index = None
+        else:
+            bank_mean, bank_var, bank_count = self.stats(self.num_features)
+            index = (torch.arange(k) if self._index_tensor is None
+                     else self._index_tensor).to(bank_mean.device)
+        for bank, value in ((bank_mean, mean), (bank_var, var)):
+            value = value.to(bank)
+            if index is None:
+                bank.copy_(value)
+            else:
+                bank.index_copy_(0, index, value)
+        bank_count.fill_(count)
+
     def _affine(self) -> tuple:
         if self.weight is None:
             return None, None

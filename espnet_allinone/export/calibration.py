@@ -3,12 +3,16 @@
 Every path of an all-in-one model updates the same BatchNorm running statistics
 (per conv width with ``elastic_conv``, per position when unfolded), so a
 subsystem extracted as trained inherits a mixture dominated by the last steps'
-paths. Calibration resets the statistics and re-estimates them for one
-subsystem, as once-for-all does for each subnet: forward passes only, one
-utterance at a time (no padding enters the statistics), dropout off, and each
-BatchNorm's running mean/variance the cumulative average over the utterances
-(``momentum=None``). No weight changes; the model's own statistics come back
-when the block ends, so the next subsystem starts from the same model.
+paths. Calibration re-estimates them for one subsystem, as once-for-all does
+for each subnet: forward passes only, one utterance at a time (no padding
+enters the statistics), dropout off, BatchNorm normalising with each
+utterance's own statistics as in training, and each BatchNorm's running
+mean/variance set to the pooled mean/variance of its input over every frame of
+the calibration utterances (at each position it runs at). Pooled, not the
+average of per-utterance variances: that average misses the spread between
+utterances' means, which training's multi-utterance batches contain. No
+weight changes; the model's own statistics come back when the block ends, so
+the next subsystem starts from the same model.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from espnet_allinone.elastic.norm import ElasticBatchNorm1d
 
 CALIBRATION_SEED = 0
 """Seed of the utterance draw: the same data dir and count give the same utterances."""
@@ -112,16 +118,38 @@ def kept_statistics(module: nn.Module) -> Iterator[None]:
                     buf.copy_(saved[id(norm)][name])
 
 
-def reset_statistics(norm: nn.Module) -> None:
-    """Empty every statistics bank of ``norm`` (mean 0, variance 1, no batches seen)."""
-    with torch.no_grad():
-        for name, buf in _stat_buffers(norm).items():
-            if name.startswith("running_mean"):
-                buf.zero_()
-            elif name.startswith("running_var"):
-                buf.fill_(1.0)
-            else:
-                buf.zero_()
+class _Pooled:
+    """Per-channel frame count, sum and sum of squares of a BatchNorm's input (float64)."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.utterances = 0
+        self.total: torch.Tensor | None = None
+        self.squares: torch.Tensor | None = None
+
+    def add(self, x: torch.Tensor) -> None:
+        channels = x.transpose(0, 1).reshape(x.shape[1], -1).double()  # (C, frames)
+        total, squares = channels.sum(1), channels.square().sum(1)
+        self.total = total if self.total is None else self.total + total
+        self.squares = squares if self.squares is None else self.squares + squares
+        self.frames += channels.shape[1]
+        self.utterances += 1
+
+    def mean_var(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled mean and unbiased variance over every frame seen."""
+        mean = self.total / self.frames
+        var = (self.squares - self.frames * mean.square()) / max(self.frames - 1, 1)
+        return mean.float(), var.clamp(min=0).float()
+
+
+def _assign(norm: nn.modules.batchnorm._BatchNorm, pooled: _Pooled) -> None:
+    mean, var = pooled.mean_var()
+    if isinstance(norm, ElasticBatchNorm1d):
+        norm.assign_active_stats(mean, var, pooled.utterances)
+        return
+    norm.running_mean.copy_(mean.to(norm.running_mean))
+    norm.running_var.copy_(var.to(norm.running_var))
+    norm.num_batches_tracked.fill_(pooled.utterances)
 
 
 @torch.no_grad()
@@ -136,20 +164,31 @@ def calibrate(model: nn.Module, data: CalibrationData) -> int:
     norms = batch_norms(model.encoder)
     if not norms:
         return 0
+    pooled: dict[tuple[int, int], tuple[nn.Module, int, _Pooled]] = {}
+
+    def record(norm: nn.Module, inputs: tuple) -> None:
+        position = getattr(norm, "repeat", 0)  # a shared block's logical position
+        key = (id(norm), position)
+        pooled.setdefault(key, (norm, position, _Pooled()))[2].add(inputs[0])
+
     was_training = model.training
-    momenta = [norm.momentum for norm in norms]
     model.eval()
     for norm in norms:
-        reset_statistics(norm)
-        norm.momentum = None  # cumulative average over the utterances
-        norm.train()
+        norm.train()  # each utterance normalised with its own statistics, as in training
+    hooks = [norm.register_forward_pre_hook(record) for norm in norms]
     device = next(model.parameters()).device
     try:
         for wave in data.speech():
             speech = torch.as_tensor(wave, dtype=torch.float32, device=device)[None]
             model.encode(speech, torch.tensor([speech.shape[1]], device=device))
     finally:
-        for norm, momentum in zip(norms, momenta):
-            norm.momentum = momentum
+        for hook in hooks:
+            hook.remove()
         model.train(was_training)
+    for norm, position, stats in pooled.values():
+        if isinstance(norm, ElasticBatchNorm1d):
+            norm.repeat = position
+        _assign(norm, stats)
+        if isinstance(norm, ElasticBatchNorm1d):
+            norm.repeat = 0
     return len(norms)
