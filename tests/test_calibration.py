@@ -188,3 +188,42 @@ def test_cli_names_missing_calibration_data_and_writes_nothing(toy, tmp_path, ca
         "--calibration_data", str(tmp_path), "--calibration_utts", "0"])
     assert code == 2 and "got 0" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("scores", "chosen"), [((10.0, 20.0), "training"),
+                                                 ((20.0, 10.0), "calibrated")])
+@torch.no_grad()
+def test_held_out_data_chooses_the_statistics_with_the_lower_cer(
+        toy, data_dir, tmp_path, monkeypatch, scores, chosen):
+    """With a dev set, each subsystem keeps training's statistics or its calibrated ones,
+    whichever scores the lower dev CER; extract_info says which and both CERs, and the
+    extracted model holds the chosen statistics."""
+    from espnet_allinone.search.evaluate import DevSet, Scorer
+
+    (data_dir / "text").write_text("".join(f"utt{i} A B C\n" for i in range(NUM_UTTS)))
+    dev = DevSet.from_data_dir(data_dir, NUM_UTTS)
+    calibration = CalibrationData.from_data_dir(data_dir, NUM_UTTS)
+    answers = iter(scores)
+    monkeypatch.setattr(Scorer, "score", lambda self, arch: next(answers))
+    extractor = Extractor(toy["config"], toy["model"], calibration=calibration, dev=dev)
+    result = extractor.extract("d2-w0.5-int2", tmp_path / "out")
+    info = yaml.safe_load((result.directory / "extract_info.yaml").read_text())
+    assert info["batch_norm"] == {"statistics": chosen,
+                                  "dev_cer": {"training": scores[0], "calibrated": scores[1]}}
+    assert info["calibration"]["chosen_on"] == {"data": str(data_dir), "utterances": NUM_UTTS}
+    state = torch.load(result.directory / "model.pth", weights_only=True)
+    model = extractor.model
+    with extractor.encoder.use_subsystem("d2-w0.5-int2"), kept_statistics(model.encoder):
+        if chosen == "calibrated":
+            calibrate(model, calibration)
+        expected = model.encoder.encoders[0].conv_module.norm.active_stats()[0].clone()
+    assert torch.equal(state["encoder.encoders.0.conv_module.norm.running_mean"], expected)
+
+
+def test_choosing_on_held_out_data_needs_calibration_data(toy, data_dir):
+    from espnet_allinone.export.extract import ExtractionError
+    from espnet_allinone.search.evaluate import DevSet
+
+    (data_dir / "text").write_text("".join(f"utt{i} A B C\n" for i in range(NUM_UTTS)))
+    with pytest.raises(ExtractionError, match="needs calibration data"):
+        Extractor(toy["config"], toy["model"], dev=DevSet.from_data_dir(data_dir, NUM_UTTS))

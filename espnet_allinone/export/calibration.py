@@ -103,19 +103,31 @@ def _stat_buffers(norm: nn.Module) -> dict[str, torch.Tensor]:
             if name.startswith(STAT_BUFFERS)}
 
 
+Statistics = dict[int, dict[str, torch.Tensor]]
+"""A copy of every statistics bank of a module's BatchNorms (by module id)."""
+
+
+def statistics_of(module: nn.Module) -> Statistics:
+    return {id(norm): {k: v.clone() for k, v in _stat_buffers(norm).items()}
+            for norm in batch_norms(module)}
+
+
+@torch.no_grad()
+def restore_statistics(module: nn.Module, saved: Statistics) -> None:
+    for norm in batch_norms(module):
+        for name, buf in _stat_buffers(norm).items():
+            buf.copy_(saved[id(norm)][name])
+
+
 @contextmanager
 def kept_statistics(module: nn.Module) -> Iterator[None]:
     """Within the block the BatchNorm statistics of ``module`` may change; after it they
     are the ones it had before (also when the block fails)."""
-    saved = {id(norm): {k: v.clone() for k, v in _stat_buffers(norm).items()}
-             for norm in batch_norms(module)}
+    saved = statistics_of(module)
     try:
         yield
     finally:
-        with torch.no_grad():
-            for norm in batch_norms(module):
-                for name, buf in _stat_buffers(norm).items():
-                    buf.copy_(saved[id(norm)][name])
+        restore_statistics(module, saved)
 
 
 class _Pooled:

@@ -115,6 +115,11 @@ class Scorer:
             self.evaluations += 1
         return self._cache[arch]
 
+    def score(self, arch: SubnetArch) -> float:
+        """CER % of ``arch`` now (not cached): with its calibrated statistics when the
+        scorer calibrates, else with the statistics the model holds."""
+        return self._score(arch)
+
     @torch.no_grad()
     def _score(self, arch: SubnetArch) -> float:
         model, hyps = self.model, [""] * len(self.dev.texts)
