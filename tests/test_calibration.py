@@ -193,10 +193,10 @@ def test_cli_names_missing_calibration_data_and_writes_nothing(toy, tmp_path, ca
 @pytest.mark.parametrize(("scores", "chosen"), [((10.0, 20.0), "training"),
                                                  ((20.0, 10.0), "calibrated")])
 @torch.no_grad()
-def test_held_out_data_chooses_the_statistics_with_the_lower_cer(
+def test_held_out_data_chooses_the_statistics_with_the_lower_wer(
         toy, data_dir, tmp_path, monkeypatch, scores, chosen):
     """With a dev set, each subsystem keeps training's statistics or its calibrated ones,
-    whichever scores the lower dev CER; extract_info says which and both CERs, and the
+    whichever scores the lower dev WER; extract_info says which and both WERs, and the
     extracted model holds the chosen statistics."""
     from espnet_allinone.search.evaluate import DevSet, Scorer
 
@@ -209,7 +209,7 @@ def test_held_out_data_chooses_the_statistics_with_the_lower_cer(
     result = extractor.extract("d2-w0.5-int2", tmp_path / "out")
     info = yaml.safe_load((result.directory / "extract_info.yaml").read_text())
     assert info["batch_norm"] == {"statistics": chosen,
-                                  "dev_cer": {"training": scores[0], "calibrated": scores[1]}}
+                                  "dev_wer": {"training": scores[0], "calibrated": scores[1]}}
     assert info["calibration"]["chosen_on"] == {"data": str(data_dir), "utterances": NUM_UTTS}
     state = torch.load(result.directory / "model.pth", weights_only=True)
     model = extractor.model

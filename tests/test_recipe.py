@@ -238,9 +238,9 @@ def test_tiny_run_through_every_stage_to_the_report(prepared: Path) -> None:
     info = yaml.safe_load((exp / "extracted" / "d1-w0.5-int4" / "extract_info.yaml").read_text())
     assert info["calibration"] == {"data": "dump/raw/train", "utterances": 36,
                                    "chosen_on": {"data": "dump/raw/dev", "utterances": 6}}
-    cer = info["batch_norm"]["dev_cer"]  # the statistics with the lower dev CER are kept
+    wer = info["batch_norm"]["dev_wer"]  # the statistics with the lower dev WER are kept
     assert info["batch_norm"]["statistics"] == (
-        "training" if cer["training"] < cer["calibrated"] else "calibrated")
+        "training" if wer["training"] < wer["calibrated"] else "calibrated")
 
 
 def test_baselines_stage_adds_alone_wer_and_training_time_ratio(prepared: Path) -> None:

@@ -14,7 +14,7 @@ With ``--calibration_data dump/raw/train`` each subsystem's BatchNorm statistics
 are re-estimated for it on ``--calibration_utts`` of those utterances before it
 is cut out (the statistics training left are a mixture of every path's); with
 ``--calibration_dev dump/raw/dev`` too, each subsystem keeps whichever of
-training's and its calibrated statistics gives the lower greedy CTC CER there.
+training's and its calibrated statistics gives the lower greedy CTC WER there.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def get_parser() -> argparse.ArgumentParser:
                    help="utterances drawn from --calibration_data (all when it has fewer)")
     p.add_argument("--calibration_dev", type=Path, default=None,
                    help="held-out data dir (wav.scp, text): keep, per subsystem, the "
-                        "statistics (training's or calibrated) with the lower CER on it")
+                        "statistics (training's or calibrated) with the lower WER on it")
     p.add_argument("--calibration_dev_utts", type=int, default=DEFAULT_DEV_UTTS,
                    help="utterances of --calibration_dev scored")
     return p

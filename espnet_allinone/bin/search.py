@@ -90,7 +90,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="lower attention, feed-forward and conv widths separately")
     p.add_argument("--no_uniform", action="store_true",
                    help="do not also score the uniform subsystems")
-    p.add_argument("--batch_size", type=int, default=8, help="dev utterances per forward")
+    p.add_argument("--batch_size", type=int, default=1,
+                   help="dev utterances per forward (1: exact, as decoding; more: padding "
+                        "changes the scores)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a searched directory holding a different model")
     p.add_argument("--collect", type=Path, default=None, metavar="DECODE_DIR",

@@ -20,8 +20,8 @@ explicit record (a non-uniform architecture) with a directory name.
 With calibration data each subsystem's BatchNorm statistics are re-estimated
 for it before it is cut out (``calibration.py``); with held-out data too
 (``dev``), each keeps whichever statistics, training's or its calibrated ones,
-give the lower greedy CTC CER there (calibration helps some subsystems and
-hurts others). The all-in-one model it is verified against runs with the
+give the lower greedy CTC word error rate there (calibration helps some
+subsystems and hurts others). The all-in-one model it is verified against runs with the
 chosen statistics, so extraction stays exact.
 """
 
@@ -103,7 +103,7 @@ class Extractor:
             raise ExtractionError("choosing statistics on held-out data needs calibration "
                                   "data to compare with")
         self.dev_scorer = None if dev is None else Scorer(
-            self.model, dev, detokenizer(self.config))
+            self.model, dev, detokenizer(self.config), unit="word")
         self.source = {
             "config_sha256": sha256_file(self.config_path),
             "model_sha256": sha256_file(self.model_path),
@@ -167,7 +167,7 @@ class Extractor:
 
     def _statistics_for(self, arch: SubnetArch) -> dict:
         """Give ``arch`` its statistics (calibrated, or on held-out data the better of
-        training's and calibrated); returns what extract_info.yaml records of them."""
+        training's and calibrated by WER); returns what extract_info.yaml records."""
         if self.calibration is None:
             return {"statistics": "training"}
         with self.encoder.use_arch(arch):
@@ -175,14 +175,14 @@ class Extractor:
                 calibrate(self.model, self.calibration)
                 return {"statistics": "calibrated"}
             trained = statistics_of(self.encoder)
-            training_cer = self.dev_scorer.score(arch)
+            training_wer = self.dev_scorer.score(arch)
             calibrate(self.model, self.calibration)
-            calibrated_cer = self.dev_scorer.score(arch)
-            chosen = "training" if training_cer < calibrated_cer else "calibrated"
+            calibrated_wer = self.dev_scorer.score(arch)
+            chosen = "training" if training_wer < calibrated_wer else "calibrated"
             if chosen == "training":
                 restore_statistics(self.encoder, trained)
-        return {"statistics": chosen, "dev_cer": {"training": round(training_cer, 3),
-                                                  "calibrated": round(calibrated_cer, 3)}}
+        return {"statistics": chosen, "dev_wer": {"training": round(training_wer, 3),
+                                                  "calibrated": round(calibrated_wer, 3)}}
 
     def _write(self, arch: SubnetArch, name: str, final: Path, fingerprint: dict,
                plugin_free: bool, verify: bool, statistics: dict) -> ExtractResult:

@@ -110,7 +110,7 @@ def searched_name(nbytes: int, arch_record: Mapping[str, Any]) -> str:
 
 def run_search(inputs: Inputs, budgets: Sequence[tuple[str, int]], *, dev_utts: int,
                calibration_utts: int, per_module: bool = False, uniform: bool = True,
-               batch_size: int = 8, overwrite: bool = False, extract: bool = True,
+               batch_size: int = 1, overwrite: bool = False, extract: bool = True,
                log: Callable[[str], None] = print) -> dict:
     """Search, extract each budget's pick into ``<exp>/searched/``, write ``search.json``;
     returns what it wrote there."""
