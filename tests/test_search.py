@@ -405,14 +405,3 @@ def test_mixed_records_of_wav2vec2_models_extract_exactly(tmp_path, seed_blocks
         len(ex.encoder.resolve("d4-w1-fp").blocks[1].ffn_units[0])
     result = ex.extract(arch, tmp_path / "out", name="mixed")
     assert result.max_abs_diff <= 1e-4 and result.exact_bytes == ex.exact_bytes(arch)
-
-
-def test_error_units_count_characters_without_spaces_or_words():
-    from espnet_allinone.search.evaluate import char_errors, word_errors
-
-    assert char_errors("A B C", "AB C") == (0, 3)  # a lost word boundary is no char error
-    assert word_errors("A B C", "AB C") == (2, 3)  # but two word errors, as sclite counts
-    with pytest.raises(ValueError, match="unknown error unit 'phone'; valid: char, word"):
-        from espnet_allinone.search.evaluate import Scorer
-
-        Scorer(None, None, None, unit="phone")

@@ -12,9 +12,7 @@ ESPnet's ``Speech2Text(asr_train_config=..., asr_model_file=...)``.
 
 With ``--calibration_data dump/raw/train`` each subsystem's BatchNorm statistics
 are re-estimated for it on ``--calibration_utts`` of those utterances before it
-is cut out (the statistics training left are a mixture of every path's); with
-``--calibration_dev dump/raw/dev`` too, each subsystem keeps whichever of
-training's and its calibrated statistics gives the lower greedy CTC WER there.
+is cut out (the statistics training left are a mixture of every path's).
 """
 
 from __future__ import annotations
@@ -31,7 +29,6 @@ from espnet_allinone.export.calibration import (
 )
 from espnet_allinone.export.extract import ExtractionError, extract_all
 from espnet_allinone.export.model_io import CheckpointMismatchError, LoadError
-from espnet_allinone.search.evaluate import DEFAULT_DEV_UTTS, DevDataError, DevSet
 from espnet_allinone.subsystem import SubsystemError
 
 
@@ -64,11 +61,6 @@ def get_parser() -> argparse.ArgumentParser:
                         "(default: keep the statistics training left)")
     p.add_argument("--calibration_utts", type=int, default=DEFAULT_CALIBRATION_UTTS,
                    help="utterances drawn from --calibration_data (all when it has fewer)")
-    p.add_argument("--calibration_dev", type=Path, default=None,
-                   help="held-out data dir (wav.scp, text): keep, per subsystem, the "
-                        "statistics (training's or calibrated) with the lower WER on it")
-    p.add_argument("--calibration_dev_utts", type=int, default=DEFAULT_DEV_UTTS,
-                   help="utterances of --calibration_dev scored")
     return p
 
 
@@ -78,8 +70,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         calibration = None if args.calibration_data is None else CalibrationData.from_data_dir(
             args.calibration_data, args.calibration_utts)
-        dev = None if args.calibration_dev is None else DevSet.from_data_dir(
-            args.calibration_dev, args.calibration_dev_utts)
         extract_all(
             args.asr_train_config,
             args.asr_model_file,
@@ -90,10 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             verify=not args.no_verify,
             progress=not args.no_progress,
             calibration=calibration,
-            dev=dev,
         )
     except (LoadError, SubsystemError, ExtractionError, CheckpointMismatchError,
-            CalibrationError, DevDataError, FileNotFoundError) as e:
+            CalibrationError, FileNotFoundError) as e:
         print(f"extract: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -18,11 +18,8 @@ subsystem is written dequantised onto its grid as a stock ``conformer``
 explicit record (a non-uniform architecture) with a directory name.
 
 With calibration data each subsystem's BatchNorm statistics are re-estimated
-for it before it is cut out (``calibration.py``); with held-out data too
-(``dev``), each keeps whichever statistics, training's or its calibrated ones,
-give the lower greedy CTC word error rate there (calibration helps some
-subsystems and hurts others). The all-in-one model it is verified against runs with the
-chosen statistics, so extraction stays exact.
+for it before it is cut out (``calibration.py``); the all-in-one model it is
+verified against runs with those same statistics, so extraction stays exact.
 """
 
 from __future__ import annotations
@@ -40,8 +37,6 @@ from espnet_allinone.export.calibration import (
     CalibrationData,
     calibrate,
     kept_statistics,
-    restore_statistics,
-    statistics_of,
 )
 from espnet_allinone.export.extracted_dir import CONFIG_NAME, INFO_NAME, MODEL_NAME
 from espnet_allinone.export.files import atomic_directory, sha256_file, tensors_digest
@@ -54,7 +49,6 @@ from espnet_allinone.export.slicing import (
 from espnet_allinone.export.standalone_config import standalone_config
 from espnet_allinone.precision import FLOAT_BITS
 from espnet_allinone.quant import packed_format
-from espnet_allinone.search.evaluate import DevSet, Scorer, detokenizer
 from espnet_allinone.subsystem import Subsystem
 
 
@@ -87,7 +81,7 @@ class Extractor:
     """Holds the loaded all-in-one model; extracts one subsystem at a time."""
 
     def __init__(self, asr_train_config: str | Path, asr_model_file: str | Path,
-                 calibration: CalibrationData | None = None, dev: DevSet | None = None):
+                 calibration: CalibrationData | None = None):
         self.config_path = Path(asr_train_config)
         self.calibration = calibration
         self.model_path = Path(asr_model_file)
@@ -99,11 +93,6 @@ class Extractor:
                 "extraction needs an all-in-one encoder (encoder: elastic_conformer)"
             )
         self.space = self.encoder.space
-        if dev is not None and calibration is None:
-            raise ExtractionError("choosing statistics on held-out data needs calibration "
-                                  "data to compare with")
-        self.dev_scorer = None if dev is None else Scorer(
-            self.model, dev, detokenizer(self.config), unit="word")
         self.source = {
             "config_sha256": sha256_file(self.config_path),
             "model_sha256": sha256_file(self.model_path),
@@ -126,8 +115,6 @@ class Extractor:
         }
         if self.calibration is not None:
             out["calibration"] = self.calibration.describe()
-            if self.dev_scorer is not None:
-                out["calibration"]["chosen_on"] = self.dev_scorer.dev.describe()
         if arch is not None:
             out["architecture"] = arch.to_dict()
         return out
@@ -162,30 +149,13 @@ class Extractor:
         fingerprint = self.fingerprint(name, explicit, plugin_free)
         _check_existing(final, fingerprint, overwrite)
         with kept_statistics(self.encoder):
-            statistics = self._statistics_for(arch)
-            return self._write(arch, name, final, fingerprint, plugin_free, verify, statistics)
+            if self.calibration is not None:
+                with self.encoder.use_arch(arch):
+                    calibrate(self.model, self.calibration)
+            return self._write(arch, name, final, fingerprint, plugin_free, verify)
 
-    def _statistics_for(self, arch: SubnetArch) -> dict:
-        """Give ``arch`` its statistics (calibrated, or on held-out data the better of
-        training's and calibrated by WER); returns what extract_info.yaml records."""
-        if self.calibration is None:
-            return {"statistics": "training"}
-        with self.encoder.use_arch(arch):
-            if self.dev_scorer is None:
-                calibrate(self.model, self.calibration)
-                return {"statistics": "calibrated"}
-            trained = statistics_of(self.encoder)
-            training_wer = self.dev_scorer.score(arch)
-            calibrate(self.model, self.calibration)
-            calibrated_wer = self.dev_scorer.score(arch)
-            chosen = "training" if training_wer < calibrated_wer else "calibrated"
-            if chosen == "training":
-                restore_statistics(self.encoder, trained)
-        return {"statistics": chosen, "dev_wer": {"training": round(training_wer, 3),
-                                                  "calibrated": round(calibrated_wer, 3)}}
-
-    def _write(self, arch: SubnetArch, name: str, final: Path, fingerprint: dict,
-               plugin_free: bool, verify: bool, statistics: dict) -> ExtractResult:
+    def _write(self, arch: SubnetArch, name: str, final: Path,
+               fingerprint: dict, plugin_free: bool, verify: bool) -> ExtractResult:
         """Cut ``arch`` out with the model's current statistics, check it, write ``final``."""
         sliced = slice_encoder(self.encoder, arch)
         try:  # the family's own choice: a stock encoder where shapes allow, else packed
@@ -232,7 +202,6 @@ class Extractor:
                 },
                 "compression_vs_full_float": round(result.compression, 4),
                 "weights_sha256": tensors_digest(torch.load(tmp / MODEL_NAME, weights_only=True)),
-                "batch_norm": statistics,
             }
             _write_yaml(tmp / INFO_NAME, info)
         return result
@@ -411,15 +380,13 @@ def extract_all(
     verify: bool = True,
     progress: bool = True,
     calibration: CalibrationData | None = None,
-    dev: DevSet | None = None,
     log: Callable[[str], None] = print,
 ) -> list[ExtractResult]:
     """Extract every listed subsystem (``"all"``: the whole space) with a progress bar,
-    each with statistics calibrated for it when ``calibration`` is given (with ``dev``:
-    where that lowers the dev CER)."""
+    each with statistics calibrated for it when ``calibration`` is given."""
     from tqdm import tqdm
 
-    extractor = Extractor(asr_train_config, asr_model_file, calibration, dev)
+    extractor = Extractor(asr_train_config, asr_model_file, calibration)
     subs = extractor.resolve(subsystems)
     results = []
     bar = tqdm(subs, desc="extract", unit="subsystem", disable=not progress or len(subs) < 2)

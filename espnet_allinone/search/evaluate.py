@@ -73,19 +73,8 @@ def char_errors(ref: str, hyp: str) -> tuple[int, int]:
     return editdistance.eval(ref, hyp), len(ref)
 
 
-def word_errors(ref: str, hyp: str) -> tuple[int, int]:
-    """(edit distance, reference length) over words: what sclite's WER counts."""
-    ref_words, hyp_words = ref.split(), hyp.split()
-    return editdistance.eval(ref_words, hyp_words), len(ref_words)
-
-
-UNITS = {"char": char_errors, "word": word_errors}
-"""Error units a Scorer counts: characters without spaces (as ESPnet's cer_ctc), or
-words (word boundaries count: the WER the report gives)."""
-
-
 class Scorer:
-    """Dev error rate (%) of architecture records of one loaded model, each scored once.
+    """Dev CER (%) of architecture records of one loaded model, each scored once.
 
     ``batch_size`` 1 (the default) decodes as the recipe does, one utterance at a
     time: in a padded batch the conv modules mix padding into the last frames of
@@ -94,11 +83,7 @@ class Scorer:
     """
 
     def __init__(self, model: torch.nn.Module, dev: DevSet, detokenize: Callable[[list[int]], str],
-                 calibration: CalibrationData | None = None, batch_size: int = 1,
-                 unit: str = "char") -> None:
-        if unit not in UNITS:
-            raise ValueError(f"unknown error unit {unit!r}; valid: {', '.join(UNITS)}")
-        self.errors = UNITS[unit]
+                 calibration: CalibrationData | None = None, batch_size: int = 1) -> None:
         self.model = model.eval()
         self.encoder = model.encoder
         self.dev = dev
@@ -136,11 +121,6 @@ class Scorer:
             self.evaluations += 1
         return self._cache[arch]
 
-    def score(self, arch: SubnetArch) -> float:
-        """CER % of ``arch`` now (not cached): with its calibrated statistics when the
-        scorer calibrates, else with the statistics the model holds."""
-        return self._score(arch)
-
     @torch.no_grad()
     def _score(self, arch: SubnetArch) -> float:
         model, hyps = self.model, [""] * len(self.dev.texts)
@@ -155,7 +135,7 @@ class Scorer:
                 for row, i in enumerate(index):
                     ids = greedy(logp[row, : int(out_lens[row])].numpy(), blank=self.blank)
                     hyps[i] = self.detokenize(ids)
-        errors = [self.errors(ref, hyp) for ref, hyp in zip(self.dev.texts, hyps)]
+        errors = [char_errors(ref, hyp) for ref, hyp in zip(self.dev.texts, hyps)]
         return 100.0 * sum(e for e, _ in errors) / max(sum(n for _, n in errors), 1)
 
 
