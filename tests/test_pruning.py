@@ -43,6 +43,7 @@ def _scramble(encoder: ElasticConformerEncoder, seed: int = 0) -> None:
 
 
 def test_hard_concrete_expected_l0_matches_sampling_and_eval_is_binary():
+    torch.manual_seed(0)  # the sampled share is within 0.01 of the expectation for this seed
     gates = HardConcrete(6)
     with torch.no_grad():
         gates.log_alpha.copy_(torch.tensor([-3.0, -1.0, 0.0, 0.5, 1.0, 3.0]))

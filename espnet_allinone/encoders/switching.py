@@ -117,13 +117,17 @@ class SubsystemSwitching:
 
     @contextlib.contextmanager
     def use_arch(self, arch: SubnetArch) -> Iterator[SubnetArch]:
-        """Run a block with ``arch`` active; the previous subsystem comes back after."""
-        previous = self._active
+        """Run a block with ``arch`` active; what was active before (a subsystem, or the
+        record of an enclosing ``use_arch``) comes back after."""
+        previous, previous_arch = self._active, self._active_arch
         try:
             self.apply_arch(arch)
             yield arch
         finally:
-            self._force(previous)
+            if previous_arch is None:
+                self._force(previous)
+            else:
+                self.apply_arch(previous_arch)
 
     # --- the active subsystem -----------------------------------------------
     @property
