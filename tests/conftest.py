@@ -16,6 +16,17 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than ~60 s; run with -m slow")
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models: one intra-op thread avoids OpenMP spin-waits on a shared, busy CPU."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data dir with ``train`` (36 utts), ``dev`` and ``test`` (10 each) Kaldi dirs.

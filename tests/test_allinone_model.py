@@ -22,14 +22,7 @@ from espnet_allinone.subsystem import FLOAT_BITS, SearchSpace, Subsystem, Subsys
 from espnet_allinone.train.distill import length_mask, masked_kl
 from espnet_allinone.train.model import ESPnetAllInOneASRModel
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread avoids OpenMP spin-waits on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 TOKENS = ["<blank>", "<unk>", "a", "b", "c", "d", "<sos/eos>"]

@@ -46,6 +46,22 @@ def _greedy(logp: torch.Tensor, length: int) -> list[int]:
     return out
 
 
+def assert_equals_allinone(model, allinone, sub, speech, lengths, label) -> None:
+    """``model`` (an extracted one, as Speech2Text loaded it) gives the all-in-one model's
+    encoder output and CTC posteriors within 1e-5 and its greedy tokens, for ``sub``."""
+    with allinone.encoder.use_subsystem(sub):
+        ref, ref_lens = allinone.encode(speech, lengths)
+        ref_logp = allinone.ctc.log_softmax(ref)
+    out, out_lens = model.encode(speech, lengths)
+    logp = model.ctc.log_softmax(out)
+    assert torch.equal(out_lens, ref_lens)
+    assert (out - ref).abs().max() <= 1e-5, label
+    assert (logp - ref_logp).abs().max() <= 1e-5, label
+    for b in range(len(lengths)):
+        n = int(out_lens[b])
+        assert _greedy(logp[b], n) == _greedy(ref_logp[b], n), label
+
+
 @torch.no_grad()
 def test_extracted_models_equal_the_allinone_model(toy):
     """Encoder output and CTC posteriors within 1e-5 and identical greedy tokens, with
@@ -60,17 +76,7 @@ def test_extracted_models_equal_the_allinone_model(toy):
                           asr_model_file=result.directory / "model.pth",
                           ctc_weight=1.0, beam_size=2)
         model = s2t.asr_model
-        with allinone.encoder.use_subsystem(sub):
-            ref, ref_lens = allinone.encode(speech, lengths)
-            ref_logp = allinone.ctc.log_softmax(ref)
-        out, out_lens = model.encode(speech, lengths)
-        logp = model.ctc.log_softmax(out)
-        assert torch.equal(out_lens, ref_lens)
-        assert (out - ref).abs().max() <= 1e-5, sub
-        assert (logp - ref_logp).abs().max() <= 1e-5, sub
-        for b in range(len(lengths)):
-            n = int(out_lens[b])
-            assert _greedy(logp[b], n) == _greedy(ref_logp[b], n), sub
+        assert_equals_allinone(model, allinone, sub, speech, lengths, sub)
         text, tokens, token_ids, _ = s2t(speech[0].numpy())[0]
         assert all(0 < i < len(s2t.asr_model.token_list) for i in token_ids)
         assert isinstance(text, str) and len(tokens) == len(token_ids)

@@ -33,13 +33,7 @@ from espnet_allinone.search.records import (
 from espnet_allinone.subsystem import SearchSpace
 from espnet_allinone.testing.toy_experiment import shared_toy_experiment
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 # --- records, torch-free ---------------------------------------------------------------

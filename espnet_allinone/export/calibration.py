@@ -103,31 +103,19 @@ def _stat_buffers(norm: nn.Module) -> dict[str, torch.Tensor]:
             if name.startswith(STAT_BUFFERS)}
 
 
-Statistics = dict[int, dict[str, torch.Tensor]]
-"""A copy of every statistics bank of a module's BatchNorms (by module id)."""
-
-
-def statistics_of(module: nn.Module) -> Statistics:
-    return {id(norm): {k: v.clone() for k, v in _stat_buffers(norm).items()}
-            for norm in batch_norms(module)}
-
-
-@torch.no_grad()
-def restore_statistics(module: nn.Module, saved: Statistics) -> None:
-    for norm in batch_norms(module):
-        for name, buf in _stat_buffers(norm).items():
-            buf.copy_(saved[id(norm)][name])
-
-
 @contextmanager
 def kept_statistics(module: nn.Module) -> Iterator[None]:
     """Within the block the BatchNorm statistics of ``module`` may change; after it they
     are the ones it had before (also when the block fails)."""
-    saved = statistics_of(module)
+    saved = {id(norm): {k: v.clone() for k, v in _stat_buffers(norm).items()}
+             for norm in batch_norms(module)}
     try:
         yield
     finally:
-        restore_statistics(module, saved)
+        with torch.no_grad():
+            for norm in batch_norms(module):
+                for name, buf in _stat_buffers(norm).items():
+                    buf.copy_(saved[id(norm)][name])
 
 
 class _Pooled:
@@ -154,10 +142,13 @@ class _Pooled:
         return mean.float(), var.clamp(min=0).float()
 
 
-def _assign(norm: nn.modules.batchnorm._BatchNorm, pooled: _Pooled) -> None:
+def _assign(norm: nn.modules.batchnorm._BatchNorm, position: int, pooled: _Pooled) -> None:
+    """Write the pooled statistics into the bank ``norm`` uses at ``position``."""
     mean, var = pooled.mean_var()
     if isinstance(norm, ElasticBatchNorm1d):
+        norm.repeat = position
         norm.assign_active_stats(mean, var, pooled.utterances)
+        norm.repeat = 0
         return
     norm.running_mean.copy_(mean.to(norm.running_mean))
     norm.running_var.copy_(var.to(norm.running_var))
@@ -198,9 +189,5 @@ def calibrate(model: nn.Module, data: CalibrationData) -> int:
             hook.remove()
         model.train(was_training)
     for norm, position, stats in pooled.values():
-        if isinstance(norm, ElasticBatchNorm1d):
-            norm.repeat = position
-        _assign(norm, stats)
-        if isinstance(norm, ElasticBatchNorm1d):
-            norm.repeat = 0
+        _assign(norm, position, stats)
     return len(norms)

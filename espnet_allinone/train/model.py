@@ -86,6 +86,7 @@ import torch
 from espnet2.asr.espnet_model import ESPnetASRModel, autocast_type
 from espnet2.torch_utils.device_funcs import force_gatherable
 
+from espnet_allinone.encoders.protocol import ExtractableEncoder, protocol_violations
 from espnet_allinone.packed_model import output_layers
 from espnet_allinone.pruning.distill import LayerDistillation, block_outputs
 from espnet_allinone.pruning.targets import target_key
@@ -215,12 +216,10 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
     def _check_mixed(self) -> None:
         """Mixed records run through the encoder's records: refuse an encoder without them
         now, by name, not at the first mixed draw."""
-        missing = [m for m in ("resolve", "check_arch", "use_arch")
-                   if not hasattr(self.encoder, m)]
+        missing = protocol_violations(type(self.encoder), ExtractableEncoder)
         if missing:
-            raise ValueError(f"mixed_share > 0 needs an encoder that runs architecture "
-                             f"records; {type(self.encoder).__name__} lacks "
-                             f"{', '.join(missing)}")
+            raise ValueError("mixed_share > 0 needs an encoder that runs architecture "
+                             f"records; {'; '.join(missing)}")
         try:
             build_arch(self.encoder, uniform_record(self.space, self.space.smallest))
         except ValueError as e:
