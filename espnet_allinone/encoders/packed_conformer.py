@@ -20,7 +20,9 @@ pass is the stock Conformer one. ``quant_symmetric`` and ``quant_grid``
 
 Directories extracted before architecture records existed spell a uniform
 architecture as ``attention_heads_kept``, ``conv_channels``, ``weight_bits``,
-``quant_symmetric`` and ``quantized_modules``; those keys still load.
+``quant_symmetric`` and ``quantized_modules``; those keys still load: the
+constructor turns them into ``block_archs`` and ``front_bits`` first, so the
+encoder is built from records alone.
 """
 
 from __future__ import annotations
@@ -71,12 +73,9 @@ class PackedConformerEncoder(RejectUnknownOptions, ConformerEncoder):
         conf = {**stock_defaults(ConformerEncoder), **stock_options}
         n_ffn = 2 if conf["macaron_style"] else 1
         if block_archs is None:  # the uniform spelling of earlier extractions
-            try:
-                weight_bits = parse_precision(weight_bits)
-            except PrecisionError as e:
-                raise ValueError(f"weight_bits: {e}") from None
-            block_archs = [_legacy_block(conf, n_ffn, attention_heads_kept, conv_channels,
-                                         weight_bits)] * int(conf["num_blocks"])
+            block_archs, front_bits = _records_from_legacy(
+                conf, n_ffn, attention_heads_kept, conv_channels, weight_bits,
+                quantized_modules, front_bits)
         elif any(v is not None for v in (attention_heads_kept, conv_channels, quantized_modules)):
             raise ValueError("give block_archs or the uniform keys attention_heads_kept/"
                              "conv_channels/quantized_modules, not both")
@@ -96,27 +95,14 @@ class PackedConformerEncoder(RejectUnknownOptions, ConformerEncoder):
             raise ValueError("position_stats needs a block_schedule (shared blocks)")
         self.quant_symmetric = quant_symmetric
         self.quant_grid = packed_format.check_grid(quant_grid, quant_symmetric)
-        self.weight_bits = self._quantized_weights(shapes, front_bits, weight_bits,
-                                                   quantized_modules)
+        self.weight_bits = self._quantized_weights(shapes, front_bits)
+        if quantized_modules is not None:
+            self.weight_bits = _in_listed_order(self, quantized_modules, len(shapes))
         packed_format.store_packed(self)
 
-    def _quantized_weights(self, shapes: list[dict], front_bits: int, legacy_bits: int,
-                           legacy_modules: list[str] | None) -> dict[str, int]:
+    def _quantized_weights(self, shapes: list[dict], front_bits: int) -> dict[str, int]:
         """Parameter name -> bits of every weight stored bit-packed."""
-        names = dict(self.named_modules())
         out: dict[str, int] = {}
-        if legacy_modules is not None:
-            if legacy_bits == FLOAT_BITS and legacy_modules:
-                raise ValueError("quantized_modules given but weight_bits is float (32)")
-            for pattern in legacy_modules:
-                expanded = ([pattern.replace("*", str(i), 1) for i in range(len(shapes))]
-                            if pattern.startswith("encoders.*.") else [pattern])
-                for name in expanded:
-                    if name not in names or not hasattr(names[name], "weight"):
-                        raise ValueError(f"quantized_modules entry {pattern!r}: no module "
-                                         f"{name} with a weight in this encoder")
-                    out[f"{name}.weight"] = legacy_bits
-            return out
         spec = self.family
         for i, (block, shape) in enumerate(zip(self.encoders._modules.values(), shapes)):
             if shape["bits"] != FLOAT_BITS:
@@ -151,6 +137,53 @@ def _per_position_norms(encoder: PackedConformerEncoder, schedule: list[int]) ->
             norm = conv.get_submodule(encoder.family.conv.norm)
             if type(norm) is nn.BatchNorm1d:
                 ElasticBatchNorm1d.convert(norm, repeats=count)
+
+
+def _records_from_legacy(conf: dict, n_ffn: int, heads: int | None, channels: int | None,
+                         weight_bits: int | str, quantized_modules: list[str] | None,
+                         front_bits: int) -> tuple[list[dict], int]:
+    """``block_archs`` and ``front_bits`` of the uniform keys of earlier extractions.
+
+    Their writer listed in ``quantized_modules`` every weight layer of the blocks
+    (``encoders.*.``) when low-bit, which is what a block's ``bits`` quantises;
+    entries outside the blocks become ``front_bits``. ``_in_listed_order`` checks
+    that the records quantise exactly the listed layers.
+    """
+    try:
+        bits = parse_precision(weight_bits)
+    except PrecisionError as e:
+        raise ValueError(f"weight_bits: {e}") from None
+    if quantized_modules is not None:
+        if bits == FLOAT_BITS and quantized_modules:
+            raise ValueError("quantized_modules given but weight_bits is float (32)")
+        in_blocks = [m.startswith(f"{CONFORMER.blocks}.") for m in quantized_modules]
+        front_bits = bits if not all(in_blocks) else FLOAT_BITS
+        bits = bits if any(in_blocks) else FLOAT_BITS
+    block = _legacy_block(conf, n_ffn, heads, channels, bits)
+    return [block] * int(conf["num_blocks"]), front_bits
+
+
+def _in_listed_order(encoder: PackedConformerEncoder, patterns: list[str],
+                     n_blocks: int) -> dict[str, int]:
+    """``encoder.weight_bits`` in the order ``quantized_modules`` lists the layers (the
+    order of the packed entries in an earlier file's state_dict), once every listed
+    layer is known to be one the records quantise, and no other."""
+    modules = dict(encoder.named_modules())
+    listed: list[str] = []
+    for pattern in patterns:
+        expanded = ([pattern.replace("*", str(i), 1) for i in range(n_blocks)]
+                    if pattern.startswith(f"{encoder.family.blocks}.*.") else [pattern])
+        for name in expanded:
+            if name not in modules or not hasattr(modules[name], "weight"):
+                raise ValueError(f"quantized_modules entry {pattern!r}: no module "
+                                 f"{name} with a weight in this encoder")
+            listed.append(f"{name}.weight")
+    differ = sorted(set(listed) ^ set(encoder.weight_bits))
+    if differ:
+        raise ValueError(f"quantized_modules is not every weight layer of the blocks and "
+                         f"the front (e.g. {differ[0]}): block_archs/front_bits cannot "
+                         "express it; extract the model again")
+    return {name: encoder.weight_bits[name] for name in listed}
 
 
 def _legacy_block(conf: dict, n_ffn: int, heads: int | None, channels: int | None,

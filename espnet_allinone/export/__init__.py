@@ -1,12 +1,15 @@
 """From an all-in-one model to shippable ESPnet models.
 
 extract             cut subsystems into standalone model directories
-slicing             the active tensors of one subsystem of an elastic encoder
-packed_format       bit-packed low-bit weights inside a state_dict
+slicing             cut one architecture out of an elastic encoder, physically
+calibration         BatchNorm statistics per subsystem, recalibrated before extraction
 standalone_config   the extracted model's ESPnet config.yaml
-model_io            build + strictly load an ESPnet ASR model
+extracted_dir       an extracted directory's file names, model files and sizes
+model_io            load checkpoints and configs; build + strictly load an ESPnet ASR model
 files               atomic directories, content hashes
 fast                dynamic int8, ONNX export, onnxruntime int8 / MatMulNBits
+onnx_lowbit         N-bit weights of an extracted subsystem in the .onnx file
 zoo                 model-zoo zips, model cards, Hugging Face upload
-toy                 a freshly initialised all-in-one experiment (tests, benchmarks)
+
+The bit-packed state_dict layout is ``espnet_allinone.quant.packed_format``.
 """

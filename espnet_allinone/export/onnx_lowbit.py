@@ -59,6 +59,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from espnet_allinone.quant.fake_quant import QuantizedWeight, grid_offset
+from espnet_allinone.quant.packed_format import from_state
+
 POLICIES = ("auto", "nbits", "float")
 STORES = ("packed", "float")
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits: 0 unset (float compute), 4 int8 compute
@@ -109,15 +112,8 @@ class LowBitReport:
     accuracy_level: int = 0
 
 
-def _quantized_weight(state_dict: dict[str, torch.Tensor], name: str):
+def _quantized_weight(state_dict: dict[str, torch.Tensor], name: str) -> QuantizedWeight:
     """The QuantizedWeight stored under ``name`` (the one use of the packed format)."""
-    try:
-        from espnet_allinone.quant.packed_format import from_state
-    except ImportError:  # before the move of packed_format to quant/
-        from espnet_allinone.export.packed_format import to_quantized
-
-        return to_quantized({k[len(name):]: v for k, v in state_dict.items()
-                             if k.startswith(name + "_")})
     return from_state(state_dict, name)
 
 
@@ -147,9 +143,7 @@ def packed_linears(state_dict: dict[str, torch.Tensor]) -> list[QuantizedLinear]
     return out
 
 
-def _grid_offset(qw) -> float:
-    from espnet_allinone.quant.fake_quant import grid_offset
-
+def _grid_offset(qw: QuantizedWeight) -> float:
     return grid_offset(getattr(qw, "grid", "integer"))
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from espnet_allinone.registry import register
+
 
 def speech2text_kwargs(inference_config: Path | None) -> dict:
     """The inference YAML's keys that Speech2Text takes (others are CLI-only)."""
@@ -36,12 +38,7 @@ def measure_rtf(
     import soundfile
     import torch
 
-    try:  # our encoders must be in ESPnet's tables before the model is built
-        from espnet_allinone.registry import register
-
-        register()
-    except ImportError:
-        pass
+    register()  # our encoders must be in ESPnet's tables before the model is built
     from espnet2.bin.asr_inference import Speech2Text
 
     torch.set_num_threads(threads)

@@ -5,12 +5,10 @@ does everything else unchanged -- AMP, DDP, ``accum_grad``, ``grad_clip``,
 ``--resume``, n-best averaging, ``best_model_criterion`` -- and DDP sees one
 forward and one backward per step, so the ranks cannot fall out of step.
 The price is memory: the K paths of a step are K encoder graphs held until
-the single backward. Measured (``benchmarks/bench_training.py step``,
-default-recipe encoder d=144 x 4 blocks, batch 16 x 3 s, K=3 paths
-d4-w1-fp + d2-w0.5-int2 + d4-w0.5-int4): the step holds 1.84x the autograd
-graph of the largest single path (0.83x the three single steps' sum) and
-takes 0.70x the time of the three single-path steps, since the frontend and
-the float subsampling run once. A Trainer subclass
+the single backward (less than K single steps' graphs together, and less
+time than K single steps, since the frontend and the float subsampling run
+once; ``benchmarks/bench_training.py step`` measures both, figures in
+``docs/experiments/training_recipe.md``). A Trainer subclass
 could backward each path separately, but would have to reimplement the
 stock step loop (AMP scaler, DDP loss weighting, accumulation, clipping) and
 keep it in step with ESPnet; DeepSpeed refuses custom trainers.
@@ -39,12 +37,10 @@ needs ``unused_parameters: true`` (the ``conf/train_allinone_*`` YAMLs set it).
   detached) to every other path, on CTC frame posteriors and attention-decoder
   token posteriors, weighted like the ASR loss (``ctc_weight``); a positive
   weight needs the largest subsystem in every step (sandwich, or an all/explicit
-  list containing it). Default 0 (off): at the tiny scale it did not help
-  consistently -- ``benchmarks/bench_training.py run`` (CTC-only 2-block d=48
-  Conformer, depth {1,2} x {int4, fp}, 120 synthetic utterances, sandwich), dev
-  loss with weight 0.5 vs 0: 1-4% lower after 8 epochs, but 0.3-0.9% and 1-5%
-  higher after 20 (two runs). The paper-scale configs turn it on (weight 1.0)
-  as the paper does;
+  list containing it). Default 0 (off): from the first update it holds back
+  every path (see ``distill_start_steps``), so the recipe configs turn it on
+  together with a delayed start (0.5 in the default recipe; 1.0 at paper
+  scale, as the paper does);
 - ``distill_start_steps``: the KL term joins after N updates (its value is logged
   from the start). From step 0 the teacher is untrained and the KL, flowing into
   the weights the teacher shares, holds every path near its first outputs;
