@@ -17,10 +17,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from espnet_allinone.errors import AllInOneError
 from espnet_allinone.precision import FLOAT_BITS, PrecisionError, parse_precision
 
 
-class ArchError(ValueError):
+class ArchError(AllInOneError, ValueError):
     """An architecture record that does not fit the model it is applied to."""
 
 

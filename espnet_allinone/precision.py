@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from espnet_allinone.errors import AllInOneError
+
 FLOAT_BITS = 32
 """Bits of a weight kept in float (the ``fp`` precision)."""
 
@@ -20,7 +22,7 @@ SUPPORTED_BITS = (*QUANT_BITS, FLOAT_BITS)
 VALID_NAMES = "int2, int4, int8, fp"
 
 
-class PrecisionError(ValueError):
+class PrecisionError(AllInOneError, ValueError):
     """A weight precision that is malformed or not supported."""
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import importlib
 
+from espnet_allinone.errors import AllInOneError
+
 ENTRIES: tuple[tuple[str, str, str], ...] = (
     # (ClassChoices variable in espnet2.tasks.asr, YAML name, "module:Class")
     ("encoder_choices", "elastic_conformer",
@@ -31,7 +33,7 @@ ENTRIES: tuple[tuple[str, str, str], ...] = (
 _done = False
 
 
-class RegistrationError(ImportError):
+class RegistrationError(AllInOneError, ImportError):
     """An entry's class could not be imported (the other entries are registered)."""
 
 

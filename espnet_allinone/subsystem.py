@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+from espnet_allinone.errors import AllInOneError
 from espnet_allinone.precision import (
     FLOAT_BITS,
     SUPPORTED_BITS,
@@ -49,7 +50,7 @@ __all__ = [
 ]
 
 
-class SubsystemError(ValueError):
+class SubsystemError(AllInOneError, ValueError):
     """A subsystem string or value that is malformed or outside its space."""
 
 

@@ -29,11 +29,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from espnet_allinone.errors import AllInOneError, cli_errors
 from espnet_allinone.export.extracted_dir import model_files
-from espnet_allinone.export.model_io import LoadError, check_model_files, load_config
+from espnet_allinone.export.model_io import check_model_files, load_config
 
 
-class MultiInferenceError(ValueError):
+class MultiInferenceError(AllInOneError, ValueError):
     """Arguments this wrapper refuses; the message says what to change."""
 
 
@@ -116,14 +117,13 @@ def check_models(model_dirs: Sequence[Path], rest: Sequence[str]) -> list[Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, rest = get_parser().parse_known_args(argv)
-    try:
+    with cli_errors("asr_inference_multi", FileNotFoundError) as outcome:
         if args.config is not None:
             load_config(args.config)
             rest = ["--config", str(args.config), *rest]
         model_paths = check_models(args.model_dirs, rest)
-    except (LoadError, MultiInferenceError, FileNotFoundError) as e:
-        print(f"asr_inference_multi: error: {e}", file=sys.stderr)
-        return 2
+    if outcome.status:
+        return outcome.status
 
     from espnet_allinone.registry import register
 

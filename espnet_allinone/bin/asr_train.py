@@ -9,6 +9,7 @@ a pickle that would run code is refused before ESPnet unpickles it.
 
 import sys
 
+from espnet_allinone.errors import cli_errors
 from espnet_allinone.registry import register
 
 register()
@@ -28,9 +29,8 @@ def check_init_params(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
+    with cli_errors("asr_train") as outcome:  # a bad --init_param: one line naming the file
         check_init_params()
-    except ValueError as e:  # model_io.CheckpointError: one line naming the file
-        print(f"asr_train: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    if outcome.status:
+        sys.exit(outcome.status)
     main()

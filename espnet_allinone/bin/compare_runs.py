@@ -16,14 +16,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from espnet_allinone.errors import cli_errors
 from espnet_allinone.report.ablation import (
     common_subsystems,
     load_run,
     to_markdown,
     versus_first,
 )
-from espnet_allinone.report.results import ReportError
-from espnet_allinone.report.scoring import ScoringError
 
 
 def _run_arg(text: str) -> tuple[str, Path]:
@@ -46,14 +45,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = [name for name, _ in args.run]
     if len(args.run) < 2 or len(set(names)) != len(names):
         p.error(f"--run needs at least two runs with distinct names, got {names}")
-    try:
+    with cli_errors("compare_runs") as outcome:
         runs = [load_run(name, exp) for name, exp in args.run]
         subs = common_subsystems(runs)
         workdir = (args.out.parent if args.out else runs[0].exp) / "significance_runs"
         tests = versus_first(runs, subs, args.test_set, args.decode_tag, workdir)
-    except (ReportError, ScoringError) as e:
-        print(f"compare_runs: error: {e}", file=sys.stderr)
-        return 2
+    if outcome.status:
+        return outcome.status
     table = to_markdown(runs, subs, tests, args.other_test_set)
     if args.out:
         args.out.write_text(table)

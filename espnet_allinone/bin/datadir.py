@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from espnet_allinone.corpus.datadir import (
-    DataDirError,
     combine_datadirs,
     read_table,
     split_scp,
@@ -28,6 +27,7 @@ from espnet_allinone.corpus.datadir import (
 )
 from espnet_allinone.corpus.dump import filter_datadir, format_datadir
 from espnet_allinone.corpus.speed_perturb import parse_factors, perturb_datadir
+from espnet_allinone.errors import cli_errors
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -75,7 +75,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
-    try:
+    with cli_errors(f"datadir {args.command}") as outcome:
         if args.command == "validate":
             print(f"{args.dir}: {validate_datadir(args.dir, args.check_audio)} utterances")
         elif args.command == "format":
@@ -98,10 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(" ".join(word for word, _ in parse_factors(args.factors)))
         else:
             split_scp(args.file, list(args.outputs))
-    except DataDirError as e:
-        print(f"datadir {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return outcome.status
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 import torch
 
-from espnet_allinone.subsystem import FLOAT_BITS, SubsystemError
+from espnet_allinone.errors import cli_errors
+from espnet_allinone.subsystem import FLOAT_BITS
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -43,12 +44,9 @@ def _split(text: str) -> list[str]:
 def main(cmd: Sequence[str] | None = None) -> int:
     """Run the demo; a bad option value is one ``demo: error:`` line and exit code 2."""
     args = get_parser().parse_args(cmd)
-    try:
+    with cli_errors("demo", ValueError) as outcome:  # a space or subsystem the options cannot make
         run(args)
-    except (SubsystemError, ValueError) as e:  # a space or subsystem the options cannot make
-        print(f"demo: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return outcome.status
 
 
 def run(args: argparse.Namespace) -> None:

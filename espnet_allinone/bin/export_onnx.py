@@ -22,6 +22,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from espnet_allinone.errors import cli_errors
 from espnet_allinone.export import fast, model_io
 
 
@@ -36,11 +37,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--nbits", action="store_true",
                    help="also write encoder.q<bits>.onnx (2/4/8-bit models: MatMulNBits)")
     args = p.parse_args(argv)
-    try:
+    with cli_errors("export_onnx") as outcome:
         model_io.check_model_files(args.asr_train_config, args.asr_model_file)
-    except model_io.LoadError as e:
-        print(f"export_onnx: error: {e}", file=sys.stderr)
-        return 2
+    if outcome.status:
+        return outcome.status
     from espnet2.tasks.asr import ASRTask
 
     model, train_args = ASRTask.build_model_from_file(
@@ -56,13 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.int8:
         print(f"wrote {fast.quantize_onnx_int8(path, args.outdir / 'encoder.int8.onnx')}")
     if args.nbits:
-        try:
+        with cli_errors("export_onnx", ValueError) as outcome:
             bits = next((int(v) for k, v in model.state_dict().items() if k.endswith("_bits")),
                         "")
             report = fast.onnx_matmul_nbits(model, path, args.outdir / f"encoder.q{bits}.onnx")
-        except ValueError as e:
-            print(f"export_onnx: error: {e}", file=sys.stderr)
-            return 2
+        if outcome.status:
+            return outcome.status
         print(f"wrote {report.path}: {report.replaced} MatMulNBits layers"
               + (f", {len(report.skipped)} kept float" if report.skipped else ""))
         for line in report.skipped:

@@ -22,14 +22,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from espnet_allinone.export.calibration import (
-    DEFAULT_CALIBRATION_UTTS,
-    CalibrationData,
-    CalibrationError,
-)
-from espnet_allinone.export.extract import ExtractionError, extract_all
-from espnet_allinone.export.model_io import CheckpointMismatchError, LoadError
-from espnet_allinone.subsystem import SubsystemError
+from espnet_allinone.errors import cli_errors
+from espnet_allinone.export.calibration import DEFAULT_CALIBRATION_UTTS, CalibrationData
+from espnet_allinone.export.extract import extract_all
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -67,7 +62,7 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     subsystems = " ".join(args.subsystems)
-    try:
+    with cli_errors("extract", FileNotFoundError) as outcome:
         calibration = None if args.calibration_data is None else CalibrationData.from_data_dir(
             args.calibration_data, args.calibration_utts)
         extract_all(
@@ -81,11 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=not args.no_progress,
             calibration=calibration,
         )
-    except (LoadError, SubsystemError, ExtractionError, CheckpointMismatchError,
-            CalibrationError, FileNotFoundError) as e:
-        print(f"extract: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return outcome.status
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from espnet_allinone.corpus import CorpusConfig, ToolMissingError, make_corpus
+from espnet_allinone.corpus import CorpusConfig, make_corpus
+from espnet_allinone.errors import cli_errors
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -32,17 +33,14 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
-    try:
+    with cli_errors("make_corpus", ValueError) as outcome:
         config = CorpusConfig(
             num_train=args.num_train, num_dev=args.num_dev, num_test=args.num_test,
             num_test_unseen=args.num_test_unseen, seed=args.seed, num_speakers=args.num_speakers,
             noise=not args.no_noise, reverb=not args.no_reverb,
         )
         make_corpus(args.outdir, config, wavdir=args.wavdir, nj=args.nj)
-    except (ToolMissingError, ValueError) as e:
-        print(f"make_corpus: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return outcome.status
 
 
 if __name__ == "__main__":

@@ -16,20 +16,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from espnet_allinone.errors import cli_errors
 from espnet_allinone.export.extracted_dir import INFO_NAME, model_files
-from espnet_allinone.export.model_io import (
-    LoadError,
-    load_checkpoint,
-    load_config,
-    load_yaml,
-)
-from espnet_allinone.export.zoo import (
-    ZooError,
-    extracted_dirs,
-    pack_extracted,
-    read_results,
-)
-from espnet_allinone.subsystem import Subsystem, SubsystemError
+from espnet_allinone.export.model_io import load_checkpoint, load_config, load_yaml
+from espnet_allinone.export.zoo import extracted_dirs, pack_extracted, read_results
+from espnet_allinone.subsystem import Subsystem
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -63,7 +54,7 @@ def check_inputs(dirs: Sequence[Path], results: Path | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
-    try:
+    with cli_errors("pack", FileNotFoundError) as outcome:
         dirs = extracted_dirs(args.extracted_dir, " ".join(args.subsystems))
         check_inputs(dirs, args.results)
         results = read_results(args.results)
@@ -72,10 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             repo_id = args.repo_id_template.format(subsystem=sub) if args.repo_id_template else None
             path = pack_extracted(directory, args.outdir, results.get(sub), repo_id)
             print(f"{sub}: {path} ({path.stat().st_size:,} bytes)")
-    except (LoadError, ZooError, SubsystemError, FileNotFoundError) as e:
-        print(f"pack: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return outcome.status
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from espnet_allinone.corpus import librispeech, swbd
 from espnet_allinone.corpus.datadir import DataDirError
+from espnet_allinone.errors import cli_errors
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--part", default=None, help="LibriSpeech part, e.g. train-clean-100")
     p.add_argument("--outdir", type=Path, required=True)
     args = p.parse_args(argv)
-    try:
+    with cli_errors(f"prepare_corpus {args.corpus}") as outcome:
         if args.corpus == "librispeech":
             if not args.part:
                 raise DataDirError("librispeech needs --part; valid: "
@@ -34,9 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             n = swbd.prepare_swbd(args.root, args.outdir)
         else:
             n = swbd.prepare_eval2000(args.root, args.outdir)
-    except DataDirError as e:
-        print(f"prepare_corpus {args.corpus}: error: {e}", file=sys.stderr)
-        return 2
+    if outcome.status:
+        return outcome.status
     print(f"{args.outdir}: {n} utterances")
     return 0
 

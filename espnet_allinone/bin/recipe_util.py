@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from espnet_allinone.export.model_io import LoadError, load_config, load_yaml
+from espnet_allinone.errors import AllInOneError, cli_errors
+from espnet_allinone.export.model_io import load_config, load_yaml
 from espnet_allinone.registry import ENTRIES
 from espnet_allinone.subsystem import SearchSpace, Subsystem, SubsystemError
 
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 FINGERPRINT = "recipe_config.json"
 
 
-class RecipeError(RuntimeError):
+class RecipeError(AllInOneError, RuntimeError):
     """A recipe input that is wrong; the message says what to do."""
 
 
@@ -245,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     m.add_argument("--subsystems", nargs="+", required=True)
     m.add_argument("--out", type=Path, required=True, help="where the JSON goes")
     args = p.parse_args(argv)
-    try:
+    with cli_errors("") as outcome:  # a bare "error: ..." line under allinone.sh's stage
         if args.command == "subsystems":
             print("\n".join(resolve_subsystems(args.config, args.subsystems)))
         elif args.command == "guard":
@@ -261,10 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             spm_train(args.input, args.vocab_size, args.model_type, args.model_prefix,
                       args.character_coverage)
-    except (LoadError, RecipeError, SubsystemError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return outcome.status
 
 
 if __name__ == "__main__":

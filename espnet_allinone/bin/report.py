@@ -13,18 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from espnet_allinone.corpus.datadir import read_table
+from espnet_allinone.errors import cli_errors
 from espnet_allinone.export.extracted_dir import (
     INFO_NAME,
     exact_bytes,
     model_files,
     subsystem_size,
 )
-from espnet_allinone.export.model_io import (
-    LoadError,
-    load_checkpoint,
-    load_config,
-    load_yaml,
-)
+from espnet_allinone.export.model_io import load_checkpoint, load_config, load_yaml
 from espnet_allinone.report.plot import plot_wer_vs_size
 from espnet_allinone.report.results import (
     RESULTS_FILE,
@@ -38,9 +34,8 @@ from espnet_allinone.report.results import (
     to_markdown,
     to_text_table,
 )
-from espnet_allinone.report.scoring import ScoringError
 from espnet_allinone.report.significance import compare
-from espnet_allinone.subsystem import Subsystem, SubsystemError
+from espnet_allinone.subsystem import Subsystem
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -217,15 +212,14 @@ def check_inputs(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     outdir = args.outdir or args.asr_exp
-    try:
+    with cli_errors("report", FileNotFoundError) as outcome:
         check_inputs(args)
         rows, notes = build_rows(args)
         reference = add_significance(rows, args, notes)
         notes += summary_notes(rows, reference)
         add_rtf(rows, args, notes)
-    except (LoadError, ReportError, ScoringError, SubsystemError, FileNotFoundError) as e:
-        print(f"report: error: {e}", file=sys.stderr)
-        return 2
+    if outcome.status:
+        return outcome.status
     title = args.title or f"Results: {args.asr_exp.name}"
     outdir.mkdir(parents=True, exist_ok=True)
     plot = plot_wer_vs_size(rows, outdir / "wer_vs_size.png", title=title)

@@ -12,8 +12,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from espnet_allinone.errors import cli_errors
 from espnet_allinone.report.results import SCORES_FILE
-from espnet_allinone.report.scoring import ScoringError, score_dir
+from espnet_allinone.report.scoring import score_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,11 +27,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not f.is_file():
             print(f"score: error: missing {f}", file=sys.stderr)
             return 2
-    try:
+    with cli_errors("score") as outcome:
         scores = score_dir(args.ref_dir, args.hyp_text, args.outdir)
-    except ScoringError as e:
-        print(f"score: error: {e}", file=sys.stderr)
-        return 2
+    if outcome.status:
+        return outcome.status
     out = {k: v.to_dict() for k, v in scores.items()}
     (args.outdir / SCORES_FILE).write_text(json.dumps(out, indent=1) + "\n")
     print(f"{args.hyp_text}: WER {scores['wer'].error_rate:.2f}% "

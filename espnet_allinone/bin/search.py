@@ -61,8 +61,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from espnet_allinone.deploy.select import SelectError, parse_budget
+from espnet_allinone.errors import cli_errors
 from espnet_allinone.search.evaluate import DEFAULT_DEV_UTTS
-from espnet_allinone.search.experiment import ExperimentError
 
 EXIT_OK, EXIT_USAGE, EXIT_NO_FIT = 0, 2, 3
 DEFAULT_CALIBRATION_UTTS = 50
@@ -106,18 +106,15 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     if args.collect is not None:
-        from espnet_allinone.search.scores import ScoreError, collect
+        from espnet_allinone.search.scores import collect
 
-        try:
+        with cli_errors("search", OSError, status=EXIT_USAGE) as outcome:
             print(collect(args.exp, args.collect, args.test_set, args.float_reference))
-        except (ScoreError, ExperimentError, OSError) as e:
-            print(f"search: error: {e}", file=sys.stderr)
-            return EXIT_USAGE
-        return EXIT_OK
+        return outcome.status or EXIT_OK
     from espnet_allinone.search.experiment import format_front, locate, run_search
     from espnet_allinone.search.greedy import SearchError
 
-    try:
+    with cli_errors("search", status=EXIT_USAGE) as outcome:
         if not args.max_bytes:
             raise SelectError("give at least one budget: --max_bytes 1MB [--max_bytes 800kB]")
         budgets = [(text, int(parse_budget("max_bytes", text))) for text in args.max_bytes]
@@ -128,21 +125,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SelectError(f"--calibration_utts must be >= 0, got {args.calibration_utts}")
         inputs = locate(args.exp, args.asr_model_file, args.dev_data, args.calibration_data,
                         args.calibration_utts)
-    except (SelectError, ExperimentError) as e:
-        print(f"search: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        summary = run_search(inputs, budgets, dev_utts=args.dev_utts,
-                             calibration_utts=args.calibration_utts, per_module=args.per_module,
-                             uniform=not args.no_uniform, batch_size=args.batch_size,
-                             overwrite=args.overwrite,
-                             log=lambda m: print(m, file=sys.stderr))
-    except SearchError as e:
-        print(f"search: {e}", file=sys.stderr)
-        return EXIT_NO_FIT
-    except (ExperimentError, ValueError, OSError, RuntimeError) as e:
-        print(f"search: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    if outcome.status:
+        return outcome.status
+    with cli_errors("search", ValueError, OSError, RuntimeError, status=EXIT_USAGE) as outcome:
+        try:
+            summary = run_search(inputs, budgets, dev_utts=args.dev_utts,
+                                 calibration_utts=args.calibration_utts,
+                                 per_module=args.per_module, uniform=not args.no_uniform,
+                                 batch_size=args.batch_size, overwrite=args.overwrite,
+                                 log=lambda m: print(m, file=sys.stderr))
+        except SearchError as e:  # no record fits a budget: not a usage error
+            print(f"search: {e}", file=sys.stderr)
+            return EXIT_NO_FIT
+    if outcome.status:
+        return outcome.status
     print(format_front(summary))
     print(f"(Pareto front of exact bytes against dev CER; {summary['evaluations']} records "
           f"scored; {summary['seconds']:.1f} s, {summary['load_seconds']:.1f} s of it loading)")

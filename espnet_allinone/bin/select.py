@@ -44,6 +44,7 @@ from espnet_allinone.deploy.select import (
     read_results,
     read_searched,
 )
+from espnet_allinone.errors import cli_errors
 from espnet_allinone.report.results import RESULTS_FILE
 
 EXIT_OK, EXIT_USAGE, EXIT_NO_FIT, EXIT_BUILD = 0, 2, 3, 4
@@ -122,13 +123,12 @@ def _rows(args: argparse.Namespace) -> list[dict]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
-    try:
+    with cli_errors("select", status=EXIT_USAGE) as outcome:
         budgets = {o: parse_budget(o, getattr(args, o)) for o in BUDGETS
                    if getattr(args, o) is not None}
         rows = _rows(args)
-    except SelectError as e:
-        print(f"select: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    if outcome.status:
+        return outcome.status
     if not budgets:
         print("select: error: give at least one budget: "
               + ", ".join(f"--{o}" for o in BUDGETS), file=sys.stderr)
@@ -148,7 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{choice.chosen['wer']:.2f}%) under {budget_text}")
     if args.dry_run:
         return EXIT_OK
-    try:
+    with cli_errors("select", OSError, RuntimeError, ValueError, status=EXIT_BUILD,
+                    prefix=f"{sub}: ") as outcome:
         if choice.chosen.get("searched"):
             directory, archive = materialise_searched(args.exp, choice.chosen,
                                                       args.asr_model_file), None
@@ -158,9 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             directory, archive = materialise(args.exp, sub, args.asr_model_file,
                                              not args.no_pack)
-    except (SelectError, OSError, RuntimeError, ValueError) as e:
-        print(f"select: error: {sub}: {e}", file=sys.stderr)
-        return EXIT_BUILD
+    if outcome.status:
+        return outcome.status
     record = {**choice.chosen, "budget": budget_text, "extracted": str(directory),
               "packed": None if archive is None else str(archive)}
     tmp = args.exp / f".{SELECTED_FILE}.tmp"

@@ -27,6 +27,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from espnet_allinone.errors import cli_errors
+
 EXIT_OK, EXIT_SOME_SKIPPED, EXIT_USAGE, EXIT_NONE = 0, 1, 2, 3
 
 
@@ -97,20 +99,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("transcribe: error: --num_threads and --beam_size must be >= 1 (got "
               f"{args.num_threads}, {args.beam_size})", file=sys.stderr)
         return EXIT_USAGE
-    try:
+    with cli_errors("transcribe", ValueError, status=EXIT_USAGE) as outcome:
         items = _inputs(args)
-    except ValueError as e:
-        print(f"transcribe: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    if outcome.status:
+        return outcome.status
     from espnet_allinone.deploy.build import load_model
-    from espnet_allinone.deploy.runtime import DeployError
 
-    try:
+    with cli_errors("transcribe", ValueError, status=EXIT_USAGE) as outcome:
         asr = load_model(args.model, args.variant, args.num_threads, args.search,
                          args.beam_size, args.kernels, log=say)
-    except (DeployError, ValueError) as e:
-        print(f"transcribe: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    if outcome.status:
+        return outcome.status
     from tqdm import tqdm
 
     from espnet_allinone.deploy.audio import AudioError, read_audio

@@ -17,8 +17,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from espnet_allinone.export.zoo import ZooError, upload, upload_folder_from_zip
-from espnet_allinone.subsystem import Subsystem, SubsystemError
+from espnet_allinone.errors import cli_errors
+from espnet_allinone.export.zoo import upload, upload_folder_from_zip
+from espnet_allinone.subsystem import Subsystem
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -48,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     failed = 0
     for packed in args.packed:
-        try:
+        with cli_errors("upload", FileNotFoundError, status=1, prefix=f"{packed}: ",
+                        suffix="; the packed file is left in place") as outcome:
             sub = str(Subsystem.parse(packed.name.removesuffix(".zip")))
             repo_id = args.repo_id.format(subsystem=sub)
             workdir = args.workdir or packed.absolute().parent / "hf_upload"
@@ -58,10 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
             url = upload(folder, repo_id, args.token, private=args.private)
             print(f"{sub}: uploaded to {url}")
-        except (ZooError, SubsystemError, FileNotFoundError) as e:
-            print(f"upload: error: {packed}: {e}; the packed file is left in place",
-                  file=sys.stderr)
-            failed += 1
+        failed += outcome.status != 0
     return 1 if failed else 0
 
 

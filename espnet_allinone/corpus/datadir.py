@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from espnet_allinone.errors import AllInOneError
+
 PathLike = str | Path
 REQUIRED = ("wav.scp", "text", "utt2spk")
 NOT_TABLES = ("spk2utt", "audio_format", "fs", "feats_type")  # not keyed by utterance
 
 
-class DataDirError(ValueError):
+class DataDirError(AllInOneError, ValueError):
     """A data directory that is missing files or is inconsistent."""
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import shutil
 import sys
 
+from espnet_allinone.errors import AllInOneError
+
 INSTALL_HINT = {
     "espeak-ng": "sudo apt-get install espeak-ng   (macOS: brew install espeak-ng)",
     "sox": "sudo apt-get install sox   (macOS: brew install sox)",
 }
 
 
-class ToolMissingError(RuntimeError):
+class ToolMissingError(AllInOneError, RuntimeError):
     """A program the synthetic corpus needs is not on PATH."""
 
 

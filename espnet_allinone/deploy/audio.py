@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from espnet_allinone.errors import AllInOneError
 
-class AudioError(ValueError):
+
+class AudioError(AllInOneError, ValueError):
     """One input file that cannot be transcribed (the message names it and why)."""
 
 

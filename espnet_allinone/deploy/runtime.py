@@ -29,13 +29,14 @@ import numpy as np
 from espnet_allinone.deploy import ctc, expand
 from espnet_allinone.deploy.frontend import FILE_NAME as FRONTEND_FILE
 from espnet_allinone.deploy.frontend import LogMelFrontend
+from espnet_allinone.errors import AllInOneError
 
 META_FILE = "deploy.json"
 FORMAT_VERSION = 1
 SEARCHES = ("greedy", "beam")
 
 
-class DeployError(RuntimeError):
+class DeployError(AllInOneError, RuntimeError):
     """An exported directory that is missing, incomplete or of another format."""
 
 

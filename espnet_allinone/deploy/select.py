@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from espnet_allinone.errors import AllInOneError
+
 SELECTED_FILE = "selected.json"
 
 BYTE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9,
@@ -38,7 +40,7 @@ BUDGETS = {  # budget -> (results.json field, what it is)
 }
 
 
-class SelectError(ValueError):
+class SelectError(AllInOneError, ValueError):
     """A budget, results file or pick that cannot be honoured; the message says why."""
 
 

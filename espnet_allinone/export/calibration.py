@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from espnet_allinone.elastic.norm import ElasticBatchNorm1d
+from espnet_allinone.errors import AllInOneError
 
 CALIBRATION_SEED = 0
 """Seed of the utterance draw: the same data dir and count give the same utterances."""
@@ -38,7 +39,7 @@ DEFAULT_CALIBRATION_UTTS = 200
 STAT_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
-class CalibrationError(ValueError):
+class CalibrationError(AllInOneError, ValueError):
     """Calibration data that cannot be used (missing, empty, a bad count)."""
 
 

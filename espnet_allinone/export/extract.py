@@ -32,6 +32,7 @@ import torch
 import yaml
 
 from espnet_allinone.arch import ArchError, SubnetArch
+from espnet_allinone.errors import AllInOneError
 from espnet_allinone.export import model_io
 from espnet_allinone.export.calibration import (
     CalibrationData,
@@ -52,7 +53,7 @@ from espnet_allinone.quant import packed_format
 from espnet_allinone.subsystem import Subsystem
 
 
-class ExtractionError(RuntimeError):
+class ExtractionError(AllInOneError, RuntimeError):
     """Extraction refused (existing different model, unsupported option)."""
 
 

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from espnet_allinone.errors import AllInOneError
+
 if TYPE_CHECKING:  # torch is imported where it is used: recipe helpers load configs only
     import torch
 
@@ -30,7 +32,7 @@ PathLike = str | Path
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's (zip) format starts like every zip file
 
 
-class LoadError(ValueError):
+class LoadError(AllInOneError, ValueError):
     """A checkpoint or config file that cannot be used; ``str()`` is one line naming it."""
 
     def __init__(self, path: PathLike, message: str) -> None:
@@ -51,7 +53,7 @@ ASR_CONFIG_KEYS = ("token_list", "encoder", "model")
 ASR_CONFIG_HINT = "give the config.yaml that training wrote in its output dir"
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(AllInOneError, RuntimeError):
     """A checkpoint whose keys or shapes do not match the model its config builds."""
 
 

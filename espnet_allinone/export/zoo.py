@@ -20,11 +20,12 @@ from typing import Any
 
 import yaml
 
+from espnet_allinone.errors import AllInOneError
 from espnet_allinone.export.extracted_dir import CONFIG_NAME, INFO_NAME, MODEL_NAME
 from espnet_allinone.subsystem import Subsystem
 
 
-class ZooError(RuntimeError):
+class ZooError(AllInOneError, RuntimeError):
     """Packing or upload refused (missing files, bad results file, no token, offline)."""
 
 

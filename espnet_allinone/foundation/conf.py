@@ -21,12 +21,13 @@ from typing import Any
 
 import yaml
 
+from espnet_allinone.errors import AllInOneError
 from espnet_allinone.foundation.loader import FoundationError, load_foundation
 
 PROG = "python -m espnet_allinone.foundation.conf"
 
 
-class ConfError(ValueError):
+class ConfError(AllInOneError, ValueError):
     """A base config or checkpoint that cannot make a training config."""
 
 

@@ -44,6 +44,7 @@ from torchaudio.models import wav2vec2_model
 from torchaudio.models.wav2vec2.utils.import_fairseq import _convert_state_dict
 
 from espnet_allinone.encoders.wav2vec2_family import ARCH_DEFAULTS, STRUCTURAL_KEYS
+from espnet_allinone.errors import AllInOneError
 from espnet_allinone.foundation.pickle_stubs import UnsafePickleError, load_pickled
 from espnet_allinone.foundation.safetensors_io import SafetensorsError, load_safetensors
 
@@ -53,7 +54,7 @@ _WEIGHT_NORM = {"weight_g": "parametrizations.weight.original0",
                 "weight_v": "parametrizations.weight.original1"}
 
 
-class FoundationError(ValueError):
+class FoundationError(AllInOneError, ValueError):
     """A checkpoint the loader cannot use; the message names the file and the problem."""
 
 

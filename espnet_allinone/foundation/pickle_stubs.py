@@ -33,6 +33,8 @@ from typing import IO, Any
 
 import torch
 
+from espnet_allinone.errors import AllInOneError
+
 STUB_NAMESPACES = ("fairseq", "fairseq_cli")
 """Top-level modules whose globals load as inert :class:`Stub` classes."""
 
@@ -41,7 +43,7 @@ _LEGACY_PICKLES = 5
 """Pickles at the head of a legacy-format file: magic, protocol, sys info, object, keys."""
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(AllInOneError, pickle.UnpicklingError):
     """The checkpoint names a global that could run code; loading is refused."""
 
     def __init__(self, name: str) -> None:

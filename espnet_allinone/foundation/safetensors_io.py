@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from espnet_allinone.errors import AllInOneError
+
 DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
@@ -23,7 +25,7 @@ DTYPES = {
 NAMES = {v: k for k, v in DTYPES.items()}
 
 
-class SafetensorsError(ValueError):
+class SafetensorsError(AllInOneError, ValueError):
     """A file that is not a readable safetensors file."""
 
 

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from espnet_allinone.errors import AllInOneError
+
 GRANULARITIES = ("tensor", "channel", "group")
 """Scale sharing: one per tensor, one per output row, one per sub-channel group."""
 
@@ -24,7 +26,7 @@ ACTIVATION_BITS = (None, 8)
 """Activation fake quantisation: off, or 8-bit dynamic per-tensor."""
 
 
-class QuantConfigError(ValueError):
+class QuantConfigError(AllInOneError, ValueError):
     """A quantiser option that is unknown or out of range."""
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from espnet_allinone.errors import AllInOneError
 from espnet_allinone.quant.config import GRIDS
 from espnet_allinone.quant.fake_quant import QuantizedWeight
 from espnet_allinone.quant.packing import pack_codes, unpack_codes
@@ -46,7 +47,7 @@ DEFAULT_GRID = "integer"
 """The grid of a packed weight without a grid record."""
 
 
-class PackedFormatError(RuntimeError):
+class PackedFormatError(AllInOneError, RuntimeError):
     """Packed entries that are missing or do not fit the model that loads them."""
 
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from espnet_allinone.errors import AllInOneError
 from espnet_allinone.precision import (
     FLOAT_BITS,
     VALID_NAMES,
@@ -29,7 +30,7 @@ SAME = "same"
 """A part whose weights follow the blocks' precision."""
 
 
-class PartPrecisionError(ValueError):
+class PartPrecisionError(AllInOneError, ValueError):
     """An unknown part or a precision no quantiser offers."""
 
 

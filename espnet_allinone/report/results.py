@@ -14,13 +14,14 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from espnet_allinone.errors import AllInOneError
 from espnet_allinone.subsystem import Subsystem
 
 SCORES_FILE = "scores.json"
 RESULTS_FILE = "results.json"
 
 
-class ReportError(RuntimeError):
+class ReportError(AllInOneError, RuntimeError):
     """An input the report needs is missing; the message names the stage that makes it."""
 
 

@@ -14,12 +14,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from espnet_allinone.corpus.datadir import read_table
+from espnet_allinone.errors import AllInOneError
 
 SCLITE_CANDIDATES = ("/usr/lib/sctk/bin/sclite", "/usr/bin/sclite", "/usr/local/bin/sclite")
 _SUM_ROW = re.compile(r"^\s*\|\s*Sum\s*\|(?P<left>[^|]*)\|(?P<right>[^|]*)\|\s*$")
 
 
-class ScoringError(RuntimeError):
+class ScoringError(AllInOneError, RuntimeError):
     """sclite missing, or its output not understood."""
 
 

@@ -23,6 +23,7 @@ import torch
 from espnet_allinone.arch import SubnetArch
 from espnet_allinone.corpus.datadir import read_table
 from espnet_allinone.deploy.ctc import greedy
+from espnet_allinone.errors import AllInOneError
 from espnet_allinone.export.calibration import (
     CalibrationData,
     calibrate,
@@ -33,7 +34,7 @@ DEFAULT_DEV_UTTS = 200
 """Dev utterances a record is scored on unless told otherwise (drawn with a fixed seed)."""
 
 
-class DevDataError(ValueError):
+class DevDataError(AllInOneError, ValueError):
     """Held-out data that cannot be used (no wav.scp or text, keys without text)."""
 
 

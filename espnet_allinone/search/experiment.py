@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from espnet_allinone.errors import AllInOneError
+
 CHECKPOINTS = ("valid.loss.ave.pth", "valid.acc.ave.pth", "valid.loss.best.pth",
                "valid.acc.best.pth")
 """The checkpoints the recipe extracts from, first found first (``allinone.sh``'s
@@ -29,7 +31,7 @@ SEARCH_FILE = "search.json"
 NAME_PREFIX = "searched-"
 
 
-class ExperimentError(ValueError):
+class ExperimentError(AllInOneError, ValueError):
     """An experiment that cannot be searched; the message names what is missing."""
 
 

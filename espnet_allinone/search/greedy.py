@@ -27,11 +27,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
+from espnet_allinone.errors import AllInOneError
 from espnet_allinone.search.records import KINDS, BlockChoice, MixedRecord, parts_bits
 from espnet_allinone.subsystem import SearchSpace
 
 
-class SearchError(ValueError):
+class SearchError(AllInOneError, ValueError):
     """A search that cannot be done as asked (a budget below every record, no moves)."""
 
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from espnet_allinone.errors import AllInOneError
 from espnet_allinone.report.results import SCORES_FILE
 from espnet_allinone.search.experiment import SEARCH_FILE, SEARCHED_DIR
 
 
-class ScoreError(ValueError):
+class ScoreError(AllInOneError, ValueError):
     """A search.json or scores file that is missing; the message names it."""
 
 
