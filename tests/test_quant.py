@@ -239,12 +239,18 @@ def test_values_lie_on_the_grid(cfg):
     "cfg",
     [
         QuantConfig(symmetric=True, clip="mse"),
+        QuantConfig(symmetric=True, clip="fixed", clip_ratio=0.8),
         QuantConfig(symmetric=False, clip="none"),
         QuantConfig(symmetric=False, clip="mse"),
+        QuantConfig(symmetric=False, clip="fixed", clip_ratio=0.8),
+        QuantConfig(grid="balanced", clip="none"),
+        QuantConfig(grid="balanced", clip="mse"),
+        QuantConfig(grid="balanced", clip="fixed", clip_ratio=0.8),
     ],
-    ids=cfg_id,
+    ids=lambda c: f"{cfg_id(c)}-{c.grid}",
 )
 def test_two_bit_uses_exactly_four_levels_on_random_weights(cfg):
+    """Every 2-bit grid but the default one (below) uses all four codes in every row."""
     q = make(cfg, out=8, inp=256)
     w = rand_weight(8, 256, seed=1)
     qw = q.quantize(w, 2)
@@ -252,6 +258,39 @@ def test_two_bit_uses_exactly_four_levels_on_random_weights(cfg):
         assert len(torch.unique(row)) == 4
     lo, hi = qrange(2, cfg.symmetric)
     assert set(torch.unique(qw.codes).tolist()) == set(range(lo, hi + 1))
+
+
+def test_default_two_bit_grid_uses_three_levels_and_minus_two_only_at_the_negative_extreme():
+    """The default (symmetric, integer grid, no clipping) 2-bit grid is ternary at init.
+
+    s = 2 max|w| / 3 puts every w / s in [-1.5, 1.5]: round() gives -1, 0 or 1 and
+    +1.5 is clamped to 1, so only a weight at -max|w| can reach code -2, and only when
+    w / s <= -1.5 (an exact tie rounds half to even, to -2; the fp16 scale decides the
+    rest). A row uses 3 levels, or 4 with -2 on that single weight.
+    """
+    cfg = QuantConfig()
+    assert (cfg.symmetric, cfg.grid, cfg.clip) == (True, "integer", "none")
+    # max|w| = 0.75 gives s = 0.5 exactly in fp16: the extremes land on x = +-1.5
+    w = torch.stack([torch.linspace(-0.6, 0.75, 256), torch.linspace(-0.75, 0.6, 256)])
+    assert w[0, -1] == 0.75 and w[1, 0] == -0.75
+    qw = make(cfg, out=2, inp=256).quantize(w, 2)
+    assert torch.equal(qw.scale.float().flatten(), torch.tensor([0.5, 0.5]))
+    assert sorted(torch.unique(qw.codes[0]).tolist()) == [-1, 0, 1]
+    assert sorted(torch.unique(qw.codes[1]).tolist()) == [-2, -1, 0, 1]
+    assert qw.codes[1, 0] == -2 and (qw.codes[1] == -2).sum() == 1
+    # random rows: exactly {-1, 0, 1} off the row's most negative weight, which is -2
+    # exactly when it is the row's max|w| and lies at or beyond -1.5 s
+    w = rand_weight(8, 256, seed=1).detach()
+    qw = make(cfg, out=8, inp=256).quantize(w, 2)
+    counts = []
+    for row, codes, s in zip(w, qw.codes, qw.scale.float().flatten(), strict=True):
+        low = int(row.argmin())
+        rest = torch.cat([codes[:low], codes[low + 1:]])
+        assert sorted(torch.unique(rest).tolist()) == [-1, 0, 1]
+        at_minus_two = bool(row[low] == -row.abs().max() and row[low] / s <= -1.5)
+        assert (codes[low] == -2) == at_minus_two
+        counts.append(len(torch.unique(codes)))
+    assert counts == [4, 4, 3, 4, 3, 3, 4, 4]  # this seed: both cases occur
 
 
 def test_symmetric_levels_are_signed_and_asymmetric_unsigned():

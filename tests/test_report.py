@@ -238,10 +238,20 @@ def test_significance_finds_a_clear_difference_and_none_between_equal_systems(tm
     assert clear["mapsswe"].better == "a" and clear["mapsswe"].p < 0.05
     assert clear["sign"].better == "a" and clear["sign"].p < 0.05
     flipped = compare(ref, bad, good, tmp_path / "flipped")
-    assert flipped["mapsswe"].better == "b"
+    assert flipped["mapsswe"].better == "b" and flipped["mapsswe"].p < 0.05
+    assert flipped["sign"].better == "b" and flipped["sign"].p < 0.05
     same = compare(ref, good, good, tmp_path / "same")
     assert same["mapsswe"].better is None and same["mapsswe"].p == 1.0
+    assert same["sign"].better is None and same["sign"].p == 1.0
     assert not same["sign"].significant
+    # one utterance worse of 120: a difference, but not a significant one
+    lines = good.read_text().splitlines()
+    lines[0] = "zulu yankee " + lines[0]
+    near = tmp_path / "near.trn"
+    near.write_text("\n".join(lines) + "\n")
+    close = compare(ref, good, near, tmp_path / "close")
+    assert close["mapsswe"].better is None and 0.05 < close["mapsswe"].p < 1.0
+    assert close["sign"].better is None and close["sign"].p >= 0.05
 
 
 def test_missing_sc_stats_names_the_install_command(tmp_path, monkeypatch):

@@ -80,6 +80,88 @@ def test_schedules(rule):
     assert enc.resolve("d6-w1-fp").schedule == unfold_schedule(6, 2, rule)
 
 
+def _record_norm_calls(enc: ElasticConformerEncoder, calls: list) -> list:
+    """Hooks appending (physical block, statistics bank, input) to ``calls`` each time a
+    seed block's conv BatchNorm runs; returns the handles."""
+    def hook(block):
+        return lambda norm, args: calls.append((block, norm.repeat, args[0].detach().clone()))
+
+    return [enc.encoders[b].conv_module.norm.register_forward_pre_hook(hook(b))
+            for b in range(enc.encoders.num_blocks)]
+
+
+# (physical block, statistics bank) of each logical position, by the documented rule
+# (UNFOLD_RULES' docstring): repeat runs seed block i mod S, blockwise seed block i // (d/S);
+# a block's n-th occurrence uses its n-th bank.
+POSITIONS = {
+    "repeat": {2: [(0, 0), (1, 0)],
+               4: [(0, 0), (1, 0), (0, 1), (1, 1)],
+               6: [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2)]},
+    "blockwise": {2: [(0, 0), (1, 0)],
+                  4: [(0, 0), (0, 1), (1, 0), (1, 1)],
+                  6: [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]},
+}
+
+
+@pytest.mark.parametrize("rule", ["repeat", "blockwise"])
+@torch.no_grad()
+def test_each_logical_position_runs_the_documented_block_and_bank(rule):
+    """The block and statistics bank each logical position runs, at every depth."""
+    assert unfold_schedule(6, 3, "repeat") == (0, 1, 2, 0, 1, 2)
+    assert unfold_schedule(6, 3, "blockwise") == (0, 0, 1, 1, 2, 2)
+    assert unfold_schedule(8, 2, "repeat") == (0, 1, 0, 1, 0, 1, 0, 1)
+    assert unfold_schedule(8, 2, "blockwise") == (0, 0, 0, 0, 1, 1, 1, 1)
+    assert unfold_schedule(3, 1, "blockwise") == unfold_schedule(3, 1, "repeat") == (0, 0, 0)
+    enc = _unfolded(unfold=rule).eval()
+    calls: list = []
+    handles = _record_norm_calls(enc, calls)
+    x, lengths = torch.randn(2, 30, 10), torch.tensor([30, 22])
+    for depth, want in POSITIONS[rule].items():
+        calls.clear()
+        with enc.use_subsystem(f"d{depth}-w1-fp"):
+            enc(x, lengths)
+        assert [(block, bank) for block, bank, _ in calls] == want, depth
+        assert list(enc.resolve(f"d{depth}-w1-fp").schedule) == [b for b, _ in want]
+    for h in handles:
+        h.remove()
+
+
+@pytest.mark.parametrize("rule", ["repeat", "blockwise"])
+@torch.no_grad()
+def test_training_updates_exactly_the_banks_of_the_positions_that_ran(rule):
+    """Training-mode forwards at d4 (each seed block at 2 of the 6 positions) move banks
+    0 and 1 of both blocks by their own inputs' batch statistics; bank 2 (positions d6
+    alone runs) and the narrower width's banks are untouched."""
+    enc = _unfolded(unfold=rule).train()
+    norms = {n: b.clone() for n, b in enc.named_buffers() if ".conv_module.norm." in n}
+    calls: list = []
+    handles = _record_norm_calls(enc, calls)
+    gen = torch.Generator().manual_seed(3)
+    with enc.use_subsystem("d4-w1-fp"):
+        for _ in range(3):
+            enc(torch.randn(2, 30, 10, generator=gen), torch.tensor([30, 22]))
+    for h in handles:
+        h.remove()
+    assert [(b, r) for b, r, _ in calls] == POSITIONS[rule][4] * 3
+    ran = {f"encoders.{b}.conv_module.norm.{kind}{suffix}"
+           for b in (0, 1) for suffix in ("", "_r1")
+           for kind in ("running_mean", "running_var", "num_batches_tracked")}
+    now = dict(enc.named_buffers())
+    assert {n for n, before in norms.items() if not torch.equal(now[n], before)} == ran
+    # each bank is the stock momentum update by the inputs its own positions saw
+    for block in (0, 1):
+        for bank, suffix in ((0, ""), (1, "_r1")):
+            mean, var = torch.zeros(32), torch.ones(32)
+            for b, r, inp in calls:
+                if (b, r) == (block, bank):
+                    mean = 0.9 * mean + 0.1 * inp.mean((0, 2))
+                    var = 0.9 * var + 0.1 * inp.var((0, 2), unbiased=True)
+            prefix = f"encoders.{block}.conv_module.norm."
+            assert torch.allclose(now[prefix + "running_mean" + suffix], mean, atol=1e-6)
+            assert torch.allclose(now[prefix + "running_var" + suffix], var, atol=1e-5)
+            assert now[prefix + "num_batches_tracked" + suffix] == 3
+
+
 @torch.no_grad()
 def test_unfolded_float_equals_a_stock_conformer_holding_seed_copies():
     enc = _unfolded().eval()

@@ -16,7 +16,6 @@ import pytest
 import torch
 import yaml
 
-from espnet_allinone.encoders.protocol import ExtractableEncoder, protocol_violations
 from espnet_allinone.encoders.wav2vec2_family import POS_CONV
 from espnet_allinone.export.extract import ExtractionError, Extractor
 from espnet_allinone.foundation.loader import load_foundation
@@ -78,12 +77,6 @@ def toy(tmp_path_factory):
     results["d4-w1-int4+pf"] = ex.extract("d4-w1-int4", root / "pf", plugin_free=True)
     paths["ckpt"].unlink()  # extracted models must not need the user's checkpoint
     return paths, ex, results
-
-
-def test_the_encoder_meets_the_extraction_protocol():
-    from espnet_allinone.encoders.elastic_wav2vec2 import ElasticWav2Vec2Encoder
-
-    assert protocol_violations(ElasticWav2Vec2Encoder, ExtractableEncoder) == []
 
 
 def test_allinone_model_starts_from_the_checkpoint(tmp_path):
