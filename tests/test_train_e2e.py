@@ -10,7 +10,7 @@ files; ``--resume`` continues the sampler's step sequence; the training log (eve
 2 steps) and the per-epoch stats hold no ``nan`` (random paths are reported
 under ``*_random`` keys, so every key is present in every log window).
 Two epochs leave the toy emitting only blanks; that 30 epochs make it transcribe
-(CER below 1.0, hypotheses with letters) is checked by a slow test.
+(CER below 1.0, hypotheses with letters) is checked by its own test (about 70 s).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from espnet_allinone.encoders.elastic_conformer import ElasticConformerEncoder
@@ -100,7 +99,7 @@ def test_tiny_training_end_to_end(tiny_corpus: Path, tmp_path: Path) -> None:
     assert valid["loss"] == valid["loss_d2-w1-fp"]
     assert valid["acc"] == valid["acc_d2-w1-fp"]
     # ... the CER too (two epochs leave the toy emitting only blanks, CER 1.0: that it
-    # learns past blank output is test_tiny_training_learns_past_blank_output's, slow)
+    # learns past blank output is test_tiny_training_learns_past_blank_output's)
     assert valid["cer_ctc"] == valid["cer_ctc_d2-w1-fp"]
     # Per-path training stats (subsystem string in the key), distillation KL included.
     assert all(isinstance(v, float) and v > 0 for v in out["train"].values()), out["train"]
@@ -217,7 +216,6 @@ print("RESULT " + json.dumps(out))
 """
 
 
-@pytest.mark.slow
 def test_tiny_training_learns_past_blank_output(tiny_corpus: Path, tmp_path: Path) -> None:
     """30 epochs of the tiny config: both validated subsystems transcribe: dev CER below
     what blank-only output scores (1.0), and best-path CTC hypotheses holding letters,
