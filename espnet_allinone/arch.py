@@ -213,27 +213,6 @@ class SubnetArch:
         return conf
 
 
-UNFOLD_RULES = ("repeat", "blockwise")
-"""How a seed of S blocks makes a logical depth d (a multiple of S):
-``repeat``: the whole seed stack again and again (logical block i runs seed
-block ``i mod S``); ``blockwise``: each seed block k = d/S times in a row
-(logical block i runs seed block ``i // k``)."""
-
-
-def unfold_schedule(depth: int, seed_blocks: int | None, rule: str = "repeat") -> tuple[int, ...]:
-    """Physical block of each logical block (``seed_blocks`` None: a stacked prefix)."""
-    if seed_blocks is None:
-        return tuple(range(depth))
-    if rule not in UNFOLD_RULES:
-        raise ArchError(f"unknown unfold rule {rule!r}; valid: {', '.join(UNFOLD_RULES)}")
-    if depth % seed_blocks:
-        raise ArchError(f"depth {depth} is not a multiple of seed_blocks {seed_blocks}")
-    if rule == "repeat":
-        return tuple(i % seed_blocks for i in range(depth))
-    times = depth // seed_blocks
-    return tuple(i // times for i in range(depth))
-
-
 def _check_range(index: tuple[int, ...], full: int, what: str) -> None:
     bad = [i for i in index if not 0 <= i < full]
     if bad:

@@ -37,7 +37,8 @@ class RegistrationError(AllInOneError, ImportError):
     """An entry's class could not be imported (the other entries are registered)."""
 
 
-def _load(target: str) -> type:
+def load_class(target: str) -> type:
+    """The class an entry's ``"module:Class"`` names (its module imported)."""
     module, _, name = target.partition(":")
     return getattr(importlib.import_module(module), name)
 
@@ -57,7 +58,7 @@ def register() -> list[str]:
         if key in table.classes:
             continue
         try:
-            table.classes[key] = _load(target)
+            table.classes[key] = load_class(target)
         except Exception as err:  # noqa: BLE001 - one broken entry must not hide the others
             failed.append(f"{key} ({target}): {type(err).__name__}: {err}")
             continue

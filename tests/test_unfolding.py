@@ -7,7 +7,7 @@ import torch
 import yaml
 from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 
-from espnet_allinone.arch import unfold_schedule
+from espnet_allinone.elastic.unfolding import unfold_schedule
 from espnet_allinone.encoders.elastic_conformer import ElasticConformerEncoder
 from espnet_allinone.export.extract import Extractor, probe_input
 from espnet_allinone.subsystem import SubsystemError

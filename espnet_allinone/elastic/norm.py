@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from espnet_allinone.elastic.unfolding import position_suffix
 from espnet_allinone.precision import FLOAT_BITS
 
 
@@ -56,8 +57,7 @@ class ElasticBatchNorm1d(nn.BatchNorm1d):
     def _suffix(self, width: int, repeat: int) -> str:
         """Buffer-name suffix of a statistics bank: the stock names for the full width
         at the first position, ``_c<width>`` and ``_r<position>`` otherwise."""
-        return (f"_c{width}" if width < self.num_features else "") + (
-            f"_r{repeat}" if repeat else "")
+        return (f"_c{width}" if width < self.num_features else "") + position_suffix(repeat)
 
     def set_repeat(self, repeat: int) -> None:
         """The logical position (0, 1, ...) of the shared block about to run."""

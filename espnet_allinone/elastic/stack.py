@@ -15,15 +15,21 @@ block once.
 
 A block run at several positions tells its position-aware modules (a
 BatchNorm keeping statistics per position, ``set_repeat``) which occurrence
-is about to run, just before it runs.
+is about to run, just before it runs (the helpers of ``unfolding.py``).
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator, Sequence
 
 from torch import nn
+
+from espnet_allinone.elastic.unfolding import (
+    occurrences,
+    position_aware,
+    set_position,
+    set_position_counts,
+)
 
 
 class ElasticLayerStack:
@@ -63,13 +69,10 @@ class ElasticLayerStack:
                 f"blocks 0..{self.num_blocks - 1}"
             )
         self.schedule = schedule
-        counts = Counter(schedule)
-        self._shared = any(n > 1 for n in counts.values())
+        self._shared = len(set(schedule)) < len(schedule)
         if self.__dict__.get("_aware") is None:  # a walk over every module: once, not per switch
-            self._aware = [_position_aware(b) for b in self._modules.values()]
-        for i, modules in enumerate(self._aware):
-            for module in modules:
-                module.set_active_repeats(min(counts.get(i, 1), module.repeats))
+            self._aware = [position_aware(b) for b in self._modules.values()]
+        set_position_counts(self._aware, schedule)
 
     def __len__(self) -> int:
         return len(self.schedule)
@@ -90,19 +93,11 @@ class ElasticLayerStack:
         return self._iter_shared(blocks)
 
     def _iter_shared(self, blocks: list[nn.Module]) -> Iterator[nn.Module]:
-        seen: Counter = Counter()
-        for i in self.schedule:
-            for module in self._aware[i]:
-                module.set_repeat(min(seen[i], module.active_repeats - 1))
-            seen[i] += 1
+        for i, position in occurrences(self.schedule):
+            set_position(self._aware[i], position)
             yield blocks[i]
 
     def inactive_children(self) -> list[nn.Module]:
         """Blocks the schedule does not run (skipped by size accounting)."""
         used = set(self.schedule)
         return [b for i, b in enumerate(self._modules.values()) if i not in used]
-
-
-def _position_aware(block: nn.Module) -> list[nn.Module]:
-    """Modules of ``block`` that keep state per logical position."""
-    return [m for m in block.modules() if hasattr(m, "set_repeat")]

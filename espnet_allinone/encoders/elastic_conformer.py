@@ -31,10 +31,11 @@ Unfolding (``seed_blocks: S``): ESPnet builds only S blocks, the seed, and a
 depth d (a multiple of S, up to ``num_blocks``) runs them unfolded: logical
 block i runs seed block ``i mod S`` (``unfold: repeat``, the whole seed stack
 repeated, our reading of Li et al. 2025) or ``i // (d/S)`` (``unfold:
-blockwise``). Width and precision stay elastic. With ``position_stats: true``
-(default) each logical position keeps its own conv-module BatchNorm running
-statistics (positions see different activations); nothing else is per
-position, so parameters do not grow with depth.
+blockwise``; the schedules, checks and per-position statistics live in
+``elastic/unfolding.py``). Width and precision stay elastic. With
+``position_stats: true`` (default) each logical position keeps its own
+conv-module BatchNorm running statistics (positions see different
+activations); nothing else is per position, so parameters do not grow with depth.
 
 ``part_precisions`` (:class:`~espnet_allinone.quant.parts.PartPrecisions`)
 sets the bits of the subsampling front (``embed``: its Conv2d and Linear
@@ -64,20 +65,17 @@ from espnet.nets.pytorch_backend.transformer.attention import (
 from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 from torch import nn
 
-from espnet_allinone.arch import (
-    UNFOLD_RULES,
-    BlockArch,
-    SubnetArch,
-    prefix,
-    unfold_schedule,
-)
-from espnet_allinone.elastic import (
-    ElasticAttentionMixin,
-)
+from espnet_allinone.arch import SubnetArch
+from espnet_allinone.elastic import ElasticAttentionMixin
 from espnet_allinone.elastic.family import (
     block_limits,
     make_block_elastic,
     reorder_block,
+)
+from espnet_allinone.elastic.unfolding import (
+    check_seed,
+    position_count,
+    refuse_other_block_count,
 )
 from espnet_allinone.encoders.conformer_extraction import (
     encoder_conf,
@@ -99,7 +97,6 @@ from espnet_allinone.pruning.config import PruneConfig
 from espnet_allinone.pruning.costs import encoder_costs
 from espnet_allinone.pruning.targets import Pruning
 from espnet_allinone.quant.config import QuantConfig
-from espnet_allinone.quant.parts import PartPrecisions
 from espnet_allinone.subsystem import SearchSpace, Subsystem
 
 
@@ -122,45 +119,6 @@ _ATTENTION = {
     RelPositionMultiHeadedAttention: ElasticRelPositionMultiHeadedAttention,
     LegacyRelPositionMultiHeadedAttention: ElasticLegacyRelPositionMultiHeadedAttention,
 }
-
-
-UNFOLDING_KEYS = ("seed_blocks", "unfold", "position_stats")
-"""The ``encoder_conf`` keys of unfolding (a stacked twin has none of them)."""
-
-
-def _check_unfolding(space: SearchSpace, seed_blocks: int | None, rule: str) -> None:
-    """A seed that can make every listed depth, or a clear error naming the valid ones."""
-    if seed_blocks is None:
-        return
-    if rule not in UNFOLD_RULES:
-        raise ValueError(f"unknown unfold {rule!r}; valid: {', '.join(UNFOLD_RULES)}")
-    n = space.num_blocks
-    if not isinstance(seed_blocks, int) or not 1 <= seed_blocks <= n:
-        raise ValueError(f"seed_blocks {seed_blocks!r} must be in 1..num_blocks ({n})")
-    valid = list(range(seed_blocks, n + 1, seed_blocks))
-    bad = [d for d in space.depths if d % seed_blocks]
-    if bad:
-        raise ValueError(
-            f"depth(s) {bad} cannot be made by unfolding a {seed_blocks}-block seed; valid "
-            f"depths: {', '.join(map(str, valid))} (multiples of seed_blocks up to num_blocks)"
-        )
-
-
-def _check_block_count(module: ElasticConformerEncoder, state_dict, prefix, *args) -> None:
-    """Refuse a checkpoint of a stacked model in an unfolded one (or the reverse) by name."""
-    head = f"{prefix}{module.family.blocks}."
-    held = {int(k[len(head):].split(".", 1)[0]) for k in state_dict if k.startswith(head)}
-    if not held:
-        return
-    have, want = max(held) + 1, len(module.blocks)
-    if have != want:
-        kind = (f"an unfolded encoder with a {want}-block seed (seed_blocks {want})"
-                if module.seed_blocks else f"a stacked encoder of {want} blocks")
-        raise RuntimeError(
-            f"the checkpoint holds {have} encoder blocks, but this is {kind}: a "
-            f"{'stacked' if have > want else 'seed'} checkpoint does not fit; set "
-            f"num_blocks/seed_blocks as in the config it was trained with"
-        )
 
 
 def convert_attention(module: nn.Module) -> nn.Module:
@@ -188,6 +146,7 @@ class ElasticConformerEncoder(RejectUnknownOptions, SubsystemSwitching, Conforme
     """
 
     family = CONFORMER
+    stock_encoder = "conformer"
 
     def __init__(
         self,
@@ -215,28 +174,17 @@ class ElasticConformerEncoder(RejectUnknownOptions, SubsystemSwitching, Conforme
                              "not supported; prune a stacked one")
         if elastic_conv and not stock_options.get("use_cnn_module", True):
             raise ValueError("elastic_conv: true needs use_cnn_module: true")
-        _check_unfolding(space, seed_blocks, unfold)
+        check_seed(space, seed_blocks, unfold)
         quant_config = QuantConfig.from_dict(quant_conf)
         physical = space.num_blocks if seed_blocks is None else seed_blocks
         super().__init__(input_size=input_size, **{**stock_options, "num_blocks": physical})
-        self.space = space
-        self.quant_config = quant_config
-        self.part_precisions = PartPrecisions.from_conf(part_precisions)
-        self.output_layers: dict[str, nn.Module] = {}
-        self.seed_blocks = seed_blocks
-        self.unfold = unfold
-        self.positions = space.num_blocks // seed_blocks if seed_blocks and position_stats else 1
+        self._init_elastic(space, quant_config, part_precisions, seed_blocks, unfold,
+                           position_count(space.num_blocks, seed_blocks, position_stats))
         self._make_elastic()
         if depth_norms:
             self.make_depth_norm()
-        self._register_load_state_dict_pre_hook(_check_block_count, with_module=True)
-        self._archs: dict[Subsystem, SubnetArch] = {}
-        self._active: Subsystem = space.largest
-        self._active_arch: SubnetArch | None = None
-        for sub in space.members():  # every member must be reachable (e.g. group sizes)
-            if sub.prune is None:
-                self.set_subsystem(sub)
-        self.set_subsystem(space.largest)
+        self._register_load_state_dict_pre_hook(refuse_other_block_count, with_module=True)
+        self._start_switching()
         if prune_targets:
             self.pruning = self._make_pruning(PruneConfig.from_dict(prune_conf))
 
@@ -248,16 +196,9 @@ class ElasticConformerEncoder(RejectUnknownOptions, SubsystemSwitching, Conforme
         return SearchSpace.from_encoder_conf(conf)
 
     @classmethod
-    def alone_conf(cls, encoder_conf: Mapping[str, Any], sub: Subsystem) -> dict[str, Any]:
-        """The ``encoder_conf`` of ``sub``'s twin trained alone: this one (training then
-        samples ``sub`` only), or for an unfolded encoder (``seed_blocks``) what the
-        unfolding paper compares with, an ordinary stacked Conformer of the subsystem's
-        logical depth (its own blocks, not a seed run again)."""
-        conf = dict(encoder_conf)
-        if conf.get("seed_blocks"):
-            conf = {k: v for k, v in conf.items() if k not in UNFOLDING_KEYS}
-            conf.update(num_blocks=sub.depth, depths=[sub.depth])
-        return conf
+    def _stacked_twin(cls, depth: int) -> dict[str, Any]:
+        """An ordinary stacked Conformer of ``depth`` blocks of its own."""
+        return {"num_blocks": depth, "depths": [depth]}
 
     # --- construction -----------------------------------------------------
     def _make_elastic(self) -> None:
@@ -285,12 +226,6 @@ class ElasticConformerEncoder(RejectUnknownOptions, SubsystemSwitching, Conforme
         targets = [t for t in self.space.prunes if t is not None]
         return Pruning(targets, limits, config, group, outside, costs, self.num_params(full))
 
-    def pruned_arch(self, sub: Subsystem) -> SubnetArch:
-        """The architecture a pruned subsystem's gates have learned (hard gates)."""
-        parts = self.part_precisions
-        return self.pruning.arch(sub.prune, sub.bits, parts.bits("front", sub.bits),
-                                 parts.bits("output", sub.bits))
-
     @contextlib.contextmanager
     def gated(self, sub: Subsystem) -> Iterator[Subsystem]:
         """Run a pruned subsystem's training path: the full model at its precision,
@@ -309,38 +244,6 @@ class ElasticConformerEncoder(RejectUnknownOptions, SubsystemSwitching, Conforme
     def blocks(self) -> list[nn.Module]:
         """Every physical block (active or not)."""
         return list(self.encoders._modules.values())
-
-    # --- architecture records -------------------------------------------
-    def resolve(self, sub: str | Subsystem) -> SubnetArch:
-        """The architecture record of ``sub`` (validated against the space)."""
-        sub = self.space.validate(sub)
-        if sub.prune is not None:  # learned by the gates: never cached
-            return self.pruned_arch(sub)
-        arch = self._archs.get(sub)
-        if arch is None:
-            space = self.space
-            heads = prefix(space.heads(sub))
-            units = prefix(space.ffn_units(sub))
-            channels = prefix(space.conv_channels(sub))
-            blocks = []
-            for i in unfold_schedule(sub.depth, self.seed_blocks, self.unfold):
-                block = self.blocks[i]
-                n_ffn = len(self.family.feed_forwards_of(block))
-                has_conv = self.family.conv_of(block) is not None
-                blocks.append(BlockArch(physical=i, heads=heads, ffn_units=(units,) * n_ffn,
-                                        conv_channels=channels if has_conv else None,
-                                        bits=sub.bits))
-            parts = self.part_precisions
-            arch = self._archs[sub] = SubnetArch(
-                tuple(blocks), front_bits=parts.bits("front", sub.bits),
-                output_bits=parts.bits("output", sub.bits))
-        return arch
-
-    def check_arch(self, arch: SubnetArch) -> None:
-        """Raise ArchError naming the first entry of ``arch`` that does not fit."""
-        bits = self.space.bits
-        arch.check([block_limits(b, self.family, bits) for b in self.blocks])
-        self.check_part_bits(arch)
 
     # --- extraction -----------------------------------------------------------
     def extracted_encoder(self, arch: SubnetArch, plugin_free: bool,
@@ -363,7 +266,12 @@ class ElasticConformerEncoder(RejectUnknownOptions, SubsystemSwitching, Conforme
                             quant_symmetric=self.quant_config.symmetric,
                             position_stats=self.positions > 1,
                             quant_grid=self.quant_config.grid)
-        return ("conformer" if stock else "packed_conformer"), conf, stock, unroll
+        return (self.stock_encoder if stock else "packed_conformer"), conf, stock, unroll
+
+    def shared_front(self) -> nn.Module:
+        """The subsampling front (``embed``): outside the search space, so every path at
+        one front precision computes the same output from the same features."""
+        return self.embed
 
     # --- importance ---------------------------------------------------------
     @torch.no_grad()

@@ -42,37 +42,33 @@ from typing import Any
 import torch
 from torchaudio.models.wav2vec2.components import MaskGenerator
 
-from espnet_allinone.arch import (
-    UNFOLD_RULES,
-    ArchError,
-    BlockArch,
-    SubnetArch,
-    prefix,
-    unfold_schedule,
-)
-from espnet_allinone.elastic.family import block_limits, make_block_elastic
+from espnet_allinone.arch import ArchError, SubnetArch
+from espnet_allinone.elastic.family import make_block_elastic, reorder_block
 from espnet_allinone.elastic.parametrized import quantise_computed_weight
+from espnet_allinone.elastic.unfolding import check_seed
+from espnet_allinone.encoders import packed_wav2vec2
 from espnet_allinone.encoders.options import RejectUnknownOptions, publish_signature
-from espnet_allinone.encoders.switching import SubsystemSwitching
+from espnet_allinone.encoders.switching import SubsystemSwitching, waveform_probe
 from espnet_allinone.encoders.wav2vec2_family import (
     ARCH_DEFAULTS,
     POS_CONV,
-    UNFOLDING_KEYS,
     WAV2VEC2,
     ElasticSelfAttention,
     Wav2Vec2EncoderBase,
     arch_conf,
-    space_conf,
 )
+from espnet_allinone.foundation.architecture import SEED_TERMS
+from espnet_allinone.foundation.architecture import search_space as wav2vec2_space
+from espnet_allinone.foundation.loader import load_foundation, structural_mismatch
 from espnet_allinone.quant.config import QuantConfig
-from espnet_allinone.quant.parts import PartPrecisions
-from espnet_allinone.subsystem import SearchSpace, Subsystem, SubsystemError
+from espnet_allinone.subsystem import SearchSpace, SubsystemError
 
 
 class ElasticWav2Vec2Encoder(RejectUnknownOptions, SubsystemSwitching, Wav2Vec2EncoderBase):
     """wav2vec2 / HuBERT encoder with elastic depth, heads, FFN units and weight bits."""
 
     family = WAV2VEC2
+    stock_encoder = packed_wav2vec2.STOCK
 
     def __init__(
         self,
@@ -108,17 +104,12 @@ class ElasticWav2Vec2Encoder(RejectUnknownOptions, SubsystemSwitching, Wav2Vec2E
                                        "precisions": precisions})
         except SubsystemError as err:
             raise ValueError(f"elastic_wav2vec2 search space: {err}") from None
-        _check_seed(space, seed_blocks, unfold)
+        check_seed(space, seed_blocks, unfold, **SEED_TERMS)
         physical = dict(conf, encoder_num_layers=seed_blocks or conf["encoder_num_layers"])
         super().__init__(physical, normalize_waveform)
         self.conf = conf
-        self.space = space
-        self.seed_blocks = seed_blocks
-        self.unfold = unfold
-        self.positions = 1
-        self.quant_config = QuantConfig.from_dict(quant_conf)
-        self.part_precisions = PartPrecisions.from_conf(part_precisions)
-        self.output_layers: dict[str, torch.nn.Module] = {}
+        self._init_elastic(space, QuantConfig.from_dict(quant_conf), part_precisions,
+                           seed_blocks, unfold, positions=1)  # no BatchNorm in the layers
         self.mask_generator = MaskGenerator(
             conf["encoder_embed_dim"], mask_prob, mask_selection, mask_other, mask_length,
             no_mask_overlap, mask_min_space, mask_channel_prob, "static", 0.0,
@@ -140,12 +131,7 @@ class ElasticWav2Vec2Encoder(RejectUnknownOptions, SubsystemSwitching, Wav2Vec2E
         if pretrained_path:
             self._pretrained = self._read_pretrained(pretrained_path)
             self.reload_pretrained_parameters()
-        self._archs: dict[Subsystem, SubnetArch] = {}
-        self._active: Subsystem = space.largest
-        self._active_arch: SubnetArch | None = None
-        for sub in space.members():  # every member must be reachable (e.g. group sizes)
-            self.set_subsystem(sub)
-        self.set_subsystem(space.largest)
+        self._start_switching()
 
     @classmethod
     def search_space(cls, encoder_conf: Mapping[str, Any]) -> SearchSpace:
@@ -156,27 +142,16 @@ class ElasticWav2Vec2Encoder(RejectUnknownOptions, SubsystemSwitching, Wav2Vec2E
         (``pretrained_path``) is not read: it must match these keys (the encoder
         refuses one that does not; ``python -m espnet_allinone.foundation.conf``
         writes them from it)."""
-        return SearchSpace.from_encoder_conf(space_conf(encoder_conf))
+        return wav2vec2_space(encoder_conf)
 
     @classmethod
-    def alone_conf(cls, encoder_conf: Mapping[str, Any], sub: Subsystem) -> dict[str, Any]:
-        """The ``encoder_conf`` of ``sub``'s twin trained alone: this one (training then
-        samples ``sub`` only), or for an unfolded encoder (``seed_blocks``) an ordinary
-        stacked model whose first ``sub.depth`` layers run (the architecture keys stay,
-        so the same checkpoint loads)."""
-        conf = dict(encoder_conf)
-        if conf.get("seed_blocks"):
-            conf = {k: v for k, v in conf.items() if k not in UNFOLDING_KEYS}
-            conf["depths"] = [sub.depth]
-        return conf
+    def _stacked_twin(cls, depth: int) -> dict[str, Any]:
+        """An ordinary stacked model whose first ``depth`` layers run (the architecture
+        keys stay, so the same checkpoint loads)."""
+        return {"depths": [depth]}
 
     # --- weights ------------------------------------------------------------------------
     def _read_pretrained(self, path: str) -> dict[str, torch.Tensor]:
-        from espnet_allinone.foundation.loader import (
-            load_foundation,
-            structural_mismatch,
-        )
-
         ckpt = load_foundation(path)
         bad = structural_mismatch(ckpt, self.conf, num_layers_at_least=bool(self.seed_blocks))
         if bad:
@@ -239,28 +214,12 @@ class ElasticWav2Vec2Encoder(RejectUnknownOptions, SubsystemSwitching, Wav2Vec2E
         return x, lengths, None
 
     # --- architecture records ------------------------------------------------------------
-    def resolve(self, sub: str | Subsystem) -> SubnetArch:
-        """The architecture record of ``sub`` (validated against the space)."""
-        sub = self.space.validate(sub)
-        arch = self._archs.get(sub)
-        if arch is None:
-            heads, units = prefix(self.space.heads(sub)), prefix(self.space.ffn_units(sub))
-            blocks = tuple(BlockArch(physical=i, heads=heads, ffn_units=(units,), bits=sub.bits)
-                           for i in unfold_schedule(sub.depth, self.seed_blocks, self.unfold))
-            parts = self.part_precisions
-            arch = self._archs[sub] = SubnetArch(
-                blocks, front_bits=parts.bits("front", sub.bits),
-                output_bits=parts.bits("output", sub.bits))
-        return arch
-
-    def check_arch(self, arch: SubnetArch) -> None:
-        """Raise ArchError naming the first entry of ``arch`` that does not fit."""
-        arch.check([block_limits(b, WAV2VEC2, self.space.bits) for b in self.blocks])
+    def _check_blocks(self, arch: SubnetArch) -> None:
+        """torchaudio's layers always run their attention and feed-forward modules."""
         for i, block in enumerate(arch.blocks):
             if not block.heads or not all(block.ffn_units):
                 raise ArchError(f"logical block {i}: removing a whole attention or feed-"
                                 "forward module is not supported for wav2vec2/HuBERT layers")
-        self.check_part_bits(arch)
 
     @property
     def block_stack(self) -> torch.nn.Module:
@@ -270,46 +229,26 @@ class ElasticWav2Vec2Encoder(RejectUnknownOptions, SubsystemSwitching, Wav2Vec2E
     @torch.no_grad()
     def reorder_by_importance(self) -> None:
         """Heads and FFN units most important first (function-preserving at full width)."""
-        from espnet_allinone.elastic.family import reorder_block
-
         for block in self.blocks:
             reorder_block(block, WAV2VEC2, conv_channels=False)
 
     # --- extraction ---------------------------------------------------------------------
-    def probe_input(self, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """1 s and 0.75 s of random 16 kHz audio (extraction's equality check)."""
-        gen = torch.Generator().manual_seed(seed)
-        return torch.randn(2, 16000, generator=gen) * 0.1, torch.tensor([16000, 12000])
+    def probe_input(self, model: torch.nn.Module, input_size: int | None,
+                    seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """1 s and 0.75 s of random 16 kHz audio: the encoder reads raw waveforms."""
+        return waveform_probe(seed)
 
     def extracted_encoder(self, arch: SubnetArch, plugin_free: bool,
                           source_conf: Mapping[str, Any]) -> tuple[str, dict, bool, bool]:
         """(encoder name, encoder_conf, is stock, unrolled) of ``arch``'s extracted model
         (built from this encoder's own architecture; shared layers are never unrolled)."""
-        from espnet_allinone.encoders.packed_wav2vec2 import extracted_encoder
-
-        return (*extracted_encoder(self, arch, plugin_free), False)
+        return (*packed_wav2vec2.extracted_encoder(self, arch, plugin_free), False)
 
     def extracted_state(self, sliced_state: dict, arch: SubnetArch, stock: bool,
                         target: torch.nn.Module) -> dict[str, torch.Tensor]:
-        """The sliced tensors keyed for the extracted encoder ``target``."""
-        from espnet_allinone.encoders.packed_wav2vec2 import extracted_state
-
-        return extracted_state(self, sliced_state, arch, stock, target)
-
-
-def _check_seed(space: SearchSpace, seed_blocks: int | None, rule: str) -> None:
-    if seed_blocks is None:
-        return
-    if rule not in UNFOLD_RULES:
-        raise ValueError(f"unknown unfold {rule!r}; valid: {', '.join(UNFOLD_RULES)}")
-    if not isinstance(seed_blocks, int) or not 1 <= seed_blocks <= space.num_blocks:
-        raise ValueError(f"seed_blocks {seed_blocks!r} must be in 1..encoder_num_layers "
-                         f"({space.num_blocks})")
-    bad = [d for d in space.depths if d % seed_blocks]
-    if bad:
-        raise ValueError(f"depth(s) {bad} cannot be made by unfolding a {seed_blocks}-layer "
-                         f"seed; valid depths: multiples of {seed_blocks} up to "
-                         f"{space.num_blocks}")
+        """The sliced tensors keyed for the extracted encoder ``target`` (the layers sit
+        inside ``model``; the stock encoder keys them under torchaudio's HuBERT)."""
+        return packed_wav2vec2.extracted_state(self, sliced_state, arch, stock, target)
 
 
 publish_signature(ElasticWav2Vec2Encoder, ARCH_DEFAULTS)

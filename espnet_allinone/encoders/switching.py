@@ -1,31 +1,187 @@
-"""Switching and sizing shared by every elastic encoder family.
+"""What every elastic encoder family shares: construction, records, switching, sizes.
 
-An encoder provides ``family``, ``space``, ``blocks``, ``block_stack`` (the
-scheduled block stack), ``_input_layers``, ``part_precisions``, ``quant_config``,
-``resolve`` and ``check_arch``; this mixin runs records on it, switches
-subsystems and measures them exactly. The model's output layers (CTC linear,
-decoder output layer) are switched with the record too once the model has
-attached them (``attach_output_layers``): a record's ``output_bits`` is theirs.
+A family (``ElasticConformerEncoder``, ``ElasticWav2Vec2Encoder``) builds its
+stock model, calls :meth:`SubsystemSwitching._init_elastic`, makes its blocks
+elastic and calls :meth:`SubsystemSwitching._start_switching`; this mixin then
+resolves subsystems to records (unfolded through ``elastic/unfolding.py``),
+checks and runs records, switches subsystems, measures them exactly and
+answers the hooks of ``ExtractableEncoder`` that generic code asks (with the
+defaults a family overrides where it differs). The model's output layers (CTC
+linear, decoder output layer) are switched with the record too once the model
+has attached them (``attach_output_layers``): a record's ``output_bits`` is
+theirs.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
-from espnet_allinone.arch import ArchError, SubnetArch
+from espnet_allinone.arch import ArchError, BlockArch, SubnetArch, prefix
 from espnet_allinone.elastic import SizeReport, active_size, convert_weight_layer
 from espnet_allinone.elastic.depth_norm import DepthLayerNorm
-from espnet_allinone.elastic.family import apply_block
+from espnet_allinone.elastic.family import FamilySpec, apply_block, block_limits
 from espnet_allinone.elastic.layers import ElasticWeightMixin
+from espnet_allinone.elastic.unfolding import stacked_conf, unfold_schedule
 from espnet_allinone.precision import FLOAT_BITS
-from espnet_allinone.subsystem import Subsystem
+from espnet_allinone.pruning.targets import Pruning
+from espnet_allinone.quant.config import QuantConfig
+from espnet_allinone.quant.parts import PartPrecisions
+from espnet_allinone.subsystem import SearchSpace, Subsystem
+
+
+def waveform_probe(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """1 s and 0.75 s of random 16 kHz audio (a fixed input for equality checks)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 16000, generator=gen) * 0.1, torch.tensor([16000, 12000])
+
+
+def model_probe_input(model: nn.Module, input_size: int | None = None,
+                      seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed random input for an ESPnet ASR model: 1 s of audio in front of a
+    frontend, else 100 feature frames of ``input_size``."""
+    if model.frontend is not None:
+        return waveform_probe(seed)
+    if input_size is None:
+        raise ValueError("the config has neither a frontend nor an input_size")
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 100, int(input_size), generator=gen), torch.tensor([100, 75])
 
 
 class SubsystemSwitching:
-    """Apply architecture records, switch subsystems, count exact sizes."""
+    """Resolve, apply and switch architecture records; count exact sizes.
+
+    What the family class provides: ``family`` and ``stock_encoder`` (class
+    attributes), ``blocks`` (every physical block) and ``block_stack`` (the
+    scheduled stack holding them). What :meth:`_init_elastic` sets: the rest
+    below. ``_input_layers`` are the front's quantisable layers
+    (``_make_quantisable``); ``pruning`` exists when the space has pruning targets.
+    """
+
+    family: ClassVar[FamilySpec]
+    stock_encoder: ClassVar[str]
+    blocks: list[nn.Module]
+    block_stack: nn.Module
+    space: SearchSpace
+    quant_config: QuantConfig
+    part_precisions: PartPrecisions
+    output_layers: dict[str, nn.Module]
+    seed_blocks: int | None
+    unfold: str
+    positions: int
+    pruning: Pruning
+    _input_layers: list[nn.Module]
+    _archs: dict[Subsystem, SubnetArch]
+    _active: Subsystem
+    _active_arch: SubnetArch | None
+
+    # --- construction -----------------------------------------------------------
+    def _init_elastic(self, space: SearchSpace, quant_config: QuantConfig,
+                      part_precisions: Mapping[str, Any] | None, seed_blocks: int | None,
+                      unfold: str, positions: int) -> None:
+        """Set what switching needs (after the stock model is built, before its blocks
+        are made elastic); ``positions``: statistics banks per seed block."""
+        self.space = space
+        self.quant_config = quant_config
+        self.part_precisions = PartPrecisions.from_conf(part_precisions)
+        self.output_layers = {}
+        self.seed_blocks = seed_blocks
+        self.unfold = unfold
+        self.positions = positions
+        self._input_layers = []
+        self._archs = {}
+        self._active = space.largest
+        self._active_arch = None
+
+    def _start_switching(self) -> None:
+        """Switch to every unpruned member once (each must be reachable, e.g. group
+        sizes), then to the largest."""
+        for sub in self.space.members():
+            if sub.prune is None:
+                self.set_subsystem(sub)
+        self.set_subsystem(self.space.largest)
+
+    @classmethod
+    def alone_conf(cls, encoder_conf: Mapping[str, Any], sub: Subsystem) -> dict[str, Any]:
+        """The ``encoder_conf`` of ``sub``'s twin trained alone: this one (training then
+        samples ``sub`` only), or for an unfolded encoder (``seed_blocks``) what the
+        unfolding paper compares with, an ordinary stacked model of the subsystem's
+        logical depth (:meth:`_stacked_twin`), not a seed run again."""
+        conf = dict(encoder_conf)
+        if conf.get("seed_blocks"):
+            conf = {**stacked_conf(conf), **cls._stacked_twin(sub.depth)}
+        return conf
+
+    @classmethod
+    def _stacked_twin(cls, depth: int) -> dict[str, Any]:
+        """The ``encoder_conf`` keys that make a stacked twin of logical depth ``depth``
+        (each family spells its block count its own way)."""
+        raise NotImplementedError(f"{cls.__name__} defines no stacked twin of an unfolded model")
+
+    # --- architecture records -------------------------------------------------
+    def resolve(self, sub: str | Subsystem) -> SubnetArch:
+        """The architecture record of ``sub`` (validated against the space)."""
+        sub = self.space.validate(sub)
+        if sub.prune is not None:  # learned by the gates: never cached
+            return self.pruned_arch(sub)
+        arch = self._archs.get(sub)
+        if arch is None:
+            arch = self._archs[sub] = self._uniform_arch(sub)
+        return arch
+
+    def _uniform_arch(self, sub: Subsystem) -> SubnetArch:
+        """The first units, heads and channels of each block ``sub``'s schedule runs."""
+        space = self.space
+        heads = prefix(space.heads(sub))
+        units = prefix(space.ffn_units(sub))
+        channels = prefix(space.conv_channels(sub))
+        blocks = []
+        for i in unfold_schedule(sub.depth, self.seed_blocks, self.unfold):
+            block = self.blocks[i]
+            n_ffn = len(self.family.feed_forwards_of(block))
+            has_conv = self.family.conv_of(block) is not None
+            blocks.append(BlockArch(physical=i, heads=heads, ffn_units=(units,) * n_ffn,
+                                    conv_channels=channels if has_conv else None,
+                                    bits=sub.bits))
+        parts = self.part_precisions
+        return SubnetArch(tuple(blocks), front_bits=parts.bits("front", sub.bits),
+                          output_bits=parts.bits("output", sub.bits))
+
+    def pruned_arch(self, sub: Subsystem) -> SubnetArch:
+        """The architecture a pruned subsystem's gates have learned (hard gates)."""
+        parts = self.part_precisions
+        return self.pruning.arch(sub.prune, sub.bits, parts.bits("front", sub.bits),
+                                 parts.bits("output", sub.bits))
+
+    def check_arch(self, arch: SubnetArch) -> None:
+        """Raise ArchError naming the first entry of ``arch`` that does not fit."""
+        arch.check([block_limits(b, self.family, self.space.bits) for b in self.blocks])
+        self._check_blocks(arch)
+        self.check_part_bits(arch)
+
+    def _check_blocks(self, arch: SubnetArch) -> None:
+        """What the family's blocks cannot run beyond their limits (default: nothing)."""
+
+    # --- what generic code asks (ExtractableEncoder) ---------------------------
+    def extracted_state(self, sliced_state: dict[str, torch.Tensor], arch: SubnetArch,
+                        stock: bool, target: nn.Module) -> dict[str, torch.Tensor]:
+        """The sliced tensors keyed for the extracted encoder ``target`` (by default
+        the slicer's keys are the extracted encoder's)."""
+        return sliced_state
+
+    def probe_input(self, model: nn.Module, input_size: int | None,
+                    seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """A fixed random input of ``model`` (the model's own: audio before a
+        frontend, else feature frames)."""
+        return model_probe_input(model, input_size, seed)
+
+    def shared_front(self) -> nn.Module | None:
+        """The front module every path at one front precision shares (none by default)."""
+        return None
 
     @property
     def depth_norm(self) -> DepthLayerNorm | None:

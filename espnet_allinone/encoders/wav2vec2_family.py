@@ -31,6 +31,11 @@ from espnet_allinone.elastic import ElasticLayerStack
 from espnet_allinone.elastic.attention import head_columns, head_index
 from espnet_allinone.elastic.family import FamilySpec, FeedForwardRole
 from espnet_allinone.elastic.layers import convert_weight_layer
+from espnet_allinone.foundation.architecture import (  # noqa: F401 - the family's keywords
+    ARCH_DEFAULTS,
+    STRUCTURAL_KEYS,
+    arch_conf,
+)
 from espnet_allinone.precision import FLOAT_BITS
 
 WAV2VEC2 = FamilySpec(
@@ -49,54 +54,6 @@ POS_CONV = "model.encoder.transformer.pos_conv_embed.conv"
 """The positional conv: weight-normalised (torch parametrization), grouped; part of
 the front ``part_precisions.front`` quantises, next to the spec's ``front`` paths
 (the conv feature extractor and the feature projection)."""
-
-ARCH_DEFAULTS: dict[str, Any] = {
-    "extractor_mode": "group_norm",
-    "extractor_conv_layer_config": [[512, 10, 5]] + [[512, 3, 2]] * 4 + [[512, 2, 2]] * 2,
-    "extractor_conv_bias": False,
-    "encoder_embed_dim": 768,
-    "encoder_projection_dropout": 0.1,
-    "encoder_pos_conv_kernel": 128,
-    "encoder_pos_conv_groups": 16,
-    "encoder_num_layers": 12,
-    "encoder_num_heads": 12,
-    "encoder_attention_dropout": 0.1,
-    "encoder_ff_interm_features": 3072,
-    "encoder_ff_interm_dropout": 0.0,
-    "encoder_dropout": 0.1,
-    "encoder_layer_norm_first": False,
-    "encoder_layer_drop": 0.0,
-}
-"""torchaudio ``wav2vec2_model`` keywords (wav2vec2-base / HuBERT-base values; layer
-drop off for fine-tuning). The same names as ESPnet's ``torchaudiohubert``."""
-
-UNFOLDING_KEYS = ("seed_blocks", "unfold")
-"""The ``encoder_conf`` keys of unfolding (a stacked twin has none of them)."""
-
-STRUCTURAL_KEYS = ("extractor_mode", "extractor_conv_layer_config", "extractor_conv_bias",
-                   "encoder_embed_dim", "encoder_pos_conv_kernel", "encoder_pos_conv_groups",
-                   "encoder_num_layers", "encoder_num_heads", "encoder_ff_interm_features",
-                   "encoder_layer_norm_first")
-"""The keys that decide tensor shapes and wiring (dropouts do not)."""
-
-
-def arch_conf(conf: Mapping[str, Any]) -> dict[str, Any]:
-    """The torchaudio keywords of an ``encoder_conf`` (defaults filled in)."""
-    out = {k: conf.get(k, v) for k, v in ARCH_DEFAULTS.items()}
-    out["extractor_conv_layer_config"] = [[int(c) for c in layer]
-                                          for layer in out["extractor_conv_layer_config"]]
-    return out
-
-
-def space_conf(conf: Mapping[str, Any]) -> dict[str, Any]:
-    """The search-space view of a wav2vec2 ``encoder_conf`` (SearchSpace's key names)."""
-    arch = arch_conf(conf)
-    return {"num_blocks": arch["encoder_num_layers"],
-            "linear_units": arch["encoder_ff_interm_features"],
-            "attention_heads": arch["encoder_num_heads"],
-            "output_size": arch["encoder_embed_dim"],
-            "depths": conf.get("depths"), "widths": conf.get("widths"),
-            "precisions": conf.get("precisions")}
 
 
 # --- attention -------------------------------------------------------------------------

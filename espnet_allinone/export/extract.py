@@ -9,13 +9,16 @@ One directory per subsystem, named by its canonical string::
     <outdir>/d6-w0.5-int4/extract_info.yaml  subsystem, sizes, source hashes
 
 Each subsystem is resolved to its architecture record (``encoder.resolve``)
-and cut out (``slicing.slice_encoder``). A float record that ESPnet's own
-``conformer`` can hold (every block once, one shape, all heads and conv
-channels) becomes a stock ``conformer`` (no plugin needed); the others a
-``packed_conformer`` built from the record. With ``plugin_free`` a low-bit
-subsystem is written dequantised onto its grid as a stock ``conformer``
-(float-sized on disk, no plugin needed). ``Extractor.extract`` also takes an
-explicit record (a non-uniform architecture) with a directory name.
+and cut out (``slicing.slice_encoder``). The encoder's family names the
+extracted encoder (``extracted_encoder``): a float record its stock ESPnet
+encoder can hold (Conformer: every block once, one shape, all heads and conv
+channels) becomes that stock encoder (``stock_encoder``: ``conformer``,
+``torchaudiohubert``; no plugin needed), the others the family's packed
+encoder built from the record. With ``plugin_free`` a low-bit subsystem is
+written dequantised onto its grid as the stock encoder (float-sized on disk,
+no plugin needed). ``Extractor.extract`` also takes an explicit record (a
+non-uniform architecture) with a directory name. Everything family-specific
+is asked of the encoder through ``ExtractableEncoder``.
 
 With calibration data each subsystem's BatchNorm statistics are re-estimated
 for it before it is cut out (``calibration.py``); the all-in-one model it is
@@ -32,6 +35,15 @@ import torch
 import yaml
 
 from espnet_allinone.arch import ArchError, SubnetArch
+from espnet_allinone.elastic.unfolding import tie_shared_blocks
+from espnet_allinone.encoders.protocol import (
+    ExtractableEncoder,
+    elastic_encoder_names,
+    encoder_violations,
+)
+from espnet_allinone.encoders.switching import (  # noqa: F401 - the model's probe, for callers
+    model_probe_input as probe_input,
+)
 from espnet_allinone.errors import AllInOneError
 from espnet_allinone.export import model_io
 from espnet_allinone.export.calibration import (
@@ -41,12 +53,7 @@ from espnet_allinone.export.calibration import (
 )
 from espnet_allinone.export.extracted_dir import CONFIG_NAME, INFO_NAME, MODEL_NAME
 from espnet_allinone.export.files import atomic_directory, sha256_file, tensors_digest
-from espnet_allinone.export.slicing import (
-    SlicedEncoder,
-    slice_encoder,
-    tie_shared_blocks,
-    unrolled_state,
-)
+from espnet_allinone.export.slicing import SlicedEncoder, slice_encoder
 from espnet_allinone.export.standalone_config import standalone_config
 from espnet_allinone.precision import FLOAT_BITS
 from espnet_allinone.quant import packed_format
@@ -87,11 +94,13 @@ class Extractor:
         self.calibration = calibration
         self.model_path = Path(asr_model_file)
         self.model, self.config = model_io.load_asr_model(self.config_path, self.model_path)
-        self.encoder = self.model.encoder
-        if not hasattr(self.encoder, "space") or not hasattr(self.encoder, "use_subsystem"):
+        self.encoder: ExtractableEncoder = self.model.encoder
+        missing = encoder_violations(self.encoder, ExtractableEncoder)
+        if missing:
             raise ExtractionError(
-                f"{self.config_path}: encoder {self.config.get('encoder')!r} has no subsystems; "
-                "extraction needs an all-in-one encoder (encoder: elastic_conformer)"
+                f"{self.config_path}: encoder {self.config.get('encoder')!r} is not an elastic "
+                f"encoder ({'; '.join(missing)}); extraction needs an all-in-one encoder "
+                f"(encoder: one of {', '.join(elastic_encoder_names())})"
             )
         self.space = self.encoder.space
         self.source = {
@@ -241,13 +250,11 @@ class Extractor:
 
     def _load_target(self, target: torch.nn.Module, sliced: SlicedEncoder, stock: bool,
                      name: str, unroll: bool = False, packed_output: bool = False) -> None:
-        adapt = getattr(self.encoder, "extracted_state", None)
-        if adapt is not None:  # the encoder keys the tensors for its extracted encoder
-            sliced = SlicedEncoder(sliced.arch, adapt(sliced.state, sliced.arch, stock,
-                                                      target.encoder))
+        # the encoder keys the tensors for its extracted encoder
+        sliced = SlicedEncoder(sliced.arch, self.encoder.extracted_state(
+            sliced.state, sliced.arch, stock, target.encoder))
         if unroll:
-            blocks = self.encoder.family.blocks
-            sliced = SlicedEncoder(sliced.arch, unrolled_state(sliced, blocks))
+            sliced = sliced.unrolled(self.encoder.family.blocks)
         if stock:
             shapes = {n: p.shape for n, p in target.encoder.named_parameters()}
             enc_state = sliced.dequantized_state(shapes)
@@ -278,9 +285,10 @@ class Extractor:
     def _verify(self, target: torch.nn.Module, arch: SubnetArch, name: str,
                 tol: float = 1e-4) -> float:
         """Max abs difference of CTC log-posteriors, all-in-one vs extracted."""
-        probe = getattr(self.encoder, "probe_input", None)  # e.g. raw audio long enough
-        speech, lengths = probe() if probe else probe_input(self.model,
-                                                            self.config.get("input_size"))
+        try:  # the encoder's choice: e.g. raw audio long enough for a wav2vec2 front
+            speech, lengths = self.encoder.probe_input(self.model, self.config.get("input_size"))
+        except ValueError as e:
+            raise ExtractionError(f"{name}: {e}") from None
         with self.encoder.use_arch(arch):
             ref, ref_lens = self.model.encode(speech, lengths)
             ref = self.model.ctc.log_softmax(ref)
@@ -313,17 +321,6 @@ def _float_bytes(module: torch.nn.Module) -> int:
     unique = {t.untyped_storage().data_ptr(): t for t in module.state_dict().values()
               if t.is_floating_point()}
     return 4 * sum(t.numel() for t in unique.values())
-
-
-def probe_input(model: torch.nn.Module, input_size: int | None = None, seed: int = 0):
-    """A fixed random input for the model: 1 s of audio, or 100 feature frames."""
-    gen = torch.Generator().manual_seed(seed)
-    if model.frontend is not None:
-        speech = torch.randn(2, 16000, generator=gen) * 0.1
-        return speech, torch.tensor([16000, 12000])
-    if input_size is None:
-        raise ExtractionError("the config has neither a frontend nor an input_size")
-    return torch.randn(2, 100, int(input_size), generator=gen), torch.tensor([100, 75])
 
 
 def _non_encoder_keys(model: torch.nn.Module) -> list[str]:

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from espnet_allinone.encoders.protocol import PackedEncoder, protocol_violations
+
 
 def int8_dynamic(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``model`` with dynamic int8 Linear layers (weights int8, per tensor)."""
@@ -109,13 +111,11 @@ def export_onnx(model: torch.nn.Module, path: Path, input_size: int, opset: int 
     wrapper = EncoderCTC(model).eval()
     feats = torch.randn(1, 200, input_size)
     lengths = torch.tensor([200])
-    encoder = model.encoder
-    unpacked = getattr(encoder, "float_state_dict", None)
     # The traced shape checks (short-utterance guard, positional-table size) are
     # constant in the graph: inputs must be longer than the subsampling needs and
     # shorter than max_pos_emb_len frames after subsampling, as in PyTorch.
-    with torch.no_grad(), (unpacked() if unpacked else contextlib.nullcontext()), \
-            computed_positions(wrapper), warnings.catch_warnings():
+    with torch.no_grad(), _float_state(model.encoder), computed_positions(wrapper), \
+            warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             wrapper, (feats, lengths), str(path),
@@ -129,6 +129,14 @@ def export_onnx(model: torch.nn.Module, path: Path, input_size: int, opset: int 
         )
     model.eval()  # the exporter restores the wrapper's mode recursively
     return path
+
+
+def _float_state(encoder: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """Tracing reads float weights: a packed encoder shows them dequantised; any other
+    holds them as such already."""
+    if protocol_violations(type(encoder), PackedEncoder):
+        return contextlib.nullcontext()
+    return encoder.float_state_dict()
 
 
 def quantize_onnx_int8(src: Path, dst: Path) -> Path:

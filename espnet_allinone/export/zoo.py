@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from espnet_allinone.encoders.protocol import ExtractableEncoder, registered_encoders
 from espnet_allinone.errors import AllInOneError
 from espnet_allinone.export.extracted_dir import CONFIG_NAME, INFO_NAME, MODEL_NAME
 from espnet_allinone.subsystem import Subsystem
@@ -89,15 +90,17 @@ def read_results(path: Path | None) -> dict[str, dict[str, Any]]:
     return rows
 
 
-STOCK_ENCODERS = ("conformer", "torchaudiohubert")
-"""Extracted encoders that plain ESPnet knows (no plugin needed)."""
+def stock_encoders() -> set[str]:
+    """Extracted encoders that plain ESPnet knows (no plugin needed): the stock encoder
+    each registered elastic family extracts to where it can."""
+    return {cls.stock_encoder for cls in registered_encoders(ExtractableEncoder).values()}
 
 
 def model_card(info: dict[str, Any], result: dict[str, Any] | None, repo_id: str | None) -> str:
     """README.md of a packed subsystem: what it is, its size, WER, how to load it."""
     sub = Subsystem.parse(info["subsystem"])
     sizes = info["bytes"]
-    plugin = info["encoder"] not in STOCK_ENCODERS
+    plugin = info["encoder"] not in stock_encoders()
     wer = None if not result else result.get("wer")
     rows = [
         ("subsystem", f"`{sub}`"),

@@ -21,7 +21,9 @@ from typing import Any
 
 import yaml
 
+from espnet_allinone.elastic.unfolding import check_seed
 from espnet_allinone.errors import AllInOneError
+from espnet_allinone.foundation.architecture import SEED_TERMS, search_space
 from espnet_allinone.foundation.loader import FoundationError, load_foundation
 
 PROG = "python -m espnet_allinone.foundation.conf"
@@ -34,11 +36,6 @@ class ConfError(AllInOneError, ValueError):
 def stamp(base: dict[str, Any], pretrained: str | Path, base_name: str = "config"
           ) -> dict[str, Any]:
     """``base`` with the checkpoint's architecture and path in its ``encoder_conf``."""
-    from espnet_allinone.encoders.elastic_wav2vec2 import (
-        ElasticWav2Vec2Encoder,
-        _check_seed,
-    )
-
     if base.get("encoder") != "elastic_wav2vec2":
         raise ConfError(f"{base_name}: encoder is {base.get('encoder')!r}; this tool writes "
                         "configs for encoder: elastic_wav2vec2")
@@ -52,8 +49,8 @@ def stamp(base: dict[str, Any], pretrained: str | Path, base_name: str = "config
     conf["pretrained_path"] = str(Path(pretrained).absolute())
     out["encoder_conf"] = conf
     try:
-        space = ElasticWav2Vec2Encoder.search_space(conf)
-        _check_seed(space, conf.get("seed_blocks"), conf.get("unfold", "repeat"))
+        space = search_space(conf)  # what elastic_wav2vec2 builds from it
+        check_seed(space, conf.get("seed_blocks"), conf.get("unfold", "repeat"), **SEED_TERMS)
     except ValueError as err:
         raise ConfError(f"{base_name}: its search space does not fit the checkpoint "
                         f"{pretrained} ({err})") from None

@@ -43,8 +43,8 @@ import torch
 from torchaudio.models import wav2vec2_model
 from torchaudio.models.wav2vec2.utils.import_fairseq import _convert_state_dict
 
-from espnet_allinone.encoders.wav2vec2_family import ARCH_DEFAULTS, STRUCTURAL_KEYS
 from espnet_allinone.errors import AllInOneError
+from espnet_allinone.foundation.architecture import ARCH_DEFAULTS, STRUCTURAL_KEYS
 from espnet_allinone.foundation.pickle_stubs import UnsafePickleError, load_pickled
 from espnet_allinone.foundation.safetensors_io import SafetensorsError, load_safetensors
 

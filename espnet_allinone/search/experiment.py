@@ -128,10 +128,7 @@ def run_search(inputs: Inputs, budgets: Sequence[tuple[str, int]], *, dev_utts: 
                                                  log=log)
                    if inputs.calibration_data is not None else None)
     extractor = Extractor(inputs.config, inputs.checkpoint, calibration)
-    encoder = extractor.encoder
-    if not hasattr(encoder, "resolve"):
-        raise ExperimentError(f"{inputs.config}: encoder {type(encoder).__name__} has no "
-                              "architecture records to search")
+    encoder = extractor.encoder  # the Extractor refuses one without records (ExtractableEncoder)
     scorer = Scorer(extractor.model, dev, detokenizer(extractor.config), calibration,
                     batch_size)
     loaded = time.perf_counter()

@@ -82,7 +82,12 @@ import torch
 from espnet2.asr.espnet_model import ESPnetASRModel, autocast_type
 from espnet2.torch_utils.device_funcs import force_gatherable
 
-from espnet_allinone.encoders.protocol import ExtractableEncoder, protocol_violations
+from espnet_allinone.encoders.protocol import (
+    ElasticEncoder,
+    ExtractableEncoder,
+    elastic_encoder_names,
+    encoder_violations,
+)
 from espnet_allinone.packed_model import output_layers
 from espnet_allinone.pruning.distill import LayerDistillation, block_outputs
 from espnet_allinone.pruning.targets import target_key
@@ -151,12 +156,8 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        space = getattr(self.encoder, "space", None)
-        if space is None or not hasattr(self.encoder, "use_subsystem"):
-            raise ValueError(
-                "model: allinone needs an elastic encoder with a search space "
-                f"(encoder: elastic_conformer), got {type(self.encoder).__name__}"
-            )
+        self._check_encoder()
+        space = self.encoder.space
         if self.use_transducer_decoder or getattr(self, "use_linear_decoder", False):
             raise ValueError(
                 "model: allinone trains CTC and/or attention-decoder models; "
@@ -200,22 +201,34 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
         self.sampling_log = sampling_log
         _check_steps("float_warmup_steps", float_warmup_steps)
         self.float_warmup_steps = float_warmup_steps
-        # The subsampling front (``encoder.embed``) is outside the search space:
-        # every path with the same front bits computes the same output, so it runs
-        # once per step and precision (a large share of a CPU step).
+        # The encoder's shared front (a Conformer's subsampling ``embed``) is outside
+        # the search space: every path with the same front bits computes the same
+        # output, so it runs once per step and precision (a large share of a CPU step).
         self.share_input_layer = bool(share_input_layer)
         self._attach_output_layers()
         # The sampler position: in the state dict, hence in every checkpoint.
         self.register_buffer("sampler_step", torch.zeros((), dtype=torch.long))
         self._setup_pruning(layer_distill_weight, layer_distill_teacher)
 
+    def _check_encoder(self) -> None:
+        """Refuse an encoder without subsystems by name; note once whether it is a whole
+        family encoder (``ExtractableEncoder``: records, output layers, a shared front)
+        or only switches subsystems (``ElasticEncoder``, e.g. a small test encoder)."""
+        missing = encoder_violations(self.encoder, ElasticEncoder)
+        if missing:
+            raise ValueError(
+                f"model: allinone needs an elastic encoder (encoder: one of "
+                f"{', '.join(elastic_encoder_names())}), got {type(self.encoder).__name__} "
+                f"({'; '.join(missing)})"
+            )
+        self._record_gaps = encoder_violations(self.encoder, ExtractableEncoder)
+
     def _check_mixed(self) -> None:
         """Mixed records run through the encoder's records: refuse an encoder without them
         now, by name, not at the first mixed draw."""
-        missing = protocol_violations(type(self.encoder), ExtractableEncoder)
-        if missing:
+        if self._record_gaps:
             raise ValueError("mixed_share > 0 needs an encoder that runs architecture "
-                             f"records; {'; '.join(missing)}")
+                             f"records; {'; '.join(self._record_gaps)}")
         try:
             build_arch(self.encoder, uniform_record(self.space, self.space.smallest))
         except ValueError as e:
@@ -231,9 +244,8 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
         """Hand the CTC linear (and the decoder's output layer) to the encoder, which
         switches their bits with every record when ``part_precisions.output`` makes
         them low-bit."""
-        attach = getattr(self.encoder, "attach_output_layers", None)
-        if attach is not None:
-            attach(output_layers(self))
+        if not self._record_gaps:
+            self.encoder.attach_output_layers(output_layers(self))
 
     def _setup_pruning(self, weight: float, teacher: str) -> None:
         """Pruned paths (one per target, float, every step) and layer distillation."""
@@ -473,10 +485,10 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
 
     @contextmanager
     def _shared_input_layer(self) -> Iterator[None]:
-        """Within the block, ``encoder.embed`` computes once per front precision and then
-        returns that output again for the same input (paths whose front runs at the
-        same bits compute the same output)."""
-        embed = getattr(self.encoder, "embed", None)
+        """Within the block, the encoder's shared front (``shared_front``) computes once
+        per front precision and then returns that output again for the same input
+        (paths whose front runs at the same bits compute the same output)."""
+        embed = self.encoder.shared_front() if not self._record_gaps else None
         if not self.share_input_layer or embed is None:
             yield
             return
