@@ -2,8 +2,9 @@
 
 An exported ``.onnx`` holds low-bit weights as uint8 codes and float16 scales
 plus a few constant ops (``BitShift``, ``Mod``, ``Cast``, ``Sub``, ``Mul``,
-``Reshape``, ``Slice``, ``Transpose``, ``Expand``) that compute the float
-weights (:mod:`espnet_allinone.export.onnx_lowbit`). onnxruntime alone
+``Reshape``, ``Slice``, ``Transpose``, ``Expand``, ``Concat``) that compute the
+float weights, or the padded codes of groups that ``MatMulNBits`` takes padded
+(:mod:`espnet_allinone.export.onnx_lowbit`). onnxruntime alone
 constant-folds them at session start, but keeps every intermediate until its
 folding pass ends: about six times the float weights at start-up. Here the
 constant part of the graph is evaluated in numpy one node at a time (each
@@ -214,6 +215,7 @@ OPS: dict[str, Callable] = {
     "Transpose": lambda a, x: np.transpose(x, a.get("perm")),
     "Expand": lambda a, x, s: np.broadcast_to(x, np.broadcast_shapes(
         x.shape, tuple(int(d) for d in s))),
+    "Concat": lambda a, *xs: np.concatenate(xs, axis=a["axis"]),
 }
 """numpy twins of the ONNX ops the expansion uses (float32 in, float32 out: IEEE, as ORT)."""
 INPLACE = {"Sub": np.subtract, "Add": np.add, "Mul": np.multiply}

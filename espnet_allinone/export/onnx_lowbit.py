@@ -6,12 +6,25 @@ is about as small as the packed ``model.pth`` (only the float parts, e.g. a
 float front end, stay float). How each quantised layer then computes:
 
 * ``MatMulNBits`` (onnxruntime's low-bit kernel, holding the codes as its
-  weight) for a Linear layer whose group size is a power of two >= 16 (16,
-  32, 64, 128, ...), 2, 4 or 8 bits, where the kernel also takes the zero
-  point and, with ``policy="auto"``, is measured no slower than the float
-  ``MatMul`` of that shape on this CPU (``"nbits"``: always; ``"float"``:
-  never). Its float16 scales become float by a constant ``Cast``, evaluated
-  once when the session is built (as below).
+  weight) for a Linear layer of 2, 4 or 8 bits where the kernel also takes
+  the zero point and, with ``policy="auto"``, is measured no slower than the
+  float ``MatMul`` of that shape on this CPU (``"nbits"``: always;
+  ``"float"``: never). Its float16 scales become float by a constant
+  ``Cast``, evaluated once when the session is built (as below). The kernel
+  takes blocks of a power of two >= 16 (16, 32, 64, ...): such a group size
+  is its block as it is. Any other group of g input features (the default
+  recipe's 36 = 144 / 4 heads) is padded to the block B = the next power of
+  two >= max(g, 16) (36 -> 64) with the code that dequantises to exactly 0
+  (the zero point), one scale and zero point per block (the group's), and
+  the activations are padded to match in the graph (``Reshape`` [..., K/g,
+  g] -> ``Pad`` [..., K/g, B] -> ``Reshape`` [..., K/g x B]): the padding
+  adds zero times zero, so the output is the unpadded product up to the
+  order of float summation, and the kernel does B/g as much work, which
+  ``"auto"`` measures like any other shape. The file stores each group's own
+  codes (whole bytes) and one byte of the zero code per block; a constant
+  ``Expand`` and ``Concat`` write the padded weight at session start. On the
+  balanced grid no code dequantises to 0, so such groups are not padded
+  (float MatMul, the reason in the report).
 * Otherwise the layer is a float ``MatMul`` (or ``Conv``: the Conformer
   convolution module's Conv1d weights, the depthwise one with its BatchNorm
   folded in as the exporter did it) of a weight that the file stores
@@ -22,10 +35,10 @@ float front end, stay float). How each quantised layer then computes:
   deploy runtime evaluates them in numpy first
   (:mod:`espnet_allinone.deploy.expand`), and plain onnxruntime constant-folds
   them itself (same result, more memory while it does). Inference then runs
-  the float weight it would have read from a float file. This is what group
-  sizes ``MatMulNBits`` cannot take get (the default recipe's 36 = 144 / 4
-  heads, any group that is not a power of two or is below 16), and 2- and
-  8-bit layers where the kernel measured slower. The result is bit-identical:
+  the float weight it would have read from a float file. This is what layers
+  get where the kernel measured slower (padded groups included) or cannot
+  take the layout (balanced groups that would need padding, 8-bit balanced
+  codes, other bit widths). The result is bit-identical:
   the expansion computes the packed format's own ``(q + offset - zero point)
   x scale`` in float32, and the file costs N bits a weight while the running
   session holds float weights for these layers (memory as the float model's
@@ -96,6 +109,15 @@ class QuantizedLinear:
             return "default"
         return "float" if self.float_zero_point else "uint8"
 
+    @property
+    def nbits_block(self) -> int:
+        """MatMulNBits' block_size for these groups (> ``block``: each group padded)."""
+        return nbits_block(self.block)
+
+    @property
+    def padded(self) -> bool:
+        return self.nbits_block != self.block
+
 
 @dataclass
 class LowBitReport:
@@ -160,13 +182,25 @@ def pack_rows(values: np.ndarray, bits: int) -> np.ndarray:
     return out
 
 
+def nbits_block(group: int) -> int:
+    """The kernel's block for groups of ``group``: the group itself if a power of two
+    >= 16 (what MatMulNBits takes), else the next power of two >= max(group, 16)."""
+    if group >= 16 and not group & (group - 1):
+        return group
+    return 1 << max(group - 1, 15).bit_length()
+
+
 def nbits_supported(bits: int, block: int, float_zero_point: bool = False) -> str | None:
-    """None if MatMulNBits takes this layout, else why not (``float_zero_point``: the
-    balanced grid's zero point 2^(bits-1) - 1/2, tried once on this onnxruntime)."""
+    """None if MatMulNBits takes this layout (directly or with each group padded to
+    ``nbits_block(block)``), else why not (``float_zero_point``: the balanced grid's
+    zero point 2^(bits-1) - 1/2, tried once on this onnxruntime)."""
     if bits not in NBITS_BITS:
         return f"{bits}-bit weights: MatMulNBits takes {list(NBITS_BITS)} bits"
-    if block < 16 or block & (block - 1):
-        return f"group size {block}: MatMulNBits needs a power of two >= 16"
+    padded = nbits_block(block)
+    if padded != block and float_zero_point:
+        return (f"group size {block} on the balanced grid: MatMulNBits needs a power of two "
+                f">= 16, and padding to {padded} needs a code that dequantises to 0, which "
+                "the balanced grid has not")
     if float_zero_point and not _float_zero_points_work(bits):
         return (f"balanced grid at {bits} bits: this onnxruntime's MatMulNBits takes no float "
                 "zero point (the grid's 1/2 offset) there")
@@ -206,13 +240,38 @@ def _float_zero_points_work(bits: int) -> bool:
     return _FLOAT_ZP[bits]
 
 
+def zero_codes(q: QuantizedLinear) -> np.ndarray:
+    """[N, groups] uint8: the unsigned level of each group that dequantises to exactly 0
+    (its zero point); the balanced grid has none."""
+    if q.float_zero_point:
+        raise ValueError(f"{q.name}: no code of the balanced grid dequantises to 0")
+    n_out, k_in = q.codes.shape
+    if q.zero_point is None:
+        return np.full((n_out, k_in // q.block), 2 ** (q.bits - 1), dtype=np.uint8)
+    return q.zero_point.astype(np.uint8)
+
+
+def padded_levels(q: QuantizedLinear) -> np.ndarray:
+    """[N, groups, nbits_block] uint8: each group's levels, then its zero code up to the
+    kernel's block (no padding where the group is the block)."""
+    n_out, k_in = q.codes.shape
+    groups = k_in // q.block
+    grouped = q.codes.reshape(n_out, groups, q.block)
+    if not q.padded:
+        return grouped
+    out = np.repeat(zero_codes(q)[:, :, None], q.nbits_block, axis=2)
+    out[:, :, :q.block] = grouped
+    return out
+
+
 def nbits_node_inputs(q: QuantizedLinear, prefix: str) -> tuple[list, list[str]]:
     """Initializers and input names (after the activation) of q's MatMulNBits node."""
     from onnx import numpy_helper
 
     n_out, k_in = q.codes.shape
     blocks = k_in // q.block
-    packed = pack_rows(q.codes, q.bits).reshape(n_out, blocks, q.block * q.bits // 8)
+    packed = pack_rows(padded_levels(q).reshape(n_out, -1), q.bits).reshape(
+        n_out, blocks, q.nbits_block * q.bits // 8)
     inits = [numpy_helper.from_array(packed, prefix + "_B"),
              numpy_helper.from_array(q.scale.reshape(-1), prefix + "_scales")]
     names = [prefix + "_B", prefix + "_scales"]
@@ -226,13 +285,15 @@ def nbits_node_inputs(q: QuantizedLinear, prefix: str) -> tuple[list, list[str]]
     return inits, names
 
 
-def _single_op_session(node, inits, k_in: int, n_out: int, threads: int,
+def _single_op_session(nodes, inits, k_in: int, n_out: int, threads: int,
                        quiet: bool = False):
+    """A session of ``nodes`` (one node or a list) from input ``x`` [1, T, K] to ``y``."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [node], "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, None, k_in])],
+        nodes if isinstance(nodes, list) else [nodes], "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, None, k_in])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, None, n_out])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                     helper.make_opsetid("com.microsoft", 1)])
@@ -254,24 +315,79 @@ def _nbits_node(q: QuantizedLinear, inputs: list[str], outputs: list[str], name:
     n_out, k_in = q.codes.shape
     extra = {"accuracy_level": accuracy_level} if accuracy_level else {}
     return helper.make_node("MatMulNBits", inputs, outputs, name=name or None,
-                            domain="com.microsoft", K=k_in, N=n_out, bits=q.bits,
-                            block_size=q.block, **extra)
+                            domain="com.microsoft", K=k_in // q.block * q.nbits_block,
+                            N=n_out, bits=q.bits, block_size=q.nbits_block, **extra)
+
+
+def pad_activation_nodes(q: QuantizedLinear, x: str, out: str,
+                         consts: Constants) -> list:
+    """Nodes that write ``x`` [..., K] with each group of g features padded by zeros to
+    the kernel's block B as ``out`` [..., K / g x B] (any number of leading axes)."""
+    from onnx import helper
+
+    k_in = q.codes.shape[1]
+    groups, width = k_in // q.block, k_in // q.block * q.nbits_block
+    return [
+        helper.make_node("Shape", [x], [f"{out}:lead"], end=-1),
+        helper.make_node("Concat", [f"{out}:lead", consts.add(f"{out}:width", _int64(width))],
+                         [f"{out}:shape"], axis=0),
+        helper.make_node("Reshape", [x, consts.add(f"{out}:groups",
+                                                   _int64(-1, groups, q.block))],
+                         [f"{out}:grouped"]),
+        helper.make_node("Pad", [f"{out}:grouped", consts.add(
+            f"{out}:pads", _int64(0, 0, 0, 0, 0, q.nbits_block - q.block))],
+                         [f"{out}:padded"], mode="constant"),
+        helper.make_node("Reshape", [f"{out}:padded", f"{out}:shape"], [out]),
+    ]
+
+
+def nbits_nodes(q: QuantizedLinear, x: str, names: list[str], outputs: list[str],
+                consts: Constants, name: str = "", accuracy_level: int = 0,
+                padded_inputs: dict | None = None) -> list:
+    """q's MatMulNBits node, after the activation padding where its groups are padded.
+
+    ``padded_inputs``: the graph's padded activations so far, so that layers reading the
+    same activation (query, key and value) pad it once."""
+    if not q.padded:
+        return [_nbits_node(q, [x, *names], outputs, name, accuracy_level)]
+    padded_inputs = {} if padded_inputs is None else padded_inputs
+    key = (x, q.codes.shape[1], q.block, q.nbits_block)
+    nodes = []
+    if key not in padded_inputs:
+        padded_inputs[key] = f"{consts.prefix}_x{len(padded_inputs)}"
+        nodes = pad_activation_nodes(q, x, padded_inputs[key], consts)
+    return [*nodes, _nbits_node(q, [padded_inputs[key], *names], outputs, name, accuracy_level)]
+
+
+def nbits_session(q: QuantizedLinear, threads: int = 1, accuracy_level: int = 0):
+    """A session of q's MatMulNBits as exported (x [1, T, K] -> y [1, T, N]), with its
+    activation padding where the groups are padded: what ``policy="auto"`` times."""
+    n_out, k_in = q.codes.shape
+    inits, names = nbits_node_inputs(q, "w")
+    consts = Constants("t")
+    nodes = nbits_nodes(q, "x", names, ["y"], consts, accuracy_level=accuracy_level)
+    return _single_op_session(nodes, inits + consts.inits, k_in, n_out, threads)
+
+
+def float_session(q: QuantizedLinear, threads: int = 1):
+    """A session of the float MatMul of q's dequantised weight (x [1, T, K] -> y)."""
+    from onnx import helper, numpy_helper
+
+    n_out, k_in = q.codes.shape
+    return _single_op_session(helper.make_node("MatMul", ["x", "W"], ["y"]),
+                              [numpy_helper.from_array(q.weight_t, "W")], k_in, n_out, threads)
 
 
 def time_nbits_vs_float(q: QuantizedLinear, threads: int = 1, rounds: int = 15,
                         accuracy_level: int = 0) -> tuple[float, float]:
-    """(MatMulNBits ms, float MatMul ms) for q's shape on this CPU, fastest of interleaved rounds."""
-    from onnx import helper, numpy_helper
-
+    """(MatMulNBits ms, float MatMul ms) for q's shape on this CPU, fastest of interleaved
+    rounds; a padded layout is timed with its activation padding."""
     n_out, k_in = q.codes.shape
     key = (q.bits, k_in, n_out, q.block, q.zero_point_kind, threads, accuracy_level)
     if key in _TIMINGS:
         return _TIMINGS[key]
-    inits, names = nbits_node_inputs(q, "w")
-    nbits = _single_op_session(_nbits_node(q, ["x", *names], ["y"], accuracy_level=accuracy_level),
-                               inits, k_in, n_out, threads)
-    dense = _single_op_session(helper.make_node("MatMul", ["x", "W"], ["y"]),
-                               [numpy_helper.from_array(q.weight_t, "W")], k_in, n_out, threads)
+    nbits = nbits_session(q, threads, accuracy_level)
+    dense = float_session(q, threads)
     x = {"x": np.random.default_rng(0).standard_normal((1, TIMING_FRAMES, k_in),
                                                        dtype=np.float32)}
     best = [float("inf"), float("inf")]
@@ -315,8 +431,10 @@ def _int64(*values: int) -> np.ndarray:
 def compact_nbits_inputs(q: QuantizedLinear, prefix: str,
                          consts: Constants | None = None) -> tuple[list, list[str], list]:
     """As ``nbits_node_inputs``, with the scales stored float16 ([N or 1, groups], as in
-    the packed file) and a float zero point stored once: (initialisers, input names,
-    the constant nodes that expand them to MatMulNBits' float inputs at session start)."""
+    the packed file), a float zero point stored once and padded groups stored unpadded
+    (each group's codes in whole bytes, one byte of its zero code per block): (initialisers,
+    input names, the constant nodes that expand them to MatMulNBits' inputs at session
+    start)."""
     from onnx import TensorProto, helper
 
     own = consts is None
@@ -324,15 +442,35 @@ def compact_nbits_inputs(q: QuantizedLinear, prefix: str,
     start = len(consts.inits)
     n_out, k_in = q.codes.shape
     blocks = k_in // q.block
-    packed = pack_rows(q.codes, q.bits).reshape(n_out, blocks, q.block * q.bits // 8)
+    levels = padded_levels(q)
+    block_bytes = q.nbits_block * q.bits // 8
+    kept = -(-q.block * q.bits // 8)  # bytes holding a group's own codes
+    nodes = []
+    if kept == block_bytes:
+        names = [consts.add(prefix + "_B", pack_rows(levels.reshape(n_out, -1), q.bits)
+                            .reshape(n_out, blocks, block_bytes))]
+    else:  # the group's bytes, then its zero code's byte repeated to the block
+        own_codes = levels[:, :, :kept * 8 // q.bits]
+        stored = pack_rows(own_codes.reshape(n_out, -1), q.bits).reshape(n_out, blocks, kept)
+        zero = zero_codes(q).astype(np.int64)
+        pad_byte = sum(zero << (j * q.bits) for j in range(8 // q.bits)).astype(np.uint8)
+        if q.zero_point is None:  # one zero code for every block
+            pad_byte = pad_byte[:1, :1]
+        padding = _int64(n_out, blocks, block_bytes - kept)
+        nodes += [helper.make_node("Expand", [consts.add(prefix + "_Bzero", pad_byte[..., None]),
+                                              consts.add(prefix + "_Bpad", padding)],
+                                   [prefix + "_Bpadding"]),
+                  helper.make_node("Concat", [consts.add(prefix + "_Bgroups", stored),
+                                              prefix + "_Bpadding"], [prefix + "_B"], axis=2)]
+        names = [prefix + "_B"]
     flat = consts.add(prefix + "_flat", _int64(n_out * blocks))
-    names = [consts.add(prefix + "_B", packed), prefix + "_scales"]
-    nodes = [helper.make_node("Cast", [consts.add(prefix + "_scales16", q.scale16)],
-                              [prefix + "_scales32"], to=TensorProto.FLOAT),
-             helper.make_node("Expand", [prefix + "_scales32",
-                                         consts.add(prefix + "_rows", _int64(n_out, blocks))],
-                              [prefix + "_scales_rows"]),
-             helper.make_node("Reshape", [prefix + "_scales_rows", flat], [prefix + "_scales"])]
+    names.append(prefix + "_scales")
+    nodes += [helper.make_node("Cast", [consts.add(prefix + "_scales16", q.scale16)],
+                               [prefix + "_scales32"], to=TensorProto.FLOAT),
+              helper.make_node("Expand", [prefix + "_scales32",
+                                          consts.add(prefix + "_rows", _int64(n_out, blocks))],
+                               [prefix + "_scales_rows"]),
+              helper.make_node("Reshape", [prefix + "_scales_rows", flat], [prefix + "_scales"])]
     if q.float_zero_point:  # one number (2^(bits-1) - 1/2), expanded to every block
         zp1 = consts.add(prefix + "_zp1", np.array(q.zero_point.flat[0], dtype=np.float32))
         nodes.append(helper.make_node("Expand", [zp1, flat], [prefix + "_zp"]))
@@ -490,6 +628,7 @@ def map_low_bit(state_dict: dict[str, torch.Tensor], src: Path, dst: Path,
     new_nodes, const_nodes, used, matched, nbits = [], [], set(), set(), set()
     consts = Constants()
     decided: dict[tuple, str | None] = {}
+    padded_inputs: dict[tuple, str] = {}
     for node in graph.node:
         b = node.input[1] if node.op_type == "MatMul" and len(node.input) == 2 else None
         q = None
@@ -516,8 +655,9 @@ def map_low_bit(state_dict: dict[str, torch.Tensor], src: Path, dst: Path,
         else:
             extra, names = nbits_node_inputs(q, prefix)
         graph.initializer.extend(extra)
-        new_nodes.append(_nbits_node(q, [node.input[0], *names], list(node.output),
-                                     (node.name or b) + f"_q{q.bits}", accuracy_level))
+        new_nodes.extend(nbits_nodes(q, node.input[0], names, list(node.output), consts,
+                                     (node.name or b) + f"_q{q.bits}", accuracy_level,
+                                     padded_inputs))
         used.add(b)
         nbits.add(q.name)
         report.replaced += 1
@@ -532,7 +672,7 @@ def map_low_bit(state_dict: dict[str, torch.Tensor], src: Path, dst: Path,
     graph.initializer.extend(keep)
     if store == "packed":
         const_nodes.extend(_store_packed(graph, quantized, nbits, report, consts))
-        graph.initializer.extend(consts.inits)
+    graph.initializer.extend(consts.inits)  # also the activation padding's shapes
     if const_nodes:  # computed from initialisers only: before every node that reads them
         rest = list(graph.node)
         del graph.node[:]
@@ -604,7 +744,9 @@ def _decide(q: QuantizedLinear, policy: str, threads: int, report: LowBitReport,
     shape = f"[{TIMING_FRAMES}x{k_in}]x[{k_in}x{n_out}] {q.bits}-bit, groups of {q.block}"
     kept = (f"float MatMul, weights stored {q.bits}-bit and dequantised once at session start"
             if store == "packed" else "float MatMul, dequantised")
-    kernel = "MatMulNBits" + (f" (accuracy_level {accuracy_level})" if accuracy_level else "")
+    notes = ([f"groups padded to blocks of {q.nbits_block}"] if q.padded else []) + (
+        [f"accuracy_level {accuracy_level}"] if accuracy_level else [])
+    kernel = "MatMulNBits" + (f" ({', '.join(notes)})" if notes else "")
     why_not = nbits_supported(q.bits, q.block, q.float_zero_point)
     if why_not is not None:
         report.decisions.append(f"{shape}: {kept} ({why_not})")

@@ -1,0 +1,129 @@
+"""MatMulNBits with padded groups against the float MatMul, per Linear shape of the default recipe.
+
+    .venv/bin/python benchmarks/bench_padded_nbits.py [--group 36 --frames 250 --threads 1]
+
+The default recipe (d=144, 4 heads, FFN 576) quantises in groups of 36, which
+onnxruntime's MatMulNBits takes only padded to blocks of 64
+(:mod:`espnet_allinone.export.onnx_lowbit`): 64/36 = 1.78x the kernel's work
+plus the activation padding. For each Linear shape of a Conformer block
+(attention projections [T x 144] x [144 x 144], FFN [144 x 576] and
+[576 x 144]) at 2, 4 and 8 bits, it times, interleaved in one run:
+
+    float       the float MatMul of the dequantised weight: THE BASELINE (what the
+                export writes where the kernel is not chosen)
+    padded      MatMulNBits of groups of 36 padded to 64, its activation padding
+                (Reshape, Pad, Reshape) included as in the exported graph, at
+                accuracy_level 0 (float compute, exact) and 4 (int8 compute)
+    g16         MatMulNBits of unpadded groups of 16, same shape, both levels:
+                the kernel without the padding, for scale
+
+Each timing: the mean of ``--runs`` consecutive runs (default one: a run of
+a tenth of a millisecond seldom straddles a preemption on a busy shared CPU,
+so the median of many single runs is stable where means of batches are not);
+the median of ``--repeats`` interleaved repeats. Printed as ratios to the
+float MatMul's time (< 1: faster than float); ``policy="auto"`` keeps the
+padded kernel of a layer where its time is at most 1.10x the float one
+(fastest of 15 rounds at export).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SHAPES = (("attention", 144, 144), ("FFN in", 144, 576), ("FFN out", 576, 144))
+BITS = (2, 4, 8)
+LEVELS = (0, 4)
+
+
+def _layer(k_in: int, n_out: int, bits: int, group: int, seed: int):
+    """A symmetric integer-grid packed weight (the default recipe's) as onnx_lowbit reads it."""
+    from espnet_allinone.export import onnx_lowbit
+    from espnet_allinone.quant import QuantConfig, WeightFakeQuantizer
+    from espnet_allinone.quant import packed_format as pf
+
+    weight = torch.randn(n_out, k_in, generator=torch.Generator().manual_seed(seed)) * 0.05
+    conf = QuantConfig(granularity="group", group_size=group, symmetric=True)
+    qw = WeightFakeQuantizer(n_out, k_in, (bits,), conf).quantize(weight, bits)
+    (q,) = onnx_lowbit.packed_linears(pf.to_state(qw, "w"))
+    return q
+
+
+def _median_times(sessions: dict, feeds: dict, runs: int, repeats: int) -> dict:
+    """Median over interleaved repeats of the mean time (ms) of ``runs`` consecutive runs."""
+    for key, session in sessions.items():
+        session.run(None, feeds[key[0]])
+    times = {key: [] for key in sessions}
+    for _ in range(repeats):
+        for key, session in sessions.items():
+            start = time.perf_counter()
+            for _ in range(runs):
+                session.run(None, feeds[key[0]])
+            times[key].append((time.perf_counter() - start) / runs * 1e3)
+    return {key: statistics.median(t) for key, t in times.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--group", type=int, default=36)
+    p.add_argument("--frames", type=int, default=250, help="rows of the activation (10 s)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--runs", type=int, default=1, help="consecutive runs per timing")
+    p.add_argument("--repeats", type=int, default=301, help="interleaved repeats (median)")
+    args = p.parse_args()
+
+    import onnxruntime
+
+    from espnet_allinone.export import onnx_lowbit
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_inference import cpu_features
+
+    block = onnx_lowbit.nbits_block(args.group)
+    sessions, feeds = {}, {}
+    for s, (_, k_in, n_out) in enumerate(SHAPES):
+        feeds[k_in, n_out] = {"x": np.random.default_rng(s).standard_normal(
+            (1, args.frames, k_in), dtype=np.float32)}
+        for bits in BITS:
+            padded = _layer(k_in, n_out, bits, args.group, seed=s)
+            assert padded.padded and padded.nbits_block == block
+            unpadded = _layer(k_in, n_out, bits, 16, seed=s)
+            if bits == BITS[0]:
+                sessions[(k_in, n_out), "float"] = onnx_lowbit.float_session(padded, args.threads)
+            for level in LEVELS:
+                sessions[(k_in, n_out), "padded", bits, level] = onnx_lowbit.nbits_session(
+                    padded, args.threads, level)
+                sessions[(k_in, n_out), "g16", bits, level] = onnx_lowbit.nbits_session(
+                    unpadded, args.threads, level)
+    med = _median_times(sessions, feeds, args.runs, args.repeats)
+
+    print(f"CPU: {cpu_features()}")
+    print(f"onnxruntime {onnxruntime.__version__}; {args.frames} frames; groups of {args.group} "
+          f"padded to {block}; {args.threads} thread(s); median of {args.repeats} interleaved "
+          f"repeats of {args.runs} runs")
+    print("time / float MatMul time of the same shape (< 1: faster than float); "
+          f"auto: what policy 'auto' keeps at accuracy_level 0 / 4 (<= "
+          f"{onnx_lowbit.SLOWER_TOLERANCE:.2f}x)")
+    print(f"{'layer':<10} {'K x N':>9} {'bits':>4} {'float ms':>8} {'padded acc0':>11} "
+          f"{'padded acc4':>11} {'g16 acc0':>8} {'g16 acc4':>8}  {'auto':<13}")
+    for name, k_in, n_out in SHAPES:
+        shape = (k_in, n_out)
+        base = med[shape, "float"]
+        for bits in BITS:
+            ratios = {(kind, level): med[shape, kind, bits, level] / base
+                      for kind in ("padded", "g16") for level in LEVELS}
+            auto = " / ".join("nbits" if ratios["padded", level] <= onnx_lowbit.SLOWER_TOLERANCE
+                              else "float" for level in LEVELS)
+            print(f"{name:<10} {f'{k_in} x {n_out}':>9} {bits:>4} {base:>8.3f} "
+                  f"{ratios['padded', 0]:>10.2f}x {ratios['padded', 4]:>10.2f}x "
+                  f"{ratios['g16', 0]:>7.2f}x {ratios['g16', 4]:>7.2f}x  {auto:<13}")
+
+
+if __name__ == "__main__":
+    main()
