@@ -37,7 +37,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--linear_units", type=int, default=1024)
     p.add_argument("--num_blocks", type=int, default=6)
     p.add_argument("--cnn_module_kernel", type=int, default=15)
-    p.add_argument("--granularity", default="channel", help="quantiser scales: tensor|channel|group")
+    p.add_argument("--granularity", default="channel", help="quantizer scales: tensor|channel|group")
     p.add_argument("--group_size", type=int, default=32)
     p.add_argument(
         "--variants", default="stock,elastic-fp,elastic-int4,elastic-int2",

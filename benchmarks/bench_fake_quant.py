@@ -1,11 +1,11 @@
-"""Training-step cost of weight fake quantisation on one Linear, side by side with float.
+"""Training-step cost of weight fake quantization on one Linear, side by side with float.
 
 Times forward + backward of Linear(256 -> 1024) on a batch of 64 x 100 frames
 at float and at 2/4/8-bit fake quant (learned scales, per-channel and
 group-wise), interleaving the configurations in every repetition so machine
 load hits all of them alike, and prints each one's median time and its ratio
 to float (the minimum too: on a shared machine it is the less noisy of the
-two), plus the quantiser's own forward+backward time without the matmul.
+two), plus the quantizer's own forward+backward time without the matmul.
 Usage: python benchmarks/bench_fake_quant.py [--reps 15] [--threads N] [--asymmetric]
 """
 
@@ -117,7 +117,7 @@ def main() -> None:
     )
     print(
         f"{'config':<14} {'median ms':>10} {'vs float':>9} {'min ms':>8} {'vs float':>9} "
-        f"{'quantiser alone ms':>19}"
+        f"{'quantizer alone ms':>19}"
     )
     for name, t in times.items():
         med, low = statistics.median(t), min(t)

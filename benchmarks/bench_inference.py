@@ -12,7 +12,7 @@ subsystem, and times, on the same 10 s of audio, in one run, interleaved:
                        CTC, greedy): THE BASELINE, full model, same thread count
     torch int8         dynamic int8 Linear (ESPnet's quantize_asr_model)
     espnet_onnx float  espnet_onnx 0.2.1 export of the same stock conformer model
-    espnet_onnx quant  its quantised (dynamic int8) export; both time front end +
+    espnet_onnx quant  its quantized (dynamic int8) export; both time front end +
                        encoder only (no CTC), so they do less work than ours
     ours exact         espnet_allinone.deploy: numpy front end, onnxruntime encoder
                        + CTC, greedy; low-bit weights as MatMulNBits where measured
@@ -32,7 +32,7 @@ brackets). Then, per subsystem, the file sizes, session start-up time and
 resident memory of our onnxruntime path in a fresh process (numpy +
 onnxruntime only): after the session is built, and the peak with one 10 s
 utterance and with a batch of 16, for sizing a server; ``--float_files`` adds
-the same for the dequantised float file (the storage before bit-packing).
+the same for the dequantized float file (the storage before bit-packing).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ import numpy as np
 import torch
 
 ESPNET_ONNX_PUBLISHED = "espnet_onnx docs: 12-block Conformer encoder 48.6 ms torch -> 19.0 ms " \
-    "quantised + fused onnxruntime (2.56x)"
+    "quantized + fused onnxruntime (2.56x)"
 
 
 def _time_round_robin(variants: dict, rounds: int) -> dict:
@@ -106,7 +106,7 @@ def _front_runner(model, speech: torch.Tensor):
 
 
 def _espnet_onnx(directory: Path, work: Path, threads_list: list[int], log) -> dict | str:
-    """{(quantised, threads): runner} for espnet_onnx's export of ``directory``, or why not."""
+    """{(quantized, threads): runner} for espnet_onnx's export of ``directory``, or why not."""
     try:
         import onnxruntime as ort
         import typeguard
@@ -148,11 +148,11 @@ def _espnet_onnx(directory: Path, work: Path, threads_list: list[int], log) -> d
     finally:
         torch.onnx.export = export
     runners = {}
-    for quantised in (False, True):
+    for quantized in (False, True):
         peer = OnnxS2T(tag_name="full", cache_dir=work / "espnet_onnx",
-                       use_quantized=quantised, providers=["CPUExecutionProvider"])
+                       use_quantized=quantized, providers=["CPUExecutionProvider"])
         enc = peer.encoder
-        path = enc.config.quantized_model_path if quantised else enc.config.model_path
+        path = enc.config.quantized_model_path if quantized else enc.config.model_path
         for threads in threads_list:
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads
@@ -163,8 +163,8 @@ def _espnet_onnx(directory: Path, work: Path, threads_list: list[int], log) -> d
             def run(enc=enc, session=session):
                 enc.encoder = session
                 enc(SPEECH[None], np.array([SPEECH.shape[0]]))
-            runners[quantised, threads] = (run, Path(path).stat().st_size)
-    log(f"  espnet_onnx: exported {directory.name} (float and quantised)")
+            runners[quantized, threads] = (run, Path(path).stat().st_size)
+    log(f"  espnet_onnx: exported {directory.name} (float and quantized)")
     return runners
 
 
@@ -227,7 +227,7 @@ def _memory(directory: Path, variant: str, threads: int, batch: int, samples: in
 
 
 def _float_file_dir(out: Path, state_path: Path, kernels: str) -> Path:
-    """A copy of export directory ``out`` whose model.onnx holds dequantised float weights
+    """A copy of export directory ``out`` whose model.onnx holds dequantized float weights
     (the storage before bit-packing; same kernels), for the memory comparison."""
     import shutil
 
@@ -267,7 +267,7 @@ def main() -> None:
     p.add_argument("--kernels", default="auto", choices=("auto", "nbits", "float"))
     p.add_argument("--no_espnet_onnx", action="store_true")
     p.add_argument("--float_files", action="store_true",
-                   help="memory table: also the dequantised float .onnx of each subsystem")
+                   help="memory table: also the dequantized float .onnx of each subsystem")
     p.add_argument("--workdir", type=Path, default=None)
     args = p.parse_args()
     threads_list = [int(t) for t in args.threads.split(",")]
@@ -339,8 +339,8 @@ def main() -> None:
     peer = "skipped (--no_espnet_onnx)" if args.no_espnet_onnx else \
         _espnet_onnx(dirs[full], work, threads_list, log)
     if isinstance(peer, dict):
-        for (quantised, threads), (run, nbytes) in peer.items():
-            name = "espnet_onnx quant" if quantised else "espnet_onnx float"
+        for (quantized, threads), (run, nbytes) in peer.items():
+            name = "espnet_onnx quant" if quantized else "espnet_onnx float"
             runners[threads, full, name] = run
             sizes[full, name] = nbytes
 
@@ -389,7 +389,7 @@ def main() -> None:
         if isinstance(peer, dict):
             theirs = got[full, "espnet_onnx quant"]
             ours = max(got[full, "ours exact"], got[full, "ours int8"])
-            print(f"  {t} thread(s): ours faster than espnet_onnx quantised on {full}: "
+            print(f"  {t} thread(s): ours faster than espnet_onnx quantized on {full}: "
                   f"{ours:.2f}x vs {theirs:.2f}x ({'met' if ours > theirs else 'NOT met'})")
 
     print(f"\nour onnxruntime path in a fresh process (numpy + onnxruntime only), "

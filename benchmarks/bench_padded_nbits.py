@@ -2,14 +2,14 @@
 
     .venv/bin/python benchmarks/bench_padded_nbits.py [--group 36 --frames 250 --threads 1]
 
-The default recipe (d=144, 4 heads, FFN 576) quantises in groups of 36, which
+The default recipe (d=144, 4 heads, FFN 576) quantizes in groups of 36, which
 onnxruntime's MatMulNBits takes only padded to blocks of 64
 (:mod:`espnet_allinone.export.onnx_lowbit`): 64/36 = 1.78x the kernel's work
 plus the activation padding. For each Linear shape of a Conformer block
 (attention projections [T x 144] x [144 x 144], FFN [144 x 576] and
 [576 x 144]) at 2, 4 and 8 bits, it times, interleaved in one run:
 
-    float       the float MatMul of the dequantised weight: THE BASELINE (what the
+    float       the float MatMul of the dequantized weight: THE BASELINE (what the
                 export writes where the kernel is not chosen)
     padded      MatMulNBits of groups of 36 padded to 64, its activation padding
                 (Reshape, Pad, Reshape) included as in the exported graph, at

@@ -122,7 +122,7 @@ def step_worker(paths: list[str], mode: str, repeat: int) -> dict:
 
     if mode == "time":
         for samplers in variants.values():
-            run(samplers)  # warm-up (lazy quantiser init, allocator)
+            run(samplers)  # warm-up (lazy quantizer init, allocator)
         times: dict[str, list[float]] = {"multi": [], "single": []}
         for _ in range(repeat):
             for name, samplers in variants.items():
@@ -171,7 +171,7 @@ def bench_threads(args: argparse.Namespace) -> None:
         for n in counts:
             torch.set_num_threads(n)
             seconds = _one_step(model, batch)[0]
-            if i:  # the first round warms up (lazy quantiser init, allocator)
+            if i:  # the first round warms up (lazy quantizer init, allocator)
                 times[n].append(seconds)
     print(f"paths (K={len(paths)}): {', '.join(paths)}; batch 16 x 300 frames x 40 dims; "
           f"min of {args.repeat}")

@@ -6,7 +6,7 @@ logical block, which physical block it runs (the first blocks for a depth
 prefix; a seed block again when blocks are shared) and which attention
 heads, FFN units and conv channels it keeps (index sets: a prefix for a
 uniform width, any set for a pruned block), with the weight bits of its
-quantised layers, plus the bits of the front and the output layer.
+quantized layers, plus the bits of the front and the output layer.
 Switching, exact size accounting, extraction and the packed format consume
 this record and nothing else. Torch-free.
 """

@@ -2,7 +2,7 @@
 
 ESPnet's own ``ESPnetASRModel`` (same forward, same ``Speech2Text``), with the
 CTC linear (and an attention decoder's output layer) stored in ``model.pth``
-as packed codes and scales: loading dequantises them to exactly the weights
+as packed codes and scales: loading dequantizes them to exactly the weights
 the all-in-one model trained with at ``part_precisions.output`` (on the grid
 the packed entries record; ``quant_grid``, when given, must agree). Extraction
 writes it only when the output layers are low-bit; otherwise the model is

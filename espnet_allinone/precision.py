@@ -1,6 +1,6 @@
 """Weight precisions: the one definition of the bit constants and their names.
 
-Torch-free, so the subsystem string, the quantisers, the elastic layers and
+Torch-free, so the subsystem string, the quantizers, the elastic layers and
 the packed format all import the same constants from here.
 """
 
@@ -14,7 +14,7 @@ FLOAT_BITS = 32
 """Bits of a weight kept in float (the ``fp`` precision)."""
 
 QUANT_BITS = (2, 4, 8)
-"""Integer weight precisions: fake-quantised in training, bit-packed on extraction."""
+"""Integer weight precisions: fake-quantized in training, bit-packed on extraction."""
 
 SUPPORTED_BITS = (*QUANT_BITS, FLOAT_BITS)
 """Every weight precision a subsystem may have."""

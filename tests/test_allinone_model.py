@@ -480,7 +480,7 @@ def test_the_test_encoder_keeps_the_elastic_encoder_protocol() -> None:
     assert isinstance(TinyElasticEncoder(FEAT_DIM).space, SearchSpace)
 
 
-def test_float_warmup_runs_float_twins_first_then_the_quantised_paths() -> None:
+def test_float_warmup_runs_float_twins_first_then_the_quantized_paths() -> None:
 
     def make(warmup: int) -> ESPnetAllInOneASRModel:
         return build(encoder=_small_conformer("linear"), sampling="all",
@@ -494,12 +494,12 @@ def test_float_warmup_runs_float_twins_first_then_the_quantised_paths() -> None:
     warm.train()
     plain.train()
     _, stats, _ = step(warm, b)
-    assert not bool(quantizer.initialized_int4)  # step 0: no quantiser ran
+    assert not bool(quantizer.initialized_int4)  # step 0: no quantizer ran
     _, plain_stats, _ = step(plain, b)
     # the int4 path's loss is its float twin's in the warm-up step
     assert torch.allclose(stats["loss_d2-w1-int4"], plain_stats["loss_d2-w1-fp"], rtol=1e-5)
     step(warm, b)
-    assert bool(quantizer.initialized_int4)  # step 1: the quantised paths run
+    assert bool(quantizer.initialized_int4)  # step 1: the quantized paths run
     with pytest.raises(ValueError, match="float_warmup_steps must be an integer >= 0, got -1"):
         make(-1)
 

@@ -236,7 +236,7 @@ def test_training_one_conv_width_leaves_the_other_widths_statistics():
     assert int(norm.num_batches_tracked) == 1
 
 
-def test_quantised_subsystems_train_and_are_smaller_exactly():
+def test_quantized_subsystems_train_and_are_smaller_exactly():
     _, elastic = _build(
         dict(input_layer="linear", macaron_style=True, **LATEST),
         widths=[0.5, 1], precisions=["int2", "int4", "int8", "fp"],
@@ -253,14 +253,14 @@ def test_quantised_subsystems_train_and_are_smaller_exactly():
             assert torch.isfinite(out).all()
             errors[bits] = (out - ref).pow(2).mean().item()
     assert errors["int2"] > errors["int4"] > errors["int8"] > 0
-    # exact storage: channel scales are one fp16 per row of each quantised weight
+    # exact storage: channel scales are one fp16 per row of each quantized weight
     n_params = elastic.num_params("d2-w1-fp")
-    quantised = [m.weight for m in elastic.encoders.modules() if isinstance(m, ElasticWeightMixin)]
-    n_quantised = sum(w.numel() for w in quantised)
+    quantized = [m.weight for m in elastic.encoders.modules() if isinstance(m, ElasticWeightMixin)]
+    n_quantized = sum(w.numel() for w in quantized)
     bn_stats = 2 * 2 * 16
     for bits in (2, 4, 8):
-        packed = sum(math.ceil((w.numel() * bits + 16 * w.shape[0]) / 8) for w in quantised)
-        expected = 4 * (n_params - n_quantised + bn_stats) + packed
+        packed = sum(math.ceil((w.numel() * bits + 16 * w.shape[0]) / 8) for w in quantized)
+        expected = 4 * (n_params - n_quantized + bn_stats) + packed
         assert elastic.storage_bytes(f"d2-w1-int{bits}") == expected
     assert elastic.storage_bytes("d2-w1-fp") == 4 * (n_params + bn_stats)
     elastic.train()

@@ -74,7 +74,7 @@ def test_depthwise_and_dense_conv_equal_stock_convs_with_sliced_weights():
     assert dense.active_own_sizes() == [(3 * 4 * 3, 3 * 4 * 3 * 32), (3, 96)]
 
 
-def test_quantised_slice_uses_the_quantiser_and_counts_its_exact_bits():
+def test_quantized_slice_uses_the_quantizer_and_counts_its_exact_bits():
     torch.manual_seed(0)
     config = QuantConfig(granularity="group", group_size=4)
     layer = ElasticLinear(8, 6)
@@ -188,7 +188,7 @@ def test_index_sets_select_any_units_and_static_twins_equal_the_active_slice():
 
 
 @torch.no_grad()
-def test_quantised_twin_is_the_fake_quantised_slice_and_groups_stay_whole():
+def test_quantized_twin_is_the_fake_quantized_slice_and_groups_stay_whole():
     torch.manual_seed(0)
     lin = ElasticLinear(32, 8)
     lin.enable_quantization((4, 32), QuantConfig(granularity="group", group_size=8))

@@ -1,6 +1,6 @@
 """Extraction of subsystems into standalone ESPnet models.
 
-A freshly initialised all-in-one model (random weights, quantiser scales set
+A freshly initialised all-in-one model (random weights, quantizer scales set
 by one forward pass per subsystem) is enough: extraction must reproduce the
 all-in-one model in each subsystem exactly, whatever the weights.
 """
@@ -225,7 +225,7 @@ def test_bad_subsystems_and_mismatched_checkpoints_are_refused(toy, tmp_path, ca
 
 
 @torch.no_grad()
-def test_allinone_model_config_with_asymmetric_per_channel_quantisation(tmp_path):
+def test_allinone_model_config_with_asymmetric_per_channel_quantization(tmp_path):
     """``model: allinone`` configs extract to ``model: espnet``; zero points are packed."""
     conf = dict(DEFAULT_ENCODER_CONF, elastic_conv=False,
                 quant_conf={"symmetric": False, "granularity": "channel"})
@@ -280,7 +280,7 @@ def test_non_uniform_architecture_round_trips_through_speech2text(toy, tmp_path,
     assert [b["heads"] for b in conf["block_archs"]] == [2, 1, 4]
     assert [b["ffn_units"] for b in conf["block_archs"]] == [[32, 16], [64, 48], [32, 16]]
     assert [b["conv_channels"] for b in conf["block_archs"]] == [32, 16, 64]
-    if bits != 32:  # the dequantised weights are the fake-quantised ones, bit for bit
+    if bits != 32:  # the dequantized weights are the fake-quantized ones, bit for bit
         with extractor.encoder.use_arch(arch):
             want = extractor.encoder.encoders[3].feed_forward.w_2.active_weight_2d()
         assert torch.equal(s2t.asr_model.encoder.encoders[2].feed_forward.w_2.weight, want)

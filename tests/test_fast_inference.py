@@ -55,7 +55,7 @@ def test_torch_dynamic_int8_agrees_and_really_uses_int8(models):
         kinds = {type(m).__name__ for m in q_model.encoder.modules()}
         assert "Linear" in kinds and not any(
             type(m) is torch.nn.Linear for m in q_model.encoder.modules()
-        ), kinds  # every Linear became a dynamic quantised one
+        ), kinds  # every Linear became a dynamic quantized one
         q = fast.EncoderCTC(q_model)(feats, flens)
         assert torch.equal(q[1], ref[1])
         assert _rel(q[0], ref[0]) < 0.05, sub
@@ -82,7 +82,7 @@ def test_onnx_float_int8_and_4bit_matmulnbits(models):
             report = fast.onnx_matmul_nbits(model, path, root / "onnx" / f"{sub}.q4.onnx")
             # q, k, v, out, pos + two FFNs x 2 Linear each, in 4 blocks
             assert report.replaced == 4 * 9
-            # the conv module's 3 quantised Conv1d per block stay Conv nodes, named
+            # the conv module's 3 quantized Conv1d per block stay Conv nodes, named
             assert len(report.skipped) == 4 * 3
             assert all("a convolution" in k for k in report.skipped)
             got4 = fast.OnnxEncoder(report.path)(feats, flens)

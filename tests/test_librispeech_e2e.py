@@ -5,7 +5,7 @@ LibriSpeech-like texts, speech-like audio whose length follows the text) goes
 through ``egs2/librispeech_100/allinone1/run.sh`` as a user runs it, on CPU:
 
 * the shipped Conformer config with only sizes, epochs, batch sizes and the
-  quantiser group size shrunk (SpecAugment, run.sh's 0.9/1.0/1.1 speed
+  quantizer group size shrunk (SpecAugment, run.sh's 0.9/1.0/1.1 speed
   perturbation, bpe tokens, the 24-subsystem depth x width x precision space,
   sandwich training and the joint CTC/attention decoding config as shipped):
   every stage once, 1-18, with the baselines stage (15) training one subsystem

@@ -94,7 +94,7 @@ def test_round_trip_is_exact_and_really_packed(elastic, sub):
 
 
 @torch.no_grad()
-def test_packed_bytes_match_the_quantiser_storage_count(elastic):
+def test_packed_bytes_match_the_quantizer_storage_count(elastic):
     sliced, _ = _packed_for(elastic, "d2-w0.5-int2")
     w1 = "encoders.0.feed_forward.w_1.weight"
     entries = {k[len(w1):]: v for k, v in sliced.state.items() if k.startswith(w1 + "_")}
@@ -204,7 +204,7 @@ def test_non_uniform_architecture_round_trips(elastic, bits):
         ref, _, _ = elastic(x, lengths)
     out, _, _ = packed(x, lengths)
     assert (out - ref).abs().max() <= 1e-5
-    if bits != 32:  # dequantised weights are bit-exact
+    if bits != 32:  # dequantized weights are bit-exact
         w = packed.encoders[0].feed_forward.w_1.weight
         with elastic.use_arch(arch):
             assert torch.equal(w, elastic.encoders[2].feed_forward.w_1.active_weight_2d())

@@ -8,7 +8,7 @@ module's weights bit-packed). For fp, int8, int4 and int2 subsystems: the
 file is about the packed ``model.pth``'s size and far below the float export,
 no float initialiser equals a packed weight, the expansion is folded away at
 session start, and greedy output equals ESPnet's CTC argmax token for token.
-The padded weights dequantise to the unpadded ones exactly, with zeros in the
+The padded weights dequantize to the unpadded ones exactly, with zeros in the
 padding. The fast variant (MatMulNBits with int8 compute) is compared with the
 exact one and its token agreement reported.
 """
@@ -49,7 +49,7 @@ def _toy(group: int):
     width, units, _ = GROUPS[group]
     conf = dict(DEFAULT_ENCODER_CONF, output_size=width, linear_units=units,
                 quant_conf={"granularity": "group", "group_size": group})
-    if group in PARTS:  # quantised front and CTC output layer: the training model attaches them
+    if group in PARTS:  # quantized front and CTC output layer: the training model attaches them
         conf["part_precisions"] = PARTS[group]
         return shared_toy_experiment(encoder_conf=conf, model="allinone")
     return shared_toy_experiment(encoder_conf=conf)
@@ -101,7 +101,7 @@ def test_onnx_file_is_the_packed_models_size(exported):
                 assert not packed and not nbits and meta["stored_packed"] == 0
                 continue
             bits = int(sub.rsplit("int", 1)[1])
-            assert bits in {q.bits for q in packed} <= {bits, 8}  # 8: the quantised parts
+            assert bits in {q.bits for q in packed} <= {bits, 8}  # 8: the quantized parts
             if group in PARTS:  # the conv2d front (4-D weights) and the CTC output, packed
                 names = {q.name for q in packed}
                 assert {"encoder.embed.conv.0.weight", "encoder.embed.conv.2.weight",
@@ -194,7 +194,7 @@ def _unpack(packed: np.ndarray, bits: int) -> np.ndarray:
     return ((packed[..., None] >> shifts) & (2**bits - 1)).reshape(*packed.shape[:-1], -1)
 
 
-def _dequantised_nbits(node, values: dict) -> np.ndarray:
+def _dequantized_nbits(node, values: dict) -> np.ndarray:
     """[N, blocks, block_size] float32: a MatMulNBits node's weight as the kernel reads it."""
     bits, n_out = _attr(node, "bits"), _attr(node, "N")
     levels = _unpack(values[node.input[1]], bits).astype(np.float32)
@@ -210,10 +210,10 @@ def _dequantised_nbits(node, values: dict) -> np.ndarray:
     return (levels - zp) * scale
 
 
-def test_padded_weights_dequantise_exactly_to_the_unpadded_ones(padded_nbits):
+def test_padded_weights_dequantize_exactly_to_the_unpadded_ones(padded_nbits):
     """The deployed file's MatMulNBits inputs (the constant expansion evaluated in numpy, as
     the runtime does): each block of 64 holds the group of 36 as the packed model.pth
-    dequantises it, bit for bit, then 28 zeros."""
+    dequantizes it, bit for bit, then 28 zeros."""
     import onnx
 
     from espnet_allinone.deploy import expand
@@ -231,7 +231,7 @@ def test_padded_weights_dequantise_exactly_to_the_unpadded_ones(padded_nbits):
         nodes = [n for n in graph.node if n.op_type == "MatMulNBits"]
         matched = set()
         for node in nodes:
-            weight = _dequantised_nbits(node, values)
+            weight = _dequantized_nbits(node, values)
             n_out = weight.shape[0]
             assert weight.shape[2] == 64 and _attr(node, "K") == weight.shape[1] * 64
             assert np.all(weight[:, :, 36:] == 0), (sub, node.name)
@@ -245,7 +245,7 @@ def test_padded_weights_dequantise_exactly_to_the_unpadded_ones(padded_nbits):
 @pytest.mark.parametrize("kind", ["symmetric", "asymmetric"])
 def test_padded_layer_equals_the_float_matmul(bits, kind):
     """One layer of groups of 36 as padded MatMulNBits (kernel inputs as deployed: unpadded
-    codes and the zero code's byte, expanded at session start): the padding dequantises
+    codes and the zero code's byte, expanded at session start): the padding dequantizes
     to 0 (the zero point), the output is x @ W up to summation order; on the balanced
     grid no code is 0, so such groups keep the float MatMul, with the reason."""
     import onnxruntime as ort
@@ -283,7 +283,7 @@ def test_padded_layer_equals_the_float_matmul(bits, kind):
         granularity="group", group_size=group, grid="balanced")).quantize(weight, bits)
     (b,) = onnx_lowbit.packed_linears(pf.to_state(balanced, "w"))
     assert "balanced grid" in onnx_lowbit.nbits_supported(bits, group, b.float_zero_point)
-    with pytest.raises(ValueError, match="no code of the balanced grid dequantises to 0"):
+    with pytest.raises(ValueError, match="no code of the balanced grid dequantizes to 0"):
         onnx_lowbit.zero_codes(b)
 
 
@@ -383,7 +383,7 @@ def test_transcribe_fast_option(exported, tiny_corpus, capsys):
 @pytest.mark.parametrize("bits", [2, 4, 8])
 @pytest.mark.parametrize("kind", ["symmetric", "asymmetric", "balanced", "per-tensor"])
 def test_packed_initialiser_expands_bit_identically(bits, kind):
-    """The expansion graph gives the packed format's dequantised weight bit for bit, as a
+    """The expansion graph gives the packed format's dequantized weight bit for bit, as a
     MatMul operand, as a Conv weight and with a per-row (BatchNorm) factor folded in."""
     import onnxruntime as ort
     from onnx import TensorProto, helper

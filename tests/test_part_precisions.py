@@ -22,14 +22,14 @@ def test_part_precisions_parse_and_follow_the_blocks() -> None:
     parts = PartPrecisions.from_conf({"front": "int8", "output": "same"})
     assert parts.bits("front", 2) == 8 and parts.bits("output", 2) == 2
     assert parts.bits("front", FLOAT_BITS) == FLOAT_BITS  # a float subsystem is float
-    assert parts.quantised_bits("output", (2, 4, 32)) == (2, 4)
-    assert parts.quantised_bits("front", (2, 4, 32)) == (8,)
-    assert PartPrecisions.from_conf(None).quantised_bits("front", (2, 32)) == ()
+    assert parts.quantized_bits("output", (2, 4, 32)) == (2, 4)
+    assert parts.quantized_bits("front", (2, 4, 32)) == (8,)
+    assert PartPrecisions.from_conf(None).quantized_bits("front", (2, 32)) == ()
     with pytest.raises(PartPrecisionError, match=r"unknown part\(s\) head in part_precisions; "
                        "valid: front, output"):
         PartPrecisions.from_conf({"head": "int8"})
     with pytest.raises(PartPrecisionError, match=r"part_precisions.front: 'int3' is not a "
-                       "precision the quantisers offer; valid: int2, int4, int8, fp, same"):
+                       "precision the quantizers offer; valid: int2, int4, int8, fp, same"):
         PartPrecisions.from_conf({"front": "int3"})
 
 
@@ -120,7 +120,7 @@ def test_float_subsystem_of_a_mixed_model_is_a_stock_float_model(mixed, tmp_path
     assert "output_bits" not in config["model_conf"]
 
 
-def test_plugin_free_extraction_writes_the_output_layers_dequantised(mixed, tmp_path) -> None:
+def test_plugin_free_extraction_writes_the_output_layers_dequantized(mixed, tmp_path) -> None:
     result = mixed.extract("d4-w1-int4", tmp_path, plugin_free=True)
     config = yaml.safe_load((result.directory / "config.yaml").read_text())
     assert config["model"] == "espnet"

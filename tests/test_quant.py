@@ -1,4 +1,4 @@
-"""Fake quantisation: grids, gradients, initialisation, slicing, exact integer form."""
+"""Fake quantization: grids, gradients, initialisation, slicing, exact integer form."""
 
 from __future__ import annotations
 
@@ -188,7 +188,7 @@ def test_bad_construction_and_calls():
     )
     w = rand_weight()
     with pytest.raises(
-        ValueError, match="bits 8 not available in this quantiser; valid: 2, 4, 32"
+        ValueError, match="bits 8 not available in this quantizer; valid: 2, 4, 32"
     ):
         q(w, 8)
     with pytest.raises(
@@ -371,7 +371,7 @@ def test_lsq_scale_gradient_value():
 
 
 def reference_fake_quant(q: WeightFakeQuantizer, w, bits, rows=None, cols=None):
-    """The quantiser's forward as plain autograd ops (round -- floor on the balanced
+    """The quantizer's forward as plain autograd ops (round -- floor on the balanced
     grid -- with identity gradient, clamp, + 1/2 on the balanced grid, LSQ-scaled
     scale and zero point), per element on the full weight."""
     cfg = q.config

@@ -45,7 +45,7 @@ def gaussian(out: int = OUT, inp: int = IN, seed: int = 0) -> torch.Tensor:
 
 
 def level_multiples(qw: QuantizedWeight) -> torch.Tensor:
-    """Each dequantised value divided by its own scale (exact for these small multiples)."""
+    """Each dequantized value divided by its own scale (exact for these small multiples)."""
     rows, cols = qw.shape
     s = qw.scale.float().unsqueeze(-1).expand(rows, cols // qw.group_size, qw.group_size)
     return qw.dequantize() / s.reshape(rows, cols)
@@ -97,7 +97,7 @@ def test_balanced_rounds_to_the_nearest_level(bits):
 
 # --- prepare == convert -----------------------------------------------------------------
 @pytest.mark.parametrize("cfg", BALANCED, ids=_id)
-def test_fake_quantised_equals_dequantised_packed_codes(cfg):
+def test_fake_quantized_equals_dequantized_packed_codes(cfg):
     q = WeightFakeQuantizer(OUT, IN, (2, 4, 8, 32), cfg)
     w = gaussian(seed=2)
     for bits in (2, 4, 8):
@@ -152,7 +152,7 @@ def test_bad_grid_values_name_the_valid_ones():
     state["x_zero_point"] = torch.zeros_like(qw.scale, dtype=torch.uint8)
     with pytest.raises(pf.PackedFormatError, match="symmetric only"):
         pf.from_state(state, "x")
-    with pytest.raises(ValueError, match=r"unknown quantisation grid 'x'; valid"):
+    with pytest.raises(ValueError, match=r"unknown quantization grid 'x'; valid"):
         QuantizedWeight(qw.codes, qw.scale, None, 2, 16, (4, 16), grid="x")
 
 
@@ -185,7 +185,7 @@ def test_balanced_subsystems_load_in_speech2text_and_equal_the_allinone_model(ba
         config = yaml.safe_load((result.directory / "config.yaml").read_text())
         state = torch.load(result.directory / "model.pth", weights_only=True)
         grids = [k for k in state if k.endswith("_grid")]
-        if name == "stock-int4":  # ESPnet's conformer, weights dequantised onto the grid
+        if name == "stock-int4":  # ESPnet's conformer, weights dequantized onto the grid
             assert config["encoder"] == "conformer" and not grids
         else:
             assert config["encoder"] == "packed_conformer"
@@ -313,7 +313,7 @@ def test_onnx_low_bit_kernels_keep_the_balanced_grid(balanced):
 
 def test_eight_bit_balanced_keeps_a_float_matmul_where_the_kernel_cannot(balanced):
     """8-bit codes with a float zero point: refused by onnxruntime's CPU kernel here, so
-    the layer is dequantised to a float initialiser, with the reason."""
+    the layer is dequantized to a float initialiser, with the reason."""
     from espnet_allinone.export import onnx_lowbit
 
     qw = WeightFakeQuantizer(32, 64, (8,), QuantConfig(granularity="group", group_size=16,
@@ -331,7 +331,7 @@ def test_eight_bit_balanced_keeps_a_float_matmul_where_the_kernel_cannot(balance
 @torch.no_grad()
 def test_balanced_wav2vec2_subsystem_loads_in_speech2text(tmp_path):
     """A foundation model on the balanced grid (``packed_wav2vec2`` with ``quant_grid``,
-    its quantised front and weight-normalised positional conv included)."""
+    its quantized front and weight-normalised positional conv included)."""
     from espnet2.bin.asr_inference import Speech2Text
     from test_wav2vec2_extract import SPACE, write_experiment
 
@@ -360,7 +360,7 @@ def test_balanced_wav2vec2_subsystem_loads_in_speech2text(tmp_path):
 @torch.no_grad()
 def test_deployed_onnx_greedy_equals_espnet(balanced):
     """The deploy path (``model.onnx``, kernels "nbits"): 2- and 4-bit balanced layers as
-    MatMulNBits with the float zero point, 8-bit ones dequantised to float MatMuls with
+    MatMulNBits with the float zero point, 8-bit ones dequantized to float MatMuls with
     the reason recorded; greedy tokens equal ESPnet's CTC argmax."""
     import json
 

@@ -157,7 +157,7 @@ def test_a_mixed_record_runs_sizes_extracts_and_loads_in_stock_speech2text(
 
 def test_front_and_output_follow_the_records_parts_precision(tmp_path) -> None:
     """With part_precisions {front: int8, output: int8} a record's front and output run
-    at 8 bits once its parts precision is quantised, also beside float blocks; without
+    at 8 bits once its parts precision is quantized, also beside float blocks; without
     one they follow the most precise block. Extraction stays exact."""
     from espnet_allinone.export.extract import Extractor
     from espnet_allinone.testing.toy_experiment import (

@@ -56,7 +56,7 @@ def write_experiment(root, normalize: bool = False, **space) -> dict:
     net = build_asr_model(config)
     wave = torch.randn(2, 16000) * 0.1
     lens = torch.tensor([16000, 12000])
-    with torch.no_grad():  # quantiser scales are set by a first forward, as in training
+    with torch.no_grad():  # quantizer scales are set by a first forward, as in training
         for sub in net.encoder.space.members():
             with net.encoder.use_subsystem(sub):
                 net.encode(wave, lens)
@@ -221,9 +221,9 @@ def test_non_uniform_records_extract_and_bad_ones_are_refused(toy, tmp_path):
 
 
 @torch.no_grad()
-def test_quantised_front_and_output_extract_exactly(tmp_path):
+def test_quantized_front_and_output_extract_exactly(tmp_path):
     """``part_precisions``: the conv feature extractor, the feature projection, the
-    positional conv and the CTC layer at 8 bits in quantised subsystems, packed on disk,
+    positional conv and the CTC layer at 8 bits in quantized subsystems, packed on disk,
     exact in Speech2Text."""
     from espnet2.bin.asr_inference import Speech2Text
 

@@ -30,7 +30,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--widths", default="0.5,1", help="comma-separated width fractions")
     p.add_argument("--precisions", default="int2,int4,int8,fp", help="int2,int4,int8,fp")
     p.add_argument("--elastic_conv", action="store_true", help="width also narrows conv channels")
-    p.add_argument("--granularity", default="group", help="quantiser scales: tensor|channel|group")
+    p.add_argument("--granularity", default="group", help="quantizer scales: tensor|channel|group")
     p.add_argument("--group_size", type=int, default=8)
     p.add_argument("--subsystems", default="all", help="'all' or a comma-separated list")
     p.add_argument("--frames", type=int, default=200, help="frames of the random test input")

@@ -6,7 +6,7 @@
 
 writes ``encoder.onnx`` (float), with ``--int8`` also ``encoder.int8.onnx``
 (onnxruntime dynamic int8) and with ``--nbits`` (2/4/8-bit models)
-``encoder.q<bits>.onnx`` whose quantised Linear layers are ``MatMulNBits`` nodes
+``encoder.q<bits>.onnx`` whose quantized Linear layers are ``MatMulNBits`` nodes
 holding the model's own low-bit codes and scales. For the whole pipeline
 (front end, CTC search, files kept next to the model) use
 ``python -m espnet_allinone.bin.transcribe``. Inputs: ``feats``

@@ -45,7 +45,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace a directory that holds a different model")
     p.add_argument("--plugin_free", action="store_true",
-                   help="write low-bit subsystems dequantised as a stock conformer "
+                   help="write low-bit subsystems dequantized as a stock conformer "
                         "(float-sized; only when heads and conv channels are full width)")
     p.add_argument("--no_verify", action="store_true",
                    help="skip comparing each extracted model with the all-in-one model")

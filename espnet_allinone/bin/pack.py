@@ -1,4 +1,4 @@
-"""Pack extracted subsystems in the ESPnet model-zoo format, one zip each.
+"""Zip extracted subsystems in the ESPnet model-zoo format (ESPnet's ``pack``), one zip each.
 
     python -m espnet_allinone.bin.pack --extracted_dir exp/asr_allinone/extracted \\
         --outdir exp/asr_allinone/packed [--subsystems all] [--results results.json]

@@ -9,7 +9,7 @@ reuses the directory, anything else rebuilds it. The directory is written
 under a temporary name and renamed, so a failed export leaves nothing.
 
 Files: ``model.onnx`` (variant ``exact``: encoder + CTC, float activations,
-each quantised Linear as ``MatMulNBits`` with the subsystem's own codes where
+each quantized Linear as ``MatMulNBits`` with the subsystem's own codes where
 that is fast here, every other packed weight stored bit-packed and expanded
 once when the session is built, so the file is about the packed model's
 size; see :mod:`espnet_allinone.export.onnx_lowbit`), ``model.fast.onnx``
@@ -17,7 +17,7 @@ size; see :mod:`espnet_allinone.export.onnx_lowbit`), ``model.fast.onnx``
 ``accuracy_level`` 4, int8 compute inside the kernel, not exact),
 ``model.int8.onnx`` (variant ``int8``, on request: onnxruntime's dynamic
 int8 of the float layers, the Conv2d front included; made from the
-dequantised model, so its low-bit layers take 8 bits),
+dequantized model, so its low-bit layers take 8 bits),
 ``frontend.npz``, ``deploy.json``.
 """
 
@@ -261,7 +261,7 @@ def _export(config: Path, model_file: Path, out: Path, variants: Sequence[str], 
         log(f"  stored float: {line}")
     meta_variants = {"exact": _variant(out, "exact", _kernels(report))}
     int8_decision = fast_report = None
-    if "int8" in variants:  # dynamic int8 quantises float initialisers: start from those
+    if "int8" in variants:  # dynamic int8 quantizes float initialisers: start from those
         unpacked = out / "model.unpacked.onnx"
         int8_report = onnx_lowbit.map_low_bit(state, fp32, unpacked, kernels, threads,
                                               store="float")

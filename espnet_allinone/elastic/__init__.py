@@ -1,4 +1,4 @@
-"""Width-sliceable, optionally fake-quantised building blocks (torch only).
+"""Width-sliceable, optionally fake-quantized building blocks (torch only).
 
 Each layer subclasses the torch / ESPnet module it replaces and keeps its
 parameter names, so a model converted in place loads a stock checkpoint.

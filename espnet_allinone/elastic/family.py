@@ -72,7 +72,7 @@ class FamilySpec:
     # --- lookup -------------------------------------------------------------
     def front_weight_layers(self, root: nn.Module) -> dict[str, nn.Module]:
         """The front's weight layers (Linear, Conv1d, Conv2d; stock or elastic) by name
-        in ``root``: what ``part_precisions.front`` quantises."""
+        in ``root``: what ``part_precisions.front`` quantizes."""
         return {f"{path}.{name}": module for path in self.front
                 for name, module in root.get_submodule(path).named_modules()
                 if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d))}
@@ -219,7 +219,7 @@ def _skipped(name: str) -> bool:
 @torch.no_grad()
 def export_module(module: nn.Module) -> dict[str, torch.Tensor]:
     """The active tensors of an elastic module tree, keyed like its static twin's
-    state_dict; quantised weights as packed entries (``quant.packed_format``)."""
+    state_dict; quantized weights as packed entries (``quant.packed_format``)."""
     state: dict[str, torch.Tensor] = {}
     for name, child in _walk(module):
         prefix = f"{name}." if name else ""
@@ -243,7 +243,7 @@ def export_module(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _walk(module: nn.Module, name: str = "") -> Iterator[tuple[str, nn.Module]]:
-    """Modules of a tree, not descending into elastic layers, quantisers or modules
+    """Modules of a tree, not descending into elastic layers, quantizers or modules
     switched off by pruning."""
     yield name, module
     if isinstance(module, TWINNED):

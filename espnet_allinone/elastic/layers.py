@@ -7,8 +7,8 @@ any index list (a pruned layer). At full size and float it runs exactly the
 stock ``nn.Linear`` / ``nn.Conv1d`` forward (no slicing, no copy), so a float
 model is as fast as the stock one.
 
-Quantisation is optional: ``enable_quantization`` adds a ``weight_quantizer``
-child (``espnet_allinone.quant.WeightFakeQuantizer``) that fake-quantises the
+Quantization is optional: ``enable_quantization`` adds a ``weight_quantizer``
+child (``espnet_allinone.quant.WeightFakeQuantizer``) that fake-quantizes the
 active slice of the master weight on the active bit-width's grid.
 
 ``static_twin()`` returns what the active slice is on its own: a plain
@@ -62,7 +62,7 @@ def _is_prefix(index: tuple[int, ...]) -> bool:
 
 
 class ElasticWeightMixin:
-    """Shared slicing, quantisation, permutation, size and export logic.
+    """Shared slicing, quantization, permutation, size and export logic.
 
     Subclasses define the 2-D view of the weight (``rows x cols``) and the
     forward. ``cols_per_in`` is the number of weight columns one input
@@ -148,7 +148,7 @@ class ElasticWeightMixin:
                         and self.out_prefix and self.in_prefix and bits == FLOAT_BITS)
 
     def enable_quantization(self, bits_choices: Sequence[int], config) -> None:
-        """Add the ``weight_quantizer`` child for the quantised bit-widths."""
+        """Add the ``weight_quantizer`` child for the quantized bit-widths."""
         from espnet_allinone.quant.fake_quant import (
             ActivationFakeQuantizer,
             WeightFakeQuantizer,
@@ -217,7 +217,7 @@ class ElasticWeightMixin:
         return tensor.index_select(0, rows)
 
     def active_weight_2d(self) -> torch.Tensor:
-        """The active (fake-quantised when bits < 32) weight as rows x cols."""
+        """The active (fake-quantized when bits < 32) weight as rows x cols."""
         weight = self.weight.reshape(self.rows_full, -1)
         cols = self._col_index()
         if self.bits != FLOAT_BITS:
@@ -237,7 +237,7 @@ class ElasticWeightMixin:
     # --- export -----------------------------------------------------------------
     @torch.no_grad()
     def static_twin(self) -> nn.Module | QuantizedLayer:
-        """The active slice on its own: a plain layer (float) or its quantised record."""
+        """The active slice on its own: a plain layer (float) or its quantized record."""
         bias = self.active_bias()
         bias = None if bias is None else bias.detach().clone().contiguous()
         if self.bits != FLOAT_BITS:
@@ -282,7 +282,7 @@ class ElasticWeightMixin:
     def permute_in(self, perm: torch.Tensor) -> None:
         """Reorder input features (a conv's kernel taps move with their channel).
 
-        Column groups change, so the quantiser re-initialises its scales.
+        Column groups change, so the quantizer re-initialises its scales.
         """
         self.weight.copy_(self.weight[:, perm.to(self.weight.device)])
         if getattr(self, "weight_quantizer", None) is not None:
@@ -409,7 +409,7 @@ class ElasticConv2d(ElasticWeightMixin, nn.Conv2d):
         if type(module) is not nn.Conv2d:
             raise TypeError(f"expected torch.nn.Conv2d, got {type(module).__name__}")
         if module.groups != 1 or module.padding_mode != "zeros":
-            raise ValueError("only dense Conv2d with zero padding can be quantised "
+            raise ValueError("only dense Conv2d with zero padding can be quantized "
                              f"(groups {module.groups}, padding_mode {module.padding_mode!r})")
         module.__class__ = cls
         module._setup_elastic(module.out_channels, module.in_channels)

@@ -3,12 +3,12 @@
 wav2vec2's positional conv holds ``g`` and ``v`` (torch's weight-norm
 parametrization) and computes its weight from them every forward, so an
 elastic layer cannot take its place. :class:`WeightQuantParametrization` is a
-second parametrization chained after weight norm: it fake-quantises the
+second parametrization chained after weight norm: it fake-quantizes the
 computed weight at the active bits (one learned scale set per bit-width, as
 every elastic layer). It speaks the front layers' interface (``set_active``,
 ``bits``, ``quantize_bits``); its host's size report counts the packed weight
-instead of ``g`` and ``v`` when it runs quantised, as an extracted model stores
-it (the weight, dequantised on load, with the weight norm removed).
+instead of ``g`` and ``v`` when it runs quantized, as an extracted model stores
+it (the weight, dequantized on load, with the weight norm removed).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class WeightQuantParametrization(nn.Module):
         return self.weight_quantizer.quantize(weight.reshape(self.rows, self.cols), self.bits)
 
 
-def quantise_computed_weight(layer: nn.Module, bits_choices: Sequence[int],
+def quantize_computed_weight(layer: nn.Module, bits_choices: Sequence[int],
                              config: QuantConfig) -> WeightQuantParametrization:
     """Chain a :class:`WeightQuantParametrization` after ``layer``'s weight
     parametrizations; its size report then follows the active bits."""

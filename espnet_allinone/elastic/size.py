@@ -2,11 +2,11 @@
 
 A module may describe its own tensors' active slices with
 ``active_own_sizes() -> [(parameters, storage_bits), ...]`` (elastic layers
-do; quantised weights report their exact packed bits including scales and
+do; quantized weights report their exact packed bits including scales and
 zero points) and may hide children with ``inactive_children()`` (a stack
 beyond its depth); a child flagged ``removed`` (pruned away) is not counted. Every other module counts its own parameters in full at
 4 bytes each, and its BatchNorm running statistics at 4 bytes each.
-Quantiser scales are overhead inside the weight's storage bits, not
+Quantizer scales are overhead inside the weight's storage bits, not
 parameters. Reused by every encoder of the package.
 """
 
@@ -20,7 +20,7 @@ from torch import nn
 from espnet_allinone.precision import FLOAT_BITS
 
 UNCOUNTED_CHILDREN = ("weight_quantizer", "input_quantizer", "pruning")
-"""Children that are not part of a subsystem: quantiser scales (counted inside
+"""Children that are not part of a subsystem: quantizer scales (counted inside
 their layer's storage bits) and pruning gates (training-time only)."""
 
 

@@ -50,7 +50,7 @@ def stock_conformer_misfit(arch: SubnetArch, full_heads: int, model_dim: int,
                            plugin_free: bool) -> str | None:
     """Why ESPnet's own ``conformer`` cannot hold ``arch`` (None: it can). It needs
     every block once, in order, all of one shape with every head and conv channel,
-    and float weights (or low-bit ones written dequantised: ``plugin_free``)."""
+    and float weights (or low-bit ones written dequantized: ``plugin_free``)."""
     shapes = [b.shape() for b in arch.blocks]
     first = shapes[0]
     if not arch.is_stacked:

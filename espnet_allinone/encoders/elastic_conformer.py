@@ -17,7 +17,7 @@ architecture record, :class:`~espnet_allinone.arch.SubnetArch`:
   stock buffer names, narrower ones as ``running_mean_c<k>`` etc.);
 * precision: every Linear in the blocks (attention q/k/v/out/pos, FFN,
   ``concat_linear``) and the conv module's pointwise and depthwise convs are
-  fake-quantised on the active bit-width's grid (one float master weight,
+  fake-quantized on the active bit-width's grid (one float master weight,
   one learned scale set per bit-width; ``quant_conf`` is
   :class:`~espnet_allinone.quant.QuantConfig`). A depthwise conv row holds
   only ``cnn_module_kernel`` weights, so with ``granularity: group`` it uses
@@ -40,7 +40,7 @@ activations); nothing else is per position, so parameters do not grow with depth
 ``part_precisions`` (:class:`~espnet_allinone.quant.parts.PartPrecisions`)
 sets the bits of the subsampling front (``embed``: its Conv2d and Linear
 weights) and of the output layers (the model attaches its CTC linear, see
-``attach_output_layers``) in quantised subsystems: ``{front: int8, output:
+``attach_output_layers``) in quantized subsystems: ``{front: int8, output:
 int8}`` with 2-bit blocks is the papers' mixed scheme; both are float by
 default. What stays float: all LayerNorms and the conv BatchNorm, every bias
 and ``pos_bias_u/v``.
@@ -140,9 +140,9 @@ class ElasticConformerEncoder(RejectUnknownOptions, SubsystemSwitching, Conforme
     (fractions of FFN units / heads, default 1), ``precisions`` (int2, int4,
     int8, fp; default fp), ``elastic_conv`` (width also narrows the conv
     module), ``quant_conf`` (QuantConfig options), ``part_precisions`` (bits
-    of the front and output layers in quantised subsystems), ``depth_norms`` (the
+    of the front and output layers in quantized subsystems), ``depth_norms`` (the
     final norm keeps its own weights per depth, ``elastic/depth_norm.py``). See the
-    module docstring for what is quantised and what stays float.
+    module docstring for what is quantized and what stays float.
     """
 
     family = CONFORMER
@@ -207,19 +207,19 @@ class ElasticConformerEncoder(RejectUnknownOptions, SubsystemSwitching, Conforme
         for block in self.blocks:
             make_block_elastic(block, self.family, convert_attention,
                                conv_widths if self.space.elastic_conv else (), self.positions)
-        self._make_quantisable()
+        self._make_quantizable()
 
     def _make_pruning(self, config: PruneConfig) -> Pruning:
         """Gate sets for every target, with the exact costs of the full model."""
         group = config.unit_group
-        quantised = any(b != FLOAT_BITS for b in self.space.bits)
-        if quantised and self.quant_config.granularity == "group":
-            group = max(group, self.quant_config.group_size)  # keep whole quantiser groups
+        quantized = any(b != FLOAT_BITS for b in self.space.bits)
+        if quantized and self.quant_config.granularity == "group":
+            group = max(group, self.quant_config.group_size)  # keep whole quantizer groups
             d_k = self.blocks[0].self_attn.d_k
             if d_k % self.quant_config.group_size:
                 raise ValueError(
                     f"pruning heads with group_size {self.quant_config.group_size} needs the "
-                    f"head size {d_k} to be a multiple of it (whole quantiser groups)")
+                    f"head size {d_k} to be a multiple of it (whole quantizer groups)")
         full = self.resolve(self.space.largest)
         outside, costs = encoder_costs(self, full)
         limits = [block_limits(b, self.family, self.space.bits) for b in self.blocks]
@@ -251,7 +251,7 @@ class ElasticConformerEncoder(RejectUnknownOptions, SubsystemSwitching, Conforme
         """(encoder name, encoder_conf, is stock, unrolled) of ``arch``'s extracted model.
 
         ESPnet's ``conformer`` where it can hold the record (with ``plugin_free``,
-        low-bit weights dequantised and shared blocks unrolled); else ``packed_conformer``.
+        low-bit weights dequantized and shared blocks unrolled); else ``packed_conformer``.
         """
         unroll = plugin_free and not arch.is_stacked
         target = arch.unrolled() if unroll else arch

@@ -11,9 +11,9 @@ architecture record: the first ``depth`` transformer layers (or, with
 ``seed_blocks: S``, S layers unfolded to ``depth``), the first ``width *
 encoder_num_heads`` heads (head size fixed) and ``width *
 encoder_ff_interm_features`` FFN units, and every Linear of the transformer
-layers (attention q/k/v/out, FFN) fake-quantised at the precision. The conv
+layers (attention q/k/v/out, FFN) fake-quantized at the precision. The conv
 feature extractor, the feature projection and the positional conv (the
-front) are quantised by ``part_precisions.front`` (as the Conformer's
+front) are quantized by ``part_precisions.front`` (as the Conformer's
 subsampling front; default float); the layer norms stay float.
 
 Weights: ``pretrained_path`` names a user's checkpoint (a Hugging Face folder, a
@@ -44,7 +44,7 @@ from torchaudio.models.wav2vec2.components import MaskGenerator
 
 from espnet_allinone.arch import ArchError, SubnetArch
 from espnet_allinone.elastic.family import make_block_elastic, reorder_block
-from espnet_allinone.elastic.parametrized import quantise_computed_weight
+from espnet_allinone.elastic.parametrized import quantize_computed_weight
 from espnet_allinone.elastic.unfolding import check_seed
 from espnet_allinone.encoders import packed_wav2vec2
 from espnet_allinone.encoders.options import RejectUnknownOptions, publish_signature
@@ -120,10 +120,10 @@ class ElasticWav2Vec2Encoder(RejectUnknownOptions, SubsystemSwitching, Wav2Vec2E
         self._last_batch: weakref.ref | None = None
         for block in self.blocks:
             make_block_elastic(block, WAV2VEC2, ElasticSelfAttention.convert)
-        self._make_quantisable()
-        front_bits = self.part_precisions.quantised_bits("front", space.bits)
+        self._make_quantizable()
+        front_bits = self.part_precisions.quantized_bits("front", space.bits)
         if front_bits:  # the positional conv's weight is computed (weight norm)
-            self._input_layers.append(quantise_computed_weight(
+            self._input_layers.append(quantize_computed_weight(
                 self.get_submodule(POS_CONV), front_bits, self.quant_config))
         self._freeze_front()
         self.pretrained_path = pretrained_path

@@ -13,8 +13,8 @@ shared block's conv BatchNorm keeps statistics per position) and
 ``front_bits``. Its
 ``state_dict`` stores the low-bit weights bit-packed (uint8 codes, fp16
 scales, integer zero points, the grid when not the integer one, see
-:mod:`espnet_allinone.quant.packed_format`) and loading dequantises them to
-exactly the fake-quantised weights the all-in-one model used, so the forward
+:mod:`espnet_allinone.quant.packed_format`) and loading dequantizes them to
+exactly the fake-quantized weights the all-in-one model used, so the forward
 pass is the stock Conformer one. ``quant_symmetric`` and ``quant_grid``
 (None: as the file says) are what the config promises of the file.
 
@@ -115,7 +115,7 @@ class PackedConformerEncoder(RejectUnknownOptions, ConformerEncoder):
 
     @contextlib.contextmanager
     def float_state_dict(self) -> Iterator[None]:
-        """``state_dict`` shows the dequantised float weights (tracing, ONNX export)."""
+        """``state_dict`` shows the dequantized float weights (tracing, ONNX export)."""
         previous, self.state_dict_packed = self.state_dict_packed, False
         try:
             yield
@@ -145,9 +145,9 @@ def _records_from_legacy(conf: dict, n_ffn: int, heads: int | None, channels: in
     """``block_archs`` and ``front_bits`` of the uniform keys of earlier extractions.
 
     Their writer listed in ``quantized_modules`` every weight layer of the blocks
-    (``encoders.*.``) when low-bit, which is what a block's ``bits`` quantises;
+    (``encoders.*.``) when low-bit, which is what a block's ``bits`` quantizes;
     entries outside the blocks become ``front_bits``. ``_in_listed_order`` checks
-    that the records quantise exactly the listed layers.
+    that the records quantize exactly the listed layers.
     """
     try:
         bits = parse_precision(weight_bits)
@@ -167,7 +167,7 @@ def _in_listed_order(encoder: PackedConformerEncoder, patterns: list[str],
                      n_blocks: int) -> dict[str, int]:
     """``encoder.weight_bits`` in the order ``quantized_modules`` lists the layers (the
     order of the packed entries in an earlier file's state_dict), once every listed
-    layer is known to be one the records quantise, and no other."""
+    layer is known to be one the records quantize, and no other."""
     modules = dict(encoder.named_modules())
     listed: list[str] = []
     for pattern in patterns:

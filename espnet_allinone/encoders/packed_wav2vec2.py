@@ -5,7 +5,7 @@ layers narrowed to the architecture record's shapes (``block_archs``: per
 stored layer ``heads`` of the original head size, ``ffn_units``, ``bits``;
 ``block_schedule`` when layers are shared), low-bit weights stored bit-packed
 exactly as ``packed_conformer`` stores them (the same load/save hooks) and
-dequantised on load onto the trained grid. A float, full-width, stacked record
+dequantized on load onto the trained grid. A float, full-width, stacked record
 of a model without waveform normalisation instead becomes ESPnet's own
 ``encoder: torchaudiohubert`` (``finetuning: true``), which needs no plugin.
 The mask embedding and training-only state are not kept.
@@ -80,7 +80,7 @@ class PackedWav2Vec2Encoder(RejectUnknownOptions, Wav2Vec2EncoderBase):
         if front_bits != FLOAT_BITS:
             for name in WAV2VEC2.front_weight_layers(self):
                 out[f"{name}.weight"] = front_bits
-            # the positional conv stores its (quantised) weight, not weight norm's g and v;
+            # the positional conv stores its (quantized) weight, not weight norm's g and v;
             # built under no_grad, removal would leave a plain tensor instead of a Parameter
             with torch.enable_grad():
                 parametrize.remove_parametrizations(self.get_submodule(POS_CONV), "weight")

@@ -127,7 +127,7 @@ class PackedEncoder(Protocol):
     """An extracted model's encoder keeping low-bit weights bit-packed in its state_dict."""
 
     def float_state_dict(self) -> AbstractContextManager[None]:
-        """``state_dict`` shows the dequantised float weights inside (tracing, ONNX)."""
+        """``state_dict`` shows the dequantized float weights inside (tracing, ONNX)."""
         ...
 
 

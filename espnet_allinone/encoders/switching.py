@@ -58,8 +58,8 @@ class SubsystemSwitching:
     What the family class provides: ``family`` and ``stock_encoder`` (class
     attributes), ``blocks`` (every physical block) and ``block_stack`` (the
     scheduled stack holding them). What :meth:`_init_elastic` sets: the rest
-    below. ``_input_layers`` are the front's quantisable layers
-    (``_make_quantisable``); ``pruning`` exists when the space has pruning targets.
+    below. ``_input_layers`` are the front's quantizable layers
+    (``_make_quantizable``); ``pruning`` exists when the space has pruning targets.
     """
 
     family: ClassVar[FamilySpec]
@@ -216,11 +216,11 @@ class SubsystemSwitching:
         self.block_stack.set_schedule(arch.schedule)
         self._active_arch = arch
 
-    def _make_quantisable(self) -> None:
-        """Convert the front's weight layers when ``part_precisions`` quantises it, and
-        give every elastic layer its quantiser: the front's layers the front's bits,
+    def _make_quantizable(self) -> None:
+        """Convert the front's weight layers when ``part_precisions`` quantizes it, and
+        give every elastic layer its quantizer: the front's layers the front's bits,
         the others the space's."""
-        front_bits = self.part_precisions.quantised_bits("front", self.space.bits)
+        front_bits = self.part_precisions.quantized_bits("front", self.space.bits)
         self._input_layers = [convert_weight_layer(m) for m in
                               self.family.front_weight_layers(self).values()] if front_bits else []
         if all(b == FLOAT_BITS for b in self.space.bits):
@@ -244,7 +244,7 @@ class SubsystemSwitching:
         DepthLayerNorm.convert(norm, self.space.depths)
 
     def check_part_bits(self, arch: SubnetArch) -> None:
-        """A quantised front needs quantisable front layers (``part_precisions.front``)."""
+        """A quantized front needs quantizable front layers (``part_precisions.front``)."""
         bits = {layer.quantize_bits for layer in self._input_layers}
         if arch.front_bits != FLOAT_BITS and not any(arch.front_bits in b for b in bits):
             raise ArchError(f"front at {arch.front_bits} bits, but this encoder's front runs "
@@ -257,7 +257,7 @@ class SubsystemSwitching:
         They stay the model's modules (not the encoder's: no second copy in the
         state_dict); the encoder only sets their bits.
         """
-        bits = self.part_precisions.quantised_bits("output", self.space.bits)
+        bits = self.part_precisions.quantized_bits("output", self.space.bits)
         if not bits:  # float output layers: nothing to switch
             return
         for name, layer in layers.items():
@@ -330,14 +330,14 @@ class SubsystemSwitching:
             return active_size(self).params
 
     def storage_bytes(self, sub: str | Subsystem | SubnetArch | None = None) -> int:
-        """Exact bytes of ``sub``'s encoder: quantised weights packed (codes, fp16
+        """Exact bytes of ``sub``'s encoder: quantized weights packed (codes, fp16
         scales, zero points), every other parameter and BatchNorm statistic 4 bytes."""
         with self._sized(sub):
             return active_size(self).bytes
 
     def output_layers_size(self, sub: str | Subsystem | SubnetArch | None = None) -> SizeReport:
         """Exact parameters and bytes of the attached output layers under ``sub``
-        (packed when quantised); zero when the model attached none."""
+        (packed when quantized); zero when the model attached none."""
         with self._sized(sub):
             return sum((active_size(layer) for layer in self.output_layers.values()),
                        SizeReport(0, 0))

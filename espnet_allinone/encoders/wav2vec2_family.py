@@ -52,7 +52,7 @@ WAV2VEC2 = FamilySpec(
 
 POS_CONV = "model.encoder.transformer.pos_conv_embed.conv"
 """The positional conv: weight-normalised (torch parametrization), grouped; part of
-the front ``part_precisions.front`` quantises, next to the spec's ``front`` paths
+the front ``part_precisions.front`` quantizes, next to the spec's ``front`` paths
 (the conv feature extractor and the feature projection)."""
 
 

@@ -15,7 +15,7 @@ encoder can hold (Conformer: every block once, one shape, all heads and conv
 channels) becomes that stock encoder (``stock_encoder``: ``conformer``,
 ``torchaudiohubert``; no plugin needed), the others the family's packed
 encoder built from the record. With ``plugin_free`` a low-bit subsystem is
-written dequantised onto its grid as the stock encoder (float-sized on disk,
+written dequantized onto its grid as the stock encoder (float-sized on disk,
 no plugin needed). ``Extractor.extract`` also takes an explicit record (a
 non-uniform architecture) with a directory name. Everything family-specific
 is asked of the encoder through ``ExtractableEncoder``.
@@ -183,9 +183,9 @@ class Extractor:
             _write_yaml(tmp / CONFIG_NAME, config)
             torch.save(target.state_dict(), tmp / MODEL_NAME)
             disk = (tmp / MODEL_NAME).stat().st_size
-            dequantised = stock and not arch.is_float
+            dequantized = stock and not arch.is_float
             exact_encoder = (
-                _float_bytes(target.encoder) if dequantised else self.encoder.storage_bytes(arch)
+                _float_bytes(target.encoder) if dequantized else self.encoder.storage_bytes(arch)
             )
             packed_out = 0  # low-bit output layers are stored packed, not 4 bytes a value
             if output:
@@ -235,7 +235,7 @@ class Extractor:
 
     def _output_state(self, arch: SubnetArch, packed: bool) -> dict[str, torch.Tensor]:
         """The low-bit output layers' weights (keyed in the model): packed entries, or
-        dequantised onto their grid (``packed`` false: a plugin-free model)."""
+        dequantized onto their grid (``packed`` false: a plugin-free model)."""
         if arch.output_bits == FLOAT_BITS:
             return {}
         state = {}
@@ -306,7 +306,7 @@ class Extractor:
 
 
 TRAINING_ONLY = ("weight_quantizer", "input_quantizer", "pruning", "layer_distill")
-"""Module names whose parameters only training uses (quantiser scales are counted
+"""Module names whose parameters only training uses (quantizer scales are counted
 inside the packed weights; gates, multipliers and distillation projections are
 not part of any extracted model)."""
 
@@ -316,7 +316,7 @@ def _training_only(name: str) -> bool:
 
 
 def _float_bytes(module: torch.nn.Module) -> int:
-    """4 bytes a value: a stock encoder holding a low-bit record written dequantised
+    """4 bytes a value: a stock encoder holding a low-bit record written dequantized
     (a tensor shared by several keys is saved, and counted, once)."""
     unique = {t.untyped_storage().data_ptr(): t for t in module.state_dict().values()
               if t.is_floating_point()}

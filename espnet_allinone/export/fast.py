@@ -6,10 +6,10 @@
 * ``export_onnx``: the encoder + CTC head (features in, CTC log-posteriors
   out, dynamic batch and time) for onnxruntime; the STFT/mel frontend and the
   normalisation stay in PyTorch (``features``).
-* ``quantize_onnx_int8``: onnxruntime's dynamic int8 quantisation of that graph.
-* ``onnx_matmul_nbits``: a low-bit (2/4/8) extracted model's quantised Linear
+* ``quantize_onnx_int8``: onnxruntime's dynamic int8 quantization of that graph.
+* ``onnx_matmul_nbits``: a low-bit (2/4/8) extracted model's quantized Linear
   layers as onnxruntime ``MatMulNBits`` nodes holding the model's own codes
-  and scales, so the low-bit weights run exactly (no re-quantisation), and
+  and scales, so the low-bit weights run exactly (no re-quantization), and
   its other packed weights stored bit-packed in the file (expanded once at
   session start); see :mod:`espnet_allinone.export.onnx_lowbit`. The whole pipeline (numpy front
   end, CTC search, reuse of the exported files) is :mod:`espnet_allinone.deploy`.
@@ -132,7 +132,7 @@ def export_onnx(model: torch.nn.Module, path: Path, input_size: int, opset: int 
 
 
 def _float_state(encoder: torch.nn.Module) -> contextlib.AbstractContextManager:
-    """Tracing reads float weights: a packed encoder shows them dequantised; any other
+    """Tracing reads float weights: a packed encoder shows them dequantized; any other
     holds them as such already."""
     if protocol_violations(type(encoder), PackedEncoder):
         return contextlib.nullcontext()
@@ -140,7 +140,7 @@ def _float_state(encoder: torch.nn.Module) -> contextlib.AbstractContextManager:
 
 
 def quantize_onnx_int8(src: Path, dst: Path) -> Path:
-    """onnxruntime dynamic int8 quantisation (weights int8, activations quantised on the fly)."""
+    """onnxruntime dynamic int8 quantization (weights int8, activations quantized on the fly)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
@@ -156,9 +156,9 @@ class NBitsReport:
 
 def onnx_matmul_nbits(model: torch.nn.Module, src: Path, dst: Path,
                       policy: str = "nbits") -> NBitsReport:
-    """Replace the float MatMuls of quantised Linear layers by MatMulNBits (2/4/8 bits).
+    """Replace the float MatMuls of quantized Linear layers by MatMulNBits (2/4/8 bits).
 
-    The B input of each MatMul is matched by value against the dequantised
+    The B input of each MatMul is matched by value against the dequantized
     packed weights of ``model`` (a low-bit ``packed_conformer`` model); codes
     and scales come from the packed model itself, so the result is exact.
     ``policy`` as in :func:`espnet_allinone.export.onnx_lowbit.map_low_bit`.

@@ -3,7 +3,7 @@
 Every packed weight of an N-bit subsystem (2, 4 or 8 bits) is stored in the
 exported ``.onnx`` with its own N-bit codes and float16 scales, so the file
 is about as small as the packed ``model.pth`` (only the float parts, e.g. a
-float front end, stay float). How each quantised layer then computes:
+float front end, stay float). How each quantized layer then computes:
 
 * ``MatMulNBits`` (onnxruntime's low-bit kernel, holding the codes as its
   weight) for a Linear layer of 2, 4 or 8 bits where the kernel also takes
@@ -14,7 +14,7 @@ float front end, stay float). How each quantised layer then computes:
   takes blocks of a power of two >= 16 (16, 32, 64, ...): such a group size
   is its block as it is. Any other group of g input features (the default
   recipe's 36 = 144 / 4 heads) is padded to the block B = the next power of
-  two >= max(g, 16) (36 -> 64) with the code that dequantises to exactly 0
+  two >= max(g, 16) (36 -> 64) with the code that dequantizes to exactly 0
   (the zero point), one scale and zero point per block (the group's), and
   the activations are padded to match in the graph (``Reshape`` [..., K/g,
   g] -> ``Pad`` [..., K/g, B] -> ``Reshape`` [..., K/g x B]): the padding
@@ -23,7 +23,7 @@ float front end, stay float). How each quantised layer then computes:
   ``"auto"`` measures like any other shape. The file stores each group's own
   codes (whole bytes) and one byte of the zero code per block; a constant
   ``Expand`` and ``Concat`` write the padded weight at session start. On the
-  balanced grid no code dequantises to 0, so such groups are not padded
+  balanced grid no code dequantizes to 0, so such groups are not padded
   (float MatMul, the reason in the report).
 * Otherwise the layer is a float ``MatMul`` (or ``Conv``: the Conformer
   convolution module's Conv1d weights, the depthwise one with its BatchNorm
@@ -52,13 +52,13 @@ zero points (CPU: not at 8 bits), such a layer is a float MatMul of the
 bit-packed weight, with the reason in the report.
 
 ``accuracy_level=4`` (the deploy path's ``fast`` variant, ``transcribe
---fast``) lets ``MatMulNBits`` quantise its activations to int8 inside the
+--fast``) lets ``MatMulNBits`` quantize its activations to int8 inside the
 kernel (AVX2/AVX-512 VNNI/AMX int8 dot products): faster where the CPU has
 them, not exact; the default (0) computes in float and is exact.
-``store="float"`` writes the dequantised float weights instead (the
-intermediate that onnxruntime's dynamic int8 quantisation starts from).
+``store="float"`` writes the dequantized float weights instead (the
+intermediate that onnxruntime's dynamic int8 quantization starts from).
 
-``quantize_int8`` is onnxruntime's dynamic int8 quantisation of the rest
+``quantize_int8`` is onnxruntime's dynamic int8 quantization of the rest
 (float MatMuls -> ``MatMulInteger``, and the Conv2d subsampling front and the
 conv module -> ``ConvInteger``): faster, not exact.
 """
@@ -94,7 +94,7 @@ class QuantizedLinear:
     zero_point: np.ndarray | None  # [N, K // block] uint8, float32 (balanced grid: the
     #                                codes' 2^(bits-1) - 1/2) or None (default 2^(bits-1))
     block: int
-    weight_t: np.ndarray       # [K, N] float32: the dequantised weight as the MatMul holds it
+    weight_t: np.ndarray       # [K, N] float32: the dequantized weight as the MatMul holds it
     scale16: np.ndarray | None = None    # [N or 1, K // block] float16, as the file stores it
     zp_stored: np.ndarray | None = None  # [N or 1, K // block] uint8 (asymmetric), as stored
     offset: float = 0.0                  # the grid's offset (balanced: 1/2)
@@ -199,7 +199,7 @@ def nbits_supported(bits: int, block: int, float_zero_point: bool = False) -> st
     padded = nbits_block(block)
     if padded != block and float_zero_point:
         return (f"group size {block} on the balanced grid: MatMulNBits needs a power of two "
-                f">= 16, and padding to {padded} needs a code that dequantises to 0, which "
+                f">= 16, and padding to {padded} needs a code that dequantizes to 0, which "
                 "the balanced grid has not")
     if float_zero_point and not _float_zero_points_work(bits):
         return (f"balanced grid at {bits} bits: this onnxruntime's MatMulNBits takes no float "
@@ -241,10 +241,10 @@ def _float_zero_points_work(bits: int) -> bool:
 
 
 def zero_codes(q: QuantizedLinear) -> np.ndarray:
-    """[N, groups] uint8: the unsigned level of each group that dequantises to exactly 0
+    """[N, groups] uint8: the unsigned level of each group that dequantizes to exactly 0
     (its zero point); the balanced grid has none."""
     if q.float_zero_point:
-        raise ValueError(f"{q.name}: no code of the balanced grid dequantises to 0")
+        raise ValueError(f"{q.name}: no code of the balanced grid dequantizes to 0")
     n_out, k_in = q.codes.shape
     if q.zero_point is None:
         return np.full((n_out, k_in // q.block), 2 ** (q.bits - 1), dtype=np.uint8)
@@ -370,7 +370,7 @@ def nbits_session(q: QuantizedLinear, threads: int = 1, accuracy_level: int = 0)
 
 
 def float_session(q: QuantizedLinear, threads: int = 1):
-    """A session of the float MatMul of q's dequantised weight (x [1, T, K] -> y)."""
+    """A session of the float MatMul of q's dequantized weight (x [1, T, K] -> y)."""
     from onnx import helper, numpy_helper
 
     n_out, k_in = q.codes.shape
@@ -601,11 +601,11 @@ def row_factors(rows: np.ndarray, target: np.ndarray, steps: int = 4) -> np.ndar
 def map_low_bit(state_dict: dict[str, torch.Tensor], src: Path, dst: Path,
                 policy: str = "auto", threads: int = 1, *, store: str = "packed",
                 accuracy_level: int = 0) -> LowBitReport:
-    """Rewrite ``src``'s quantised Linear MatMuls as MatMulNBits (per ``policy``) into ``dst``.
+    """Rewrite ``src``'s quantized Linear MatMuls as MatMulNBits (per ``policy``) into ``dst``.
 
     ``store="packed"``: every other packed weight found in the graph (float MatMuls,
     Convs) is stored bit-packed and expanded at session start; ``"float"``: as
-    dequantised float initialisers. ``accuracy_level``: the MatMulNBits attribute
+    dequantized float initialisers. ``accuracy_level``: the MatMulNBits attribute
     (0: float compute, exact; 4: int8 compute, faster, not exact), also used when
     timing the kernel for ``policy="auto"``.
     """
@@ -742,8 +742,8 @@ def _decide(q: QuantizedLinear, policy: str, threads: int, report: LowBitReport,
     """None: use MatMulNBits; otherwise the reason to keep the float MatMul."""
     n_out, k_in = q.codes.shape
     shape = f"[{TIMING_FRAMES}x{k_in}]x[{k_in}x{n_out}] {q.bits}-bit, groups of {q.block}"
-    kept = (f"float MatMul, weights stored {q.bits}-bit and dequantised once at session start"
-            if store == "packed" else "float MatMul, dequantised")
+    kept = (f"float MatMul, weights stored {q.bits}-bit and dequantized once at session start"
+            if store == "packed" else "float MatMul, dequantized")
     notes = ([f"groups padded to blocks of {q.nbits_block}"] if q.padded else []) + (
         [f"accuracy_level {accuracy_level}"] if accuracy_level else [])
     kernel = "MatMulNBits" + (f" ({', '.join(notes)})" if notes else "")

@@ -5,7 +5,7 @@ twin (``static_twin``): the kept heads / FFN units / conv channels, the
 width's own BatchNorm statistics, and for low-bit layers the integer codes
 and scales, bit-packed. Each physical block the record uses is stored once,
 renumbered in order of first use; everything outside the blocks (the front,
-``after_norm``) is copied (a quantised front hands over its codes too). The
+``after_norm``) is copied (a quantized front hands over its codes too). The
 result is keyed like the state_dict of the family's extracted encoder (its
 stock encoder, or its packed one built from ``arch.to_conf()``); a family
 whose extracted encoder keys differ re-keys it (``extracted_state``), and
@@ -35,7 +35,7 @@ class SlicedEncoder:
     state: dict[str, torch.Tensor]
 
     def dequantized_state(self, weight_shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
-        """All weights as float (low-bit ones dequantised onto their grid)."""
+        """All weights as float (low-bit ones dequantized onto their grid)."""
         state = dict(self.state)
         names = [k[: -len(CODES_SUFFIX)] for k in self.state if k.endswith(CODES_SUFFIX)]
         for name in names:

@@ -16,8 +16,8 @@ class PruneConfig:
     """Gate kinds and hyper-parameters; the target ramp and the Lagrangian's start.
 
     ``unit_group``: FFN units and conv channels are gated in groups of this
-    many (1: each alone). With group-wise quantisation the groups must be
-    whole quantiser groups, so the encoder raises it to the group size.
+    many (1: each alone). With group-wise quantization the groups must be
+    whole quantizer groups, so the encoder raises it to the group size.
     ``warmup_steps``: the target falls linearly from 1 to the target over
     these many updates (DPHuBERT ramps it over the first part of training).
     ``gate_lr_scale``: the gates learn this many times faster than the weights

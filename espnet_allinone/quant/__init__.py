@@ -1,4 +1,4 @@
-"""Weight (and optional activation) fake quantisation, bit packing and the packed
+"""Weight (and optional activation) fake quantization, bit packing and the packed
 state_dict layout (torch only)."""
 
 from espnet_allinone.quant.config import QuantConfig, QuantConfigError

@@ -1,6 +1,6 @@
-"""QuantConfig: the quantiser options of one all-in-one model (``encoder_conf.quant_conf``).
+"""QuantConfig: the quantizer options of one all-in-one model (``encoder_conf.quant_conf``).
 
-One frozen value, validated once, so every quantised layer of an encoder uses
+One frozen value, validated once, so every quantized layer of an encoder uses
 the same scheme and a typo in the YAML fails at start-up with the valid
 choices instead of silently falling back to a default.
 """
@@ -23,16 +23,16 @@ GRIDS = ("integer", "balanced")
 """Symmetric level sets: integer multiples of the scale, or mid-rise (q + 1/2) x scale."""
 
 ACTIVATION_BITS = (None, 8)
-"""Activation fake quantisation: off, or 8-bit dynamic per-tensor."""
+"""Activation fake quantization: off, or 8-bit dynamic per-tensor."""
 
 
 class QuantConfigError(AllInOneError, ValueError):
-    """A quantiser option that is unknown or out of range."""
+    """A quantizer option that is unknown or out of range."""
 
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """How weights (and optionally activations) are fake-quantised.
+    """How weights (and optionally activations) are fake-quantized.
 
     symmetric:       signed levels [-2^(b-1), 2^(b-1)-1], no zero point; else
                      unsigned [0, 2^b-1] with an integer zero point.
@@ -45,7 +45,7 @@ class QuantConfig:
     clip_ratio:      range fraction for clip == "fixed", in (0, 1].
     learn_scale:     LSQ(+) learned scales (and zero points); False recomputes
                      them from the current weight every forward.
-    activation_bits: None, or 8 to fake-quantise layer inputs.
+    activation_bits: None, or 8 to fake-quantize layer inputs.
     grid:            "integer": code q means q x scale (2 bits: {-2, -1, 0, 1} x s);
                      "balanced" (symmetric only): q means (q + 1/2) x scale, levels
                      symmetric about zero without an exact zero (2 bits:

@@ -1,4 +1,4 @@
-"""Fake quantisation with a straight-through estimator (STE).
+"""Fake quantization with a straight-through estimator (STE).
 
 ``WeightFakeQuantizer`` gives one float master weight several integer grids
 (nested precision): one scale set per bit-width, chosen per forward by the
@@ -84,7 +84,7 @@ def grid_offset(grid: str) -> float:
         return 0.0
     if grid == "balanced":
         return 0.5
-    raise ValueError(f"unknown quantisation grid {grid!r}; valid: {', '.join(GRIDS)}")
+    raise ValueError(f"unknown quantization grid {grid!r}; valid: {', '.join(GRIDS)}")
 
 
 def positive_levels(bits: int, symmetric: bool, grid: str = "integer") -> int:
@@ -147,7 +147,7 @@ class _FakeQuantSTE(torch.autograd.Function):
         offset: float = 0.0,
     ) -> Tensor:
         x = w3 / s3
-        # + 0.0 turns round's -0.0 into +0.0, as dequantised integer codes have
+        # + 0.0 turns round's -0.0 into +0.0, as dequantized integer codes have
         r = _round_levels(x, offset).add_(0.0 if z3 is None else z3)
         q = r.clamp(qmin, qmax)
         save = track and any(ctx.needs_input_grad[:3])
@@ -280,10 +280,10 @@ class WeightFakeQuantizer(nn.Module):
     The layer owns the weight and passes the FULL 2-D view ([out, in]; a Conv1d
     [o, i, k] as [o, i*k]) to every call, so a bit-width's scales are set from
     the whole weight the first time it is used (a float checkpoint loaded
-    before training is quantised from its real values). The buffer
+    before training is quantized from its real values). The buffer
     ``initialized_int{b}`` makes that survive checkpoints.
 
-    Per quantised bit-width b, with learn_scale: parameters ``scale_int{b}``
+    Per quantized bit-width b, with learn_scale: parameters ``scale_int{b}``
     and (asymmetric) ``zero_point_int{b}``, shape [out, n_groups] ([1, 1] per
     tensor). Without learn_scale there are no scale parameters: the scales
     come from the current weight's range every forward, and with clip "mse"
@@ -367,7 +367,7 @@ class WeightFakeQuantizer(nn.Module):
         valid = self.quant_bits + ((FLOAT_BITS,) if allow_float else ())
         if bits not in valid or isinstance(bits, bool):
             raise ValueError(
-                f"bits {bits!r} not available in this quantiser; valid: "
+                f"bits {bits!r} not available in this quantizer; valid: "
                 f"{', '.join(map(str, valid))}"
             )
         return int(bits)
@@ -538,7 +538,7 @@ class WeightFakeQuantizer(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
         self._ready.clear()  # the loaded initialized_int{b} flags decide again
 
-    # --- quantisation ---------------------------------------------------------
+    # --- quantization ---------------------------------------------------------
     def _qparams(
         self,
         weight: Tensor,
@@ -600,7 +600,7 @@ class WeightFakeQuantizer(nn.Module):
         rows: Tensor | None = None,
         cols: int | Tensor | None = None,
     ) -> Tensor:
-        """Fake-quantised ``weight[rows][:, cols]`` at ``bits`` (32: the float slice).
+        """Fake-quantized ``weight[rows][:, cols]`` at ``bits`` (32: the float slice).
 
         ``cols``: a prefix length or a LongTensor of column indices.
 
@@ -680,10 +680,10 @@ def _select(weight: Tensor, rows: Tensor | None, cols: int | Tensor | None) -> T
 
 # --- activations --------------------------------------------------------------
 class ActivationFakeQuantizer(nn.Module):
-    """Dynamic per-tensor asymmetric fake quantisation of layer inputs (STE).
+    """Dynamic per-tensor asymmetric fake quantization of layer inputs (STE).
 
     The range is the current tensor's min/max (always including 0), so there
-    is nothing to learn or store; this mimics int8 dynamic quantisation at
+    is nothing to learn or store; this mimics int8 dynamic quantization at
     inference time.
     """
 

@@ -1,6 +1,6 @@
 """Packed low-bit weights inside a ``state_dict``: the one tensor layout.
 
-A quantised parameter ``<name>`` (for example ``encoders.0.feed_forward.w_1.weight``)
+A quantized parameter ``<name>`` (for example ``encoders.0.feed_forward.w_1.weight``)
 is stored as plain tensors under ``<name>_<suffix>``:
 
 =====================  =======  =============================================
@@ -21,7 +21,7 @@ two's complement), present = asymmetric (unsigned codes). What a code means
 follows from the grid record: absent = ``integer`` (q x scale, every file
 written before grids existed), ``balanced`` = (q + 1/2) x scale. The group
 size is ``cols // scale.shape[1]``. Loading turns the entries back into
-``QuantizedWeight.dequantize()``, bit-identical to the fake-quantised weight
+``QuantizedWeight.dequantize()``, bit-identical to the fake-quantized weight
 the all-in-one model trained with.
 """
 
@@ -53,7 +53,7 @@ class PackedFormatError(AllInOneError, RuntimeError):
 
 @dataclass
 class QuantizedLayer:
-    """The static twin of a quantised elastic layer: its codes and its float bias.
+    """The static twin of a quantized elastic layer: its codes and its float bias.
 
     ``weight_shape`` is the shape of the float weight it stands for (a Conv1d
     keeps its kernel dimension); ``kind`` is ``"linear"`` or ``"conv1d"``.
@@ -170,7 +170,7 @@ def dequantize_to(qw: QuantizedWeight, bits: int, weight_shape: Sequence[int],
     elif symmetric is not None and qw.symmetric != symmetric:
         have = "symmetric" if qw.symmetric else "asymmetric"
         want = "symmetric" if symmetric else "asymmetric"
-        mismatch = f"is {have}, the config says {want} quantisation"
+        mismatch = f"is {have}, the config says {want} quantization"
     elif grid is not None and qw.grid != grid:
         mismatch = f"is on the {qw.grid} grid, the config says quant_grid: {grid}"
     elif qw.shape != (rows, cols):
@@ -187,7 +187,7 @@ def dequantize_to(qw: QuantizedWeight, bits: int, weight_shape: Sequence[int],
 # --- modules that keep some weights bit-packed in their state_dict ---------------
 def store_packed(module: torch.nn.Module) -> None:
     """Make ``module`` keep the weights named in ``module.weight_bits`` (name -> bits)
-    bit-packed in its state_dict: loading dequantises them exactly
+    bit-packed in its state_dict: loading dequantizes them exactly
     (``module.quant_symmetric``: the signedness the config promises, or None;
     ``module.quant_grid``, when present: the grid it promises, or None: the file's
     grid records decide), saving writes the loaded entries back. Used by the packed encoders and the packed model."""
@@ -199,7 +199,7 @@ def store_packed(module: torch.nn.Module) -> None:
 
 def _load_packed(module, state_dict, prefix, local_metadata, strict,
                  missing_keys, unexpected_keys, error_msgs) -> None:
-    """Replace the packed entries by the dequantised float weights (before loading)."""
+    """Replace the packed entries by the dequantized float weights (before loading)."""
     params = dict(module.named_parameters())
     packed: dict[str, Tensor] = {}
     kind = type(module).__name__
@@ -225,7 +225,7 @@ def _load_packed(module, state_dict, prefix, local_metadata, strict,
 
 
 def _save_packed(module, state_dict, prefix, local_metadata):
-    """Write the packed codes/scales instead of the float quantised weights."""
+    """Write the packed codes/scales instead of the float quantized weights."""
     if not module.weight_bits or not module.state_dict_packed:
         return state_dict
     if not module._packed:

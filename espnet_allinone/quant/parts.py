@@ -31,12 +31,12 @@ SAME = "same"
 
 
 class PartPrecisionError(AllInOneError, ValueError):
-    """An unknown part or a precision no quantiser offers."""
+    """An unknown part or a precision no quantizer offers."""
 
 
 @dataclass(frozen=True)
 class PartPrecisions:
-    """Bits of each part in a quantised subsystem (None: the blocks' bits)."""
+    """Bits of each part in a quantized subsystem (None: the blocks' bits)."""
 
     front: int | None = FLOAT_BITS
     output: int | None = FLOAT_BITS
@@ -65,7 +65,7 @@ class PartPrecisions:
                 bits[part] = parse_precision(value)
             except PrecisionError:
                 raise PartPrecisionError(
-                    f"part_precisions.{part}: {value!r} is not a precision the quantisers "
+                    f"part_precisions.{part}: {value!r} is not a precision the quantizers "
                     f"offer; valid: {VALID_NAMES}, {SAME}") from None
         return cls(**bits)
 
@@ -76,7 +76,7 @@ class PartPrecisions:
         own = getattr(self, part)
         return block_bits if own is None else own
 
-    def quantised_bits(self, part: str, block_bits: tuple[int, ...]) -> tuple[int, ...]:
+    def quantized_bits(self, part: str, block_bits: tuple[int, ...]) -> tuple[int, ...]:
         """Every integer bit-width ``part`` runs at over a space's block precisions."""
         return tuple(sorted({b for b in (self.bits(part, bb) for bb in block_bits)
                              if b != FLOAT_BITS}))

@@ -19,7 +19,7 @@ that block's choice), so every family and unfolded encoders work without
 family knowledge here: a block shared by several logical positions runs its
 one choice at each of them. The front and the output layers run as in the
 uniform subsystem of the record's ``parts`` precision (``part_precisions``:
-``{front: int8}`` gives an int8 front to every quantised one, ``same`` the
+``{front: int8}`` gives an int8 front to every quantized one, ``same`` the
 precision itself); without ``@<precision>`` they follow the most precise
 block, so they never run below any block. Torch-free.
 """

@@ -3,7 +3,7 @@ and benchmarks: no data and no training needed to exercise extraction.
 
 The config is ESPnet's own ``asr_train`` argument defaults with the given
 model, so it is shaped exactly like the ``config.yaml`` training writes
-(``espnet2/tasks/abs_task.py`` dumps ``vars(args)``). Quantiser scales are
+(``espnet2/tasks/abs_task.py`` dumps ``vars(args)``). Quantizer scales are
 initialised by one forward pass per subsystem, as training would.
 """
 

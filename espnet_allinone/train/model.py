@@ -21,7 +21,7 @@ The sampled paths come from :class:`SubsystemSampler`, seeded from
 so it is saved in every checkpoint and ``--resume`` continues the sequence,
 and every DDP rank draws the same paths (same graph, same stats keys).
 
-Unsampled quantiser scales (bits not drawn this step) get no gradient: DDP
+Unsampled quantizer scales (bits not drawn this step) get no gradient: DDP
 needs ``unused_parameters: true`` (the ``conf/train_allinone_*`` YAMLs set it).
 
 ``model_conf`` options (besides the stock ones):
@@ -46,7 +46,7 @@ needs ``unused_parameters: true`` (the ``conf/train_allinone_*`` YAMLs set it).
   the weights the teacher shares, holds every path near its first outputs;
 - ``float_warmup_steps``: for the first N updates every path runs its float twin
   (same depth and width; stats keep the path's own key), so depth and width
-  settle before the quantisers join (a precision curriculum);
+  settle before the quantizers join (a precision curriculum);
 - ``valid_subsystems``: evaluated every epoch (default: largest, smallest);
 - ``share_input_layer`` (default true): run the subsampling front once per step
   and front precision; ``sampling_log``: append ``rank= step= paths=`` lines to this file
