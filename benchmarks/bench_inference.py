@@ -278,10 +278,9 @@ def main() -> None:
     from espnet_allinone.deploy.runtime import OnnxSpeech2Text
     from espnet_allinone.export import fast
     from espnet_allinone.export.extract import Extractor
-    from espnet_allinone.testing.toy_experiment import (
-        DEFAULT_ENCODER_CONF,
-        write_toy_experiment,
-    )
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/helpers
+    from helpers.toy_experiment import DEFAULT_ENCODER_CONF, write_toy_experiment
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 from espnet_allinone.corpus import CorpusConfig, ToolMissingError, make_corpus
+
+# tests/helpers is imported as ``helpers``: pytest's default import mode puts this
+# directory on sys.path already, its other modes do not.
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).parent))
 
 TINY = CorpusConfig(num_train=36, num_dev=10, num_test=10, seed=0)
 

@@ -14,6 +14,10 @@ import pytest
 import soundfile
 import torch
 import yaml
+from helpers.toy_experiment import (
+    DEFAULT_ENCODER_CONF,
+    write_toy_experiment,
+)
 
 from espnet_allinone.bin import extract as extract_cli
 from espnet_allinone.export.calibration import (
@@ -24,10 +28,6 @@ from espnet_allinone.export.calibration import (
     kept_statistics,
 )
 from espnet_allinone.export.extract import Extractor, probe_input
-from espnet_allinone.testing.toy_experiment import (
-    DEFAULT_ENCODER_CONF,
-    write_toy_experiment,
-)
 
 NUM_UTTS = 5
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import soundfile
 import torch
+from helpers.toy_experiment import shared_toy_experiment
 
 from espnet_allinone.bin.asr_inference_multi import main
 from espnet_allinone.export.extract import Extractor
-from espnet_allinone.testing.toy_experiment import shared_toy_experiment
 
 
 def _lines(path: Path) -> dict[str, str]:

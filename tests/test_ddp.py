@@ -151,7 +151,8 @@ PREP = r"""
 import json, sys
 from pathlib import Path
 from espnet2.tasks.asr import ASRTask
-from espnet_allinone.testing import espnet_run as R
+sys.path.insert(0, "tests")  # tests/helpers (cwd: the repository root)
+from helpers import espnet_run as R
 data, work, conf = map(Path, sys.argv[1:4])
 tok = R.char_token_list([data / "train" / "text", data / "dev" / "text"], work / "tokens.txt")
 ASRTask.main(cmd=R.collect_stats_args(conf, data, tok, work / "stats"))

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.toy_experiment import (
+    DEFAULT_ENCODER_CONF,
+    write_toy_experiment,
+)
 
 from espnet_allinone.elastic.depth_norm import DepthLayerNorm
 from espnet_allinone.encoders.elastic_conformer import ElasticConformerEncoder
 from espnet_allinone.export.extract import Extractor, probe_input
-from espnet_allinone.testing.toy_experiment import (
-    DEFAULT_ENCODER_CONF,
-    write_toy_experiment,
-)
 
 CONF = dict(DEFAULT_ENCODER_CONF, precisions=["int4", "fp"], depth_norms=True)
 

@@ -320,7 +320,7 @@ def test_bad_configuration_names_the_value_and_the_choices(kw, error, message):
 def test_nested_use_arch_gives_the_enclosing_record_back():
     """A block run with another record inside ``use_arch`` (a scorer, a calibration)
     leaves the enclosing record active, not the last subsystem set."""
-    from espnet_allinone.testing.toy_experiment import DEFAULT_ENCODER_CONF
+    from helpers.toy_experiment import DEFAULT_ENCODER_CONF
 
     enc = ElasticConformerEncoder(20, **DEFAULT_ENCODER_CONF)
     outer, inner = enc.resolve("d2-w0.5-int2"), enc.resolve("d4-w1-int4")

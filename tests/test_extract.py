@@ -12,17 +12,17 @@ import hashlib
 import pytest
 import torch
 import yaml
+from helpers.toy_experiment import (
+    DEFAULT_ENCODER_CONF,
+    shared_toy_experiment,
+    write_toy_experiment,
+)
 
 from espnet_allinone.arch import BlockArch, SubnetArch
 from espnet_allinone.export import extract as extract_mod
 from espnet_allinone.export.extract import ExtractionError, Extractor, probe_input
 from espnet_allinone.export.model_io import CheckpointMismatchError
 from espnet_allinone.subsystem import Subsystem, SubsystemError
-from espnet_allinone.testing.toy_experiment import (
-    DEFAULT_ENCODER_CONF,
-    shared_toy_experiment,
-    write_toy_experiment,
-)
 
 SUBSYSTEMS = ["d2-w0.5-int2", "d4-w1-int4", "d2-w1-fp", "d4-w0.5-int8", "d4-w1-fp", "d4-w0.5-fp"]
 

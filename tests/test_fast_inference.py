@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.toy_experiment import shared_toy_experiment
 
 from espnet_allinone.export import fast
 from espnet_allinone.export.extract import Extractor
-from espnet_allinone.testing.toy_experiment import shared_toy_experiment
 
 SUBS = ["d4-w1-int4", "d2-w0.5-int2", "d4-w1-fp"]
 

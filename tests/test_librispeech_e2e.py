@@ -119,7 +119,7 @@ def tiny_conformer(recipe: Path) -> str:
 def tiny_wav2vec2(recipe: Path, ckpt_root: Path) -> tuple[str, Path]:
     """The shipped wav2vec2 config shrunk, and a tiny Hugging Face checkpoint with the
     shipped conv front's strides (16 channels), 3 layers of d=32, 4 heads."""
-    from espnet_allinone.testing.foundation_checkpoints import (
+    from helpers.foundation_checkpoints import (
         reference_model,
         write_huggingface,
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.toy_experiment import shared_toy_experiment
 
 from espnet_allinone.export.model_io import (
     CheckpointError,
@@ -22,7 +23,6 @@ from espnet_allinone.export.model_io import (
     load_checkpoint,
     load_config,
 )
-from espnet_allinone.testing.toy_experiment import shared_toy_experiment
 
 SUB = "d2-w0.5-int4"
 

@@ -22,6 +22,10 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from helpers.toy_experiment import (
+    DEFAULT_ENCODER_CONF,
+    shared_toy_experiment,
+)
 
 from espnet_allinone.corpus.datadir import read_table
 from espnet_allinone.deploy.build import ensure_exported, export_dir_for
@@ -30,10 +34,6 @@ from espnet_allinone.export import onnx_lowbit
 from espnet_allinone.export.extract import Extractor
 from espnet_allinone.quant import QuantConfig, WeightFakeQuantizer
 from espnet_allinone.quant import packed_format as pf
-from espnet_allinone.testing.toy_experiment import (
-    DEFAULT_ENCODER_CONF,
-    shared_toy_experiment,
-)
 from tests.test_transcribe import _espnet_greedy
 
 SUBS = ("d4-w1-fp", "d4-w1-int8", "d4-w1-int4", "d4-w1-int2")

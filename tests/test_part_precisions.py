@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
+from helpers.toy_experiment import (
+    DEFAULT_ENCODER_CONF,
+    shared_toy_experiment,
+)
 
 from espnet_allinone.elastic import ElasticConv2d, ElasticLinear
 from espnet_allinone.export.extract import Extractor, probe_input
 from espnet_allinone.precision import FLOAT_BITS
 from espnet_allinone.quant.parts import PartPrecisionError, PartPrecisions
-from espnet_allinone.testing.toy_experiment import (
-    DEFAULT_ENCODER_CONF,
-    shared_toy_experiment,
-)
 
 MIXED = {"front": "int8", "output": "int8"}
 

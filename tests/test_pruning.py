@@ -9,15 +9,15 @@ from fractions import Fraction
 import pytest
 import torch
 import yaml
+from helpers.toy_experiment import (
+    DEFAULT_ENCODER_CONF,
+    write_toy_experiment,
+)
 
 from espnet_allinone.encoders.elastic_conformer import ElasticConformerEncoder
 from espnet_allinone.export.extract import Extractor, probe_input
 from espnet_allinone.pruning.hard_concrete import HardConcrete
 from espnet_allinone.subsystem import SubsystemError
-from espnet_allinone.testing.toy_experiment import (
-    DEFAULT_ENCODER_CONF,
-    write_toy_experiment,
-)
 
 STOCK = {
     "output_size": 32, "attention_heads": 4, "linear_units": 64, "cnn_module_kernel": 5,

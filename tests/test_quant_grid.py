@@ -12,6 +12,10 @@ import itertools
 import pytest
 import torch
 import yaml
+from helpers.toy_experiment import (
+    DEFAULT_ENCODER_CONF,
+    write_toy_experiment,
+)
 
 from espnet_allinone.export.extract import Extractor, probe_input
 from espnet_allinone.quant import (
@@ -22,10 +26,6 @@ from espnet_allinone.quant import (
 )
 from espnet_allinone.quant import packed_format as pf
 from espnet_allinone.quant.fake_quant import QuantizedWeight
-from espnet_allinone.testing.toy_experiment import (
-    DEFAULT_ENCODER_CONF,
-    write_toy_experiment,
-)
 from tests.test_extract import _greedy, assert_equals_allinone
 
 OUT, IN, GS = 16, 64, 16

@@ -94,11 +94,12 @@ def _space(config: dict) -> SearchSpace:
 @pytest.fixture(scope="module")
 def stamped(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Each foundation config stamped from a tiny 12-layer Hugging Face checkpoint."""
-    from espnet_allinone.foundation.conf import stamp
-    from espnet_allinone.testing.foundation_checkpoints import (
+    from helpers.foundation_checkpoints import (
         reference_model,
         write_huggingface,
     )
+
+    from espnet_allinone.foundation.conf import stamp
 
     root = tmp_path_factory.mktemp("foundation")
     out = {}

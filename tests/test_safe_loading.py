@@ -24,6 +24,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.foundation_checkpoints import (
+    fairseq_dictionary_class,
+    reference_model,
+    write_fairseq,
+)
 from torchaudio.models import wav2vec2_model
 
 from espnet_allinone.foundation import conf as conf_cli
@@ -32,11 +37,6 @@ from espnet_allinone.foundation.pickle_stubs import (
     Stub,
     UnsafePickleError,
     load_pickled,
-)
-from espnet_allinone.testing.foundation_checkpoints import (
-    fairseq_dictionary_class,
-    reference_model,
-    write_fairseq,
 )
 
 REPO = Path(__file__).resolve().parents[1]

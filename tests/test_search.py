@@ -20,6 +20,7 @@ import pytest
 import soundfile
 import torch
 import yaml
+from helpers.toy_experiment import shared_toy_experiment
 
 from espnet_allinone.arch import SubnetArch
 from espnet_allinone.bin import search as search_cli
@@ -31,7 +32,6 @@ from espnet_allinone.search.records import (
     build_arch,
 )
 from espnet_allinone.subsystem import SearchSpace
-from espnet_allinone.testing.toy_experiment import shared_toy_experiment
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
@@ -159,11 +159,12 @@ def test_front_and_output_follow_the_records_parts_precision(tmp_path) -> None:
     """With part_precisions {front: int8, output: int8} a record's front and output run
     at 8 bits once its parts precision is quantized, also beside float blocks; without
     one they follow the most precise block. Extraction stays exact."""
-    from espnet_allinone.export.extract import Extractor
-    from espnet_allinone.testing.toy_experiment import (
+    from helpers.toy_experiment import (
         DEFAULT_ENCODER_CONF,
         write_toy_experiment,
     )
+
+    from espnet_allinone.export.extract import Extractor
 
     conf = dict(DEFAULT_ENCODER_CONF, part_precisions={"front": "int8", "output": "int8"})
     paths = write_toy_experiment(tmp_path / "aio", encoder_conf=conf, model="allinone")

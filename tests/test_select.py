@@ -98,9 +98,10 @@ def test_cli_dry_run_and_errors(exp, capsys):
 
 def test_cli_extracts_packs_and_records_the_choice(exp, capsys):
     """A real all-in-one checkpoint: the chosen subsystem is extracted and packed once."""
+    from helpers.toy_experiment import shared_toy_experiment
+
     from espnet_allinone.bin.select import main
     from espnet_allinone.export.extracted_dir import subsystem_size
-    from espnet_allinone.testing.toy_experiment import shared_toy_experiment
 
     paths = shared_toy_experiment()
     shutil.copyfile(paths["config"], exp / "config.yaml")

@@ -39,7 +39,8 @@ from pathlib import Path
 import torch
 from espnet2.tasks.asr import ASRTask
 from espnet2.train.reporter import Reporter
-from espnet_allinone.testing import espnet_run as R
+sys.path.insert(0, "tests")  # tests/helpers (cwd: the repository root)
+from helpers import espnet_run as R
 
 data, work, conf = map(Path, sys.argv[1:4])
 tok = R.char_token_list([data / "train" / "text", data / "dev" / "text"], work / "tokens.txt")
@@ -139,7 +140,8 @@ UNFOLD_SCRIPT = """
 import json, sys
 from pathlib import Path
 from espnet2.tasks.asr import ASRTask
-from espnet_allinone.testing import espnet_run as R
+sys.path.insert(0, "tests")  # tests/helpers (cwd: the repository root)
+from helpers import espnet_run as R
 
 data, work, conf = map(Path, sys.argv[1:4])
 tok = R.char_token_list([data / "train" / "text", data / "dev" / "text"], work / "tokens.txt")
@@ -184,7 +186,8 @@ from pathlib import Path
 import soundfile, torch
 from espnet2.tasks.asr import ASRTask
 from espnet2.train.reporter import Reporter
-from espnet_allinone.testing import espnet_run as R
+sys.path.insert(0, "tests")  # tests/helpers (cwd: the repository root)
+from helpers import espnet_run as R
 
 data, work, conf = map(Path, sys.argv[1:4])
 epochs, subs = int(sys.argv[4]), sys.argv[5:]

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from helpers.toy_experiment import shared_toy_experiment
 
 from espnet_allinone.corpus.datadir import read_table
 from espnet_allinone.deploy.build import ensure_exported, export_dir_for, load_model
 from espnet_allinone.deploy.runtime import OnnxSpeech2Text
 from espnet_allinone.export.extract import Extractor
-from espnet_allinone.testing.toy_experiment import shared_toy_experiment
 
 SUBS = ["d4-w1-fp", "d4-w0.5-int8", "d4-w1-int4", "d2-w0.5-int2"]
 BEAM = 4

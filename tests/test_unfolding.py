@@ -6,15 +6,15 @@ import pytest
 import torch
 import yaml
 from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
+from helpers.toy_experiment import (
+    DEFAULT_ENCODER_CONF,
+    write_toy_experiment,
+)
 
 from espnet_allinone.elastic.unfolding import unfold_schedule
 from espnet_allinone.encoders.elastic_conformer import ElasticConformerEncoder
 from espnet_allinone.export.extract import Extractor, probe_input
 from espnet_allinone.subsystem import SubsystemError
-from espnet_allinone.testing.toy_experiment import (
-    DEFAULT_ENCODER_CONF,
-    write_toy_experiment,
-)
 
 STOCK = {
     "output_size": 32, "attention_heads": 4, "linear_units": 64, "cnn_module_kernel": 5,

@@ -15,15 +15,15 @@ import copy
 import pytest
 import torch
 import yaml
+from helpers.foundation_checkpoints import (
+    reference_model,
+    write_torchaudio,
+)
+from helpers.toy_experiment import token_list
 
 from espnet_allinone.encoders.wav2vec2_family import POS_CONV
 from espnet_allinone.export.extract import ExtractionError, Extractor
 from espnet_allinone.foundation.loader import load_foundation
-from espnet_allinone.testing.foundation_checkpoints import (
-    reference_model,
-    write_torchaudio,
-)
-from espnet_allinone.testing.toy_experiment import token_list
 
 SPACE = {"depths": [2, 4], "widths": [0.5, 1], "precisions": ["int4", "int8", "fp"],
          "quant_conf": {"granularity": "group", "group_size": 16, "symmetric": True}}
@@ -152,8 +152,9 @@ def test_unfolded_subsystems_extract_to_a_packed_schedule(tmp_path):
 
 
 def test_storage_bytes_order_and_switching():
+    from helpers.foundation_checkpoints import TINY
+
     from espnet_allinone.encoders.elastic_wav2vec2 import ElasticWav2Vec2Encoder
-    from espnet_allinone.testing.foundation_checkpoints import TINY
 
     enc = ElasticWav2Vec2Encoder(1, **TINY, **SPACE)
     order = enc.ordered_subsystems()

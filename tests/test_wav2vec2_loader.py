@@ -1,7 +1,7 @@
 """Users' wav2vec2 / HuBERT checkpoints in three formats, loaded offline.
 
 Tiny checkpoints with random weights are written in each format by
-``espnet_allinone.testing.foundation_checkpoints``; the elastic encoder built
+``helpers.foundation_checkpoints``; the elastic encoder built
 from the loaded ``encoder_conf`` + ``pretrained_path`` must compute what
 torchaudio's own ``Wav2Vec2Model`` computes with the same weights (<= 1e-5).
 """
@@ -12,16 +12,16 @@ import importlib.util
 
 import pytest
 import torch
-
-from espnet_allinone.encoders.elastic_wav2vec2 import ElasticWav2Vec2Encoder
-from espnet_allinone.encoders.wav2vec2_family import STRUCTURAL_KEYS
-from espnet_allinone.foundation.loader import FoundationError, load_foundation
-from espnet_allinone.testing.foundation_checkpoints import (
+from helpers.foundation_checkpoints import (
     reference_model,
     write_fairseq,
     write_huggingface,
     write_torchaudio,
 )
+
+from espnet_allinone.encoders.elastic_wav2vec2 import ElasticWav2Vec2Encoder
+from espnet_allinone.encoders.wav2vec2_family import STRUCTURAL_KEYS
+from espnet_allinone.foundation.loader import FoundationError, load_foundation
 
 WAVE = torch.randn(2, 1600, generator=torch.Generator().manual_seed(5))
 LENS = torch.tensor([1600, 1100])
@@ -205,7 +205,7 @@ def test_encoder_conf_that_does_not_fit_the_checkpoint_is_refused(tmp_path):
 
 
 def test_a_width_leaving_a_fractional_head_is_refused():
-    from espnet_allinone.testing.foundation_checkpoints import TINY
+    from helpers.foundation_checkpoints import TINY
 
     with pytest.raises(ValueError, match="elastic_wav2vec2 search space: width 0.125 gives 0.5 attention heads of 4"):
         ElasticWav2Vec2Encoder(1, **TINY, widths=[0.125, 1])

@@ -17,14 +17,14 @@ import sys
 from pathlib import Path
 
 import yaml
-
-from espnet_allinone.foundation import conf as conf_cli
-from espnet_allinone.testing.foundation_checkpoints import (
+from helpers.foundation_checkpoints import (
     reference_model,
     write_fairseq,
     write_huggingface,
     write_torchaudio,
 )
+
+from espnet_allinone.foundation import conf as conf_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFS = sorted((ROOT / "conf" / "foundation").glob("train_allinone_*.yaml"))

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.foundation_checkpoints import TINY
 
 from espnet_allinone.encoders.elastic_wav2vec2 import ElasticWav2Vec2Encoder
-from espnet_allinone.testing.foundation_checkpoints import TINY
 
 
 @pytest.fixture(scope="module")
 def model():
     from espnet2.tasks.asr import ASRTask
+    from helpers.toy_experiment import token_list
 
     from espnet_allinone.export.model_io import build_asr_model
     from espnet_allinone.registry import register
-    from espnet_allinone.testing.toy_experiment import token_list
 
     register()
     config = vars(ASRTask.get_parser().parse_args(["--output_dir", "/tmp/unused"]))

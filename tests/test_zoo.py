@@ -9,9 +9,9 @@ import zipfile
 
 import pytest
 import yaml
+from helpers.toy_experiment import shared_toy_experiment
 
 from espnet_allinone.export.extract import Extractor
-from espnet_allinone.testing.toy_experiment import shared_toy_experiment
 
 SUBS = ["d2-w0.5-int2", "d4-w1-fp"]
 
