@@ -79,14 +79,13 @@ def _time_round_robin(variants: dict, rounds: int) -> dict:
 
 
 def _torch_runner(model, speech: torch.Tensor):
-    from espnet_allinone.deploy import ctc
-    from espnet_allinone.export import fast
+    from espnet_allinone.deploy import ctc, onnx_export
 
     lengths = torch.tensor([speech.shape[1]])
 
     def run():
         with torch.no_grad():
-            f, fl = fast.features(model, speech, lengths)
+            f, fl = onnx_export.features(model, speech, lengths)
             out, _, _ = model.encoder(f, fl)
             ctc.greedy(model.ctc.log_softmax(out)[0].numpy())
     return run
@@ -94,13 +93,13 @@ def _torch_runner(model, speech: torch.Tensor):
 
 def _front_runner(model, speech: torch.Tensor):
     """Front end + conv2d subsampling only: the part no encoder subsystem makes smaller."""
-    from espnet_allinone.export import fast
+    from espnet_allinone.deploy import onnx_export
 
     lengths = torch.tensor([speech.shape[1]])
 
     def run():
         with torch.no_grad():
-            f, _ = fast.features(model, speech, lengths)
+            f, _ = onnx_export.features(model, speech, lengths)
             model.encoder.embed(f, None)
     return run
 
@@ -231,9 +230,9 @@ def _float_file_dir(out: Path, state_path: Path, kernels: str) -> Path:
     (the storage before bit-packing; same kernels), for the memory comparison."""
     import shutil
 
+    from espnet_allinone.deploy import onnx_export, onnx_lowbit
     from espnet_allinone.deploy.frontend import FILE_NAME as FRONTEND_FILE
     from espnet_allinone.deploy.frontend import LogMelFrontend
-    from espnet_allinone.export import fast, onnx_lowbit
 
     twin = out.with_name(out.name + ".float-weights")
     if twin.exists():
@@ -245,7 +244,7 @@ def _float_file_dir(out: Path, state_path: Path, kernels: str) -> Path:
 
     model, _ = ASRTask.build_model_from_file(source / "config.yaml", source / "model.pth", "cpu")
     n_mels = LogMelFrontend.load(out / FRONTEND_FILE).n_mels
-    fp32 = fast.export_onnx(model.eval(), twin / "model.fp32.onnx", n_mels)
+    fp32 = onnx_export.export_onnx(model.eval(), twin / "model.fp32.onnx", n_mels)
     state = torch.load(state_path, map_location="cpu", weights_only=True)
     onnx_lowbit.map_low_bit(state, fp32, twin / "model.onnx", kernels, store="float")
     fp32.unlink()
@@ -274,9 +273,9 @@ def main() -> None:
 
     from espnet2.tasks.asr import ASRTask
 
+    from espnet_allinone.deploy import onnx_export
     from espnet_allinone.deploy.build import ensure_exported, export_dir_for
     from espnet_allinone.deploy.runtime import OnnxSpeech2Text
-    from espnet_allinone.export import fast
     from espnet_allinone.export.extract import Extractor
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/helpers
@@ -323,7 +322,7 @@ def main() -> None:
         kernel_notes[sub] = [*meta["kernel_decisions"],
                              *(f"fast variant: {d}" for d in meta["fast_kernel_decisions"] or ()),
                              "int8 variant: " + meta["variants"]["int8"]["kernels"]]
-        q8 = fast.int8_dynamic(model) if sub in (full, smallest) else None
+        q8 = onnx_export.int8_dynamic(model) if sub in (full, smallest) else None
         for threads in threads_list:
             if sub in (full, smallest):
                 runners[threads, sub, "torch float"] = _torch_runner(model, speech_t)

@@ -4,7 +4,7 @@
 
 The default recipe (d=144, 4 heads, FFN 576) quantizes in groups of 36, which
 onnxruntime's MatMulNBits takes only padded to blocks of 64
-(:mod:`espnet_allinone.export.onnx_lowbit`): 64/36 = 1.78x the kernel's work
+(:mod:`espnet_allinone.deploy.onnx_lowbit`): 64/36 = 1.78x the kernel's work
 plus the activation padding. For each Linear shape of a Conformer block
 (attention projections [T x 144] x [144 x 144], FFN [144 x 576] and
 [576 x 144]) at 2, 4 and 8 bits, it times, interleaved in one run:
@@ -44,7 +44,7 @@ LEVELS = (0, 4)
 
 def _layer(k_in: int, n_out: int, bits: int, group: int, seed: int):
     """A symmetric integer-grid packed weight (the default recipe's) as onnx_lowbit reads it."""
-    from espnet_allinone.export import onnx_lowbit
+    from espnet_allinone.deploy import onnx_lowbit
     from espnet_allinone.quant import QuantConfig, WeightFakeQuantizer
     from espnet_allinone.quant import packed_format as pf
 
@@ -80,7 +80,7 @@ def main() -> None:
 
     import onnxruntime
 
-    from espnet_allinone.export import onnx_lowbit
+    from espnet_allinone.deploy import onnx_lowbit
 
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_inference import cpu_features

@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers.toy_experiment import shared_toy_experiment
 
-from espnet_allinone.export import fast
+from espnet_allinone.deploy import onnx_export
 from espnet_allinone.export.extract import Extractor
 
 SUBS = ["d4-w1-int4", "d2-w0.5-int2", "d4-w1-fp"]
@@ -49,14 +49,14 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_torch_dynamic_int8_agrees_and_really_uses_int8(models):
     _, out, speech, lengths = models
     for sub, (model, _) in out.items():
-        feats, flens = fast.features(model, speech, lengths)
-        ref = fast.EncoderCTC(model)(feats, flens)
-        q_model = fast.int8_dynamic(model)
+        feats, flens = onnx_export.features(model, speech, lengths)
+        ref = onnx_export.EncoderCTC(model)(feats, flens)
+        q_model = onnx_export.int8_dynamic(model)
         kinds = {type(m).__name__ for m in q_model.encoder.modules()}
         assert "Linear" in kinds and not any(
             type(m) is torch.nn.Linear for m in q_model.encoder.modules()
         ), kinds  # every Linear became a dynamic quantized one
-        q = fast.EncoderCTC(q_model)(feats, flens)
+        q = onnx_export.EncoderCTC(q_model)(feats, flens)
         assert torch.equal(q[1], ref[1])
         assert _rel(q[0], ref[0]) < 0.05, sub
         assert (q[2] - ref[2]).abs().max() < 0.5, sub
@@ -67,36 +67,36 @@ def test_torch_dynamic_int8_agrees_and_really_uses_int8(models):
 def test_onnx_float_int8_and_4bit_matmulnbits(models):
     root, out, speech, lengths = models
     for sub, (model, _) in out.items():
-        feats, flens = fast.features(model, speech, lengths)
-        ref = fast.EncoderCTC(model)(feats, flens)
-        path = fast.export_onnx(model, root / "onnx" / f"{sub}.onnx", feats.shape[-1])
-        got = fast.OnnxEncoder(path)(feats, flens)
+        feats, flens = onnx_export.features(model, speech, lengths)
+        ref = onnx_export.EncoderCTC(model)(feats, flens)
+        path = onnx_export.export_onnx(model, root / "onnx" / f"{sub}.onnx", feats.shape[-1])
+        got = onnx_export.OnnxEncoder(path)(feats, flens)
         assert torch.equal(got[1], ref[1])
         assert (got[0] - ref[0]).abs().max() <= 1e-4, sub
         assert (got[2] - ref[2]).abs().max() <= 1e-4, sub
-        int8 = fast.OnnxEncoder(fast.quantize_onnx_int8(path, root / "onnx" / f"{sub}.i8.onnx"))
+        int8 = onnx_export.OnnxEncoder(onnx_export.quantize_onnx_int8(path, root / "onnx" / f"{sub}.i8.onnx"))
         got8 = int8(feats, flens)
         assert _rel(got8[0], ref[0]) < 0.05, sub
         assert "MatMulInteger" in _op_types(root / "onnx" / f"{sub}.i8.onnx")
         if sub == "d4-w1-int4":
-            report = fast.onnx_matmul_nbits(model, path, root / "onnx" / f"{sub}.q4.onnx")
+            report = onnx_export.onnx_matmul_nbits(model, path, root / "onnx" / f"{sub}.q4.onnx")
             # q, k, v, out, pos + two FFNs x 2 Linear each, in 4 blocks
             assert report.replaced == 4 * 9
             # the conv module's 3 quantized Conv1d per block stay Conv nodes, named
             assert len(report.skipped) == 4 * 3
             assert all("a convolution" in k for k in report.skipped)
-            got4 = fast.OnnxEncoder(report.path)(feats, flens)
+            got4 = onnx_export.OnnxEncoder(report.path)(feats, flens)
             assert (got4[0] - ref[0]).abs().max() <= 1e-4
             assert (got4[2] - ref[2]).abs().max() <= 1e-4
             assert _op_types(report.path).count("MatMulNBits") == 36
         elif sub == "d2-w0.5-int2":  # 2-bit: MatMulNBits bits=2, exact as well
-            report = fast.onnx_matmul_nbits(model, path, root / "onnx" / f"{sub}.q2.onnx")
+            report = onnx_export.onnx_matmul_nbits(model, path, root / "onnx" / f"{sub}.q2.onnx")
             assert report.replaced == 2 * 9
-            got2 = fast.OnnxEncoder(report.path)(feats, flens)
+            got2 = onnx_export.OnnxEncoder(report.path)(feats, flens)
             assert (got2[2] - ref[2]).abs().max() <= 1e-4
         else:
             with pytest.raises(ValueError, match="needs a low-bit packed_conformer model"):
-                fast.onnx_matmul_nbits(model, path, root / "onnx" / "x.onnx")
+                onnx_export.onnx_matmul_nbits(model, path, root / "onnx" / "x.onnx")
 
 
 @torch.no_grad()
@@ -105,12 +105,12 @@ def test_kernel_policies_and_computed_positions(models):
     positional table is computed in the graph, not stored (file far below the table size)."""
     import onnx
 
-    from espnet_allinone.export import onnx_lowbit
+    from espnet_allinone.deploy import onnx_lowbit
 
     root, out, speech, lengths = models
     model, _ = out["d4-w1-int4"]
-    feats, _ = fast.features(model, speech, lengths)
-    path = fast.export_onnx(model, root / "onnx" / "policy.onnx", feats.shape[-1])
+    feats, _ = onnx_export.features(model, speech, lengths)
+    path = onnx_export.export_onnx(model, root / "onnx" / "policy.onnx", feats.shape[-1])
     state = model.state_dict()
     kept = onnx_lowbit.map_low_bit(state, path, root / "onnx" / "f.onnx", "float")
     assert kept.replaced == 0 and all("kernel policy 'float'" in k for k in kept.kept_float
@@ -129,9 +129,9 @@ def test_kernel_policies_and_computed_positions(models):
     assert path.stat().st_size < table_bytes
     # longer than anything traced: the computed positions follow the input
     long_speech = torch.randn(1, 16000 * 4, generator=torch.Generator().manual_seed(1)) * 0.1
-    f2, l2 = fast.features(model, long_speech, torch.tensor([16000 * 4]))
-    ref = fast.EncoderCTC(model)(f2, l2)
-    got = fast.OnnxEncoder(path)(f2, l2)
+    f2, l2 = onnx_export.features(model, long_speech, torch.tensor([16000 * 4]))
+    ref = onnx_export.EncoderCTC(model)(f2, l2)
+    got = onnx_export.OnnxEncoder(path)(f2, l2)
     assert (got[2] - ref[2]).abs().max() <= 1e-4
 
 

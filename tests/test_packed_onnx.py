@@ -28,9 +28,9 @@ from helpers.toy_experiment import (
 )
 
 from espnet_allinone.corpus.datadir import read_table
+from espnet_allinone.deploy import onnx_lowbit
 from espnet_allinone.deploy.build import ensure_exported, export_dir_for
 from espnet_allinone.deploy.runtime import OnnxSpeech2Text
-from espnet_allinone.export import onnx_lowbit
 from espnet_allinone.export.extract import Extractor
 from espnet_allinone.quant import QuantConfig, WeightFakeQuantizer
 from espnet_allinone.quant import packed_format as pf

@@ -274,7 +274,7 @@ def test_onnx_low_bit_kernels_keep_the_balanced_grid(balanced):
     import onnx
     from espnet2.tasks.asr import ASRTask
 
-    from espnet_allinone.export import fast, onnx_lowbit
+    from espnet_allinone.deploy import onnx_export, onnx_lowbit
 
     root, _, results = balanced
     speech = torch.randn(2, 24000, generator=torch.Generator().manual_seed(0)) * 0.1
@@ -284,9 +284,9 @@ def test_onnx_low_bit_kernels_keep_the_balanced_grid(balanced):
         model, _ = ASRTask.build_model_from_file(directory / "config.yaml",
                                                  directory / "model.pth", "cpu")
         model.eval()
-        feats, flens = fast.features(model, speech, lengths)
-        ref = fast.EncoderCTC(model)(feats, flens)
-        path = fast.export_onnx(model, root / "onnx" / f"{sub}.onnx", feats.shape[-1])
+        feats, flens = onnx_export.features(model, speech, lengths)
+        ref = onnx_export.EncoderCTC(model)(feats, flens)
+        path = onnx_export.export_onnx(model, root / "onnx" / f"{sub}.onnx", feats.shape[-1])
         dst = root / "onnx" / f"{sub}.nbits.onnx"
         report = onnx_lowbit.map_low_bit(model.state_dict(), path, dst, "nbits")
         depth = int(sub[1])
@@ -302,7 +302,7 @@ def test_onnx_low_bit_kernels_keep_the_balanced_grid(balanced):
         bits = 2 if "int2" in sub else 4
         assert zp.dtype.name == "float32" and set(zp.reshape(-1).tolist()) == {
             2 ** (bits - 1) - 0.5}
-        got = fast.OnnxEncoder(dst)(feats, flens)
+        got = onnx_export.OnnxEncoder(dst)(feats, flens)
         assert torch.equal(got[1], ref[1])
         assert (got[0] - ref[0]).abs().max() <= 1e-4, sub
         assert (got[2] - ref[2]).abs().max() <= 1e-4, sub
@@ -314,7 +314,7 @@ def test_onnx_low_bit_kernels_keep_the_balanced_grid(balanced):
 def test_eight_bit_balanced_keeps_a_float_matmul_where_the_kernel_cannot(balanced):
     """8-bit codes with a float zero point: refused by onnxruntime's CPU kernel here, so
     the layer is dequantized to a float initialiser, with the reason."""
-    from espnet_allinone.export import onnx_lowbit
+    from espnet_allinone.deploy import onnx_lowbit
 
     qw = WeightFakeQuantizer(32, 64, (8,), QuantConfig(granularity="group", group_size=16,
                                                        grid="balanced")).quantize(

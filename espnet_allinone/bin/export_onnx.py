@@ -22,8 +22,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from espnet_allinone.deploy import onnx_export
 from espnet_allinone.errors import cli_errors
-from espnet_allinone.export import fast, model_io
+from espnet_allinone.export import model_io
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,15 +52,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         input_size = model.frontend.output_size()
     else:
         input_size = int(train_args.input_size)
-    path = fast.export_onnx(model, args.outdir / "encoder.onnx", input_size)
+    path = onnx_export.export_onnx(model, args.outdir / "encoder.onnx", input_size)
     print(f"wrote {path}")
     if args.int8:
-        print(f"wrote {fast.quantize_onnx_int8(path, args.outdir / 'encoder.int8.onnx')}")
+        print(f"wrote {onnx_export.quantize_onnx_int8(path, args.outdir / 'encoder.int8.onnx')}")
     if args.nbits:
         with cli_errors("export_onnx", ValueError) as outcome:
             bits = next((int(v) for k, v in model.state_dict().items() if k.endswith("_bits")),
                         "")
-            report = fast.onnx_matmul_nbits(model, path, args.outdir / f"encoder.q{bits}.onnx")
+            report = onnx_export.onnx_matmul_nbits(model, path, args.outdir / f"encoder.q{bits}.onnx")
         if outcome.status:
             return outcome.status
         print(f"wrote {report.path}: {report.replaced} MatMulNBits layers"

@@ -6,6 +6,8 @@ frontend    STFT, log-mel and global MVN in numpy, as ESPnet's DefaultFrontend
 ctc         CTC greedy and prefix beam search in numpy, as ESPnet's beam search
 audio       read wav files: sample-rate check, resampling, corrupt-file errors
 build       export an extracted model dir or zoo zip once, next to the model (torch)
+onnx_export encoder + CTC to ONNX, onnxruntime int8 / MatMulNBits, dynamic int8 (torch)
+onnx_lowbit N-bit weights of an extracted subsystem in the .onnx file (torch)
 select      per-subsystem budgets, the Pareto front and the pick (results.json)
 
 ``runtime``, ``expand``, ``frontend``, ``ctc`` and ``audio`` import neither torch nor

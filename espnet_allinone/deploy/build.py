@@ -12,7 +12,7 @@ Files: ``model.onnx`` (variant ``exact``: encoder + CTC, float activations,
 each quantized Linear as ``MatMulNBits`` with the subsystem's own codes where
 that is fast here, every other packed weight stored bit-packed and expanded
 once when the session is built, so the file is about the packed model's
-size; see :mod:`espnet_allinone.export.onnx_lowbit`), ``model.fast.onnx``
+size; see :mod:`espnet_allinone.deploy.onnx_lowbit`), ``model.fast.onnx``
 (variant ``fast``, on request: the same with ``MatMulNBits`` at
 ``accuracy_level`` 4, int8 compute inside the kernel, not exact),
 ``model.int8.onnx`` (variant ``int8``, on request: onnxruntime's dynamic
@@ -241,7 +241,7 @@ def _export(config: Path, model_file: Path, out: Path, variants: Sequence[str], 
     import yaml
     from espnet2.tasks.asr import ASRTask
 
-    from espnet_allinone.export import fast, onnx_lowbit
+    from espnet_allinone.deploy import onnx_export, onnx_lowbit
 
     conf = yaml.safe_load(config.read_text(encoding="utf-8"))
     model, _ = ASRTask.build_model_from_file(config, model_file, "cpu")
@@ -252,7 +252,7 @@ def _export(config: Path, model_file: Path, out: Path, variants: Sequence[str], 
     front.save(out / FRONTEND_FILE)
     fs = (conf.get("frontend_conf") or {}).get("fs", 16000)
     fs = humanfriendly.parse_size(fs) if isinstance(fs, str) else int(fs)
-    fp32 = fast.export_onnx(model, out / "model.fp32.onnx", front.n_mels)
+    fp32 = onnx_export.export_onnx(model, out / "model.fp32.onnx", front.n_mels)
     state = torch.load(model_file, map_location="cpu", weights_only=True)
     report = onnx_lowbit.map_low_bit(state, fp32, out / VARIANT_FILES["exact"], kernels, threads)
     for line in report.decisions:

@@ -4,7 +4,7 @@ An exported ``.onnx`` holds low-bit weights as uint8 codes and float16 scales
 plus a few constant ops (``BitShift``, ``Mod``, ``Cast``, ``Sub``, ``Mul``,
 ``Reshape``, ``Slice``, ``Transpose``, ``Expand``, ``Concat``) that compute the
 float weights, or the padded codes of groups that ``MatMulNBits`` takes padded
-(:mod:`espnet_allinone.export.onnx_lowbit`). onnxruntime alone
+(:mod:`espnet_allinone.deploy.onnx_lowbit`). onnxruntime alone
 constant-folds them at session start, but keeps every intermediate until its
 folding pass ends: about six times the float weights at start-up. Here the
 constant part of the graph is evaluated in numpy one node at a time (each

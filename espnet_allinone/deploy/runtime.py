@@ -65,13 +65,32 @@ def read_meta(directory: Path) -> dict:
     return meta
 
 
+def onnx_session(path: str | Path, num_threads: int | None = 1, spin: bool | None = False):
+    """The onnxruntime CPU session of an exported ``.onnx`` file, for every caller here.
+
+    Its bit-packed weights are expanded in numpy first (:mod:`espnet_allinone.deploy.expand`:
+    the same bits as onnxruntime's own constant folding, intermediates freed as it goes
+    instead of held all at once). ``num_threads``: intra-op threads, one inter-op thread
+    (None: onnxruntime's defaults). ``spin``: whether idle worker threads spin (False:
+    they would steal cores from other streams and processes; None: onnxruntime's default).
+    """
+    import onnxruntime as ort  # deferred: the module's names and errors need no onnxruntime
+
+    options = ort.SessionOptions()
+    if num_threads is not None:
+        options.intra_op_num_threads = int(num_threads)
+        options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if spin is not None:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    return expand.session(path, options, providers=["CPUExecutionProvider"])
+
+
 class OnnxSpeech2Text:
     """An exported model on onnxruntime; ``__call__`` mirrors ESPnet's ``Speech2Text``."""
 
     def __init__(self, directory: str | Path, variant: str = "exact", num_threads: int = 1,
                  search: str = "greedy", beam_size: int = 10, spin: bool = False):
-        import onnxruntime as ort
-
         self.directory = Path(directory)
         self.meta = read_meta(self.directory)
         variants = self.meta["variants"]
@@ -89,16 +108,8 @@ class OnnxSpeech2Text:
         self.blank = int(self.meta["blank"])
         self.eos = int(self.meta["eos"])
         self.min_samples = int(self.meta.get("min_samples", 1))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(num_threads)
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # idle worker threads spinning would steal cores from other streams / processes
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        # bit-packed weights expanded in numpy, intermediates freed as it goes (onnxruntime's
-        # own constant folding of them would hold them all at once)
-        self.session = expand.session(self.directory / variants[variant]["file"], options,
-                                      providers=["CPUExecutionProvider"])
+        self.session = onnx_session(self.directory / variants[variant]["file"],
+                                    int(num_threads), spin)
 
     # ------------------------------------------------------------------
     def log_probs(self, speeches: list[np.ndarray]) -> list[np.ndarray]:

@@ -7,9 +7,8 @@ standalone_config   the extracted model's ESPnet config.yaml
 extracted_dir       an extracted directory's file names, model files and sizes
 model_io            load checkpoints and configs; build + strictly load an ESPnet ASR model
 files               atomic directories, content hashes
-fast                dynamic int8, ONNX export, onnxruntime int8 / MatMulNBits
-onnx_lowbit         N-bit weights of an extracted subsystem in the .onnx file
 zoo                 model-zoo zips, model cards, Hugging Face upload
 
-The bit-packed state_dict layout is ``espnet_allinone.quant.packed_format``.
+The bit-packed state_dict layout is ``espnet_allinone.quant.packed_format``; ONNX
+export and onnxruntime are ``espnet_allinone.deploy``.
 """

@@ -1,4 +1,4 @@
-"""Fast CPU inference for extracted models: dynamic int8 and ONNX Runtime.
+"""ONNX export of extracted models (encoder + CTC head), and dynamic int8 in PyTorch.
 
 * ``int8_dynamic(model)``: every ``nn.Linear`` -> dynamic int8
   (``torch.ao.quantization.quantize_dynamic``), as ESPnet's own
@@ -11,8 +11,12 @@
   layers as onnxruntime ``MatMulNBits`` nodes holding the model's own codes
   and scales, so the low-bit weights run exactly (no re-quantization), and
   its other packed weights stored bit-packed in the file (expanded once at
-  session start); see :mod:`espnet_allinone.export.onnx_lowbit`. The whole pipeline (numpy front
-  end, CTC search, reuse of the exported files) is :mod:`espnet_allinone.deploy`.
+  session start); see :mod:`espnet_allinone.deploy.onnx_lowbit`.
+* ``OnnxEncoder``: such a file on onnxruntime, called with and returning torch
+  tensors like ``EncoderCTC``; the session is :func:`espnet_allinone.deploy.runtime.onnx_session`'s.
+
+The whole pipeline (numpy front end, CTC search, reuse of the exported files)
+is :mod:`espnet_allinone.deploy.build` and :mod:`espnet_allinone.deploy.runtime`.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from espnet_allinone.deploy import onnx_lowbit
+from espnet_allinone.deploy.runtime import onnx_session
 from espnet_allinone.encoders.protocol import PackedEncoder, protocol_violations
 
 
@@ -161,10 +167,8 @@ def onnx_matmul_nbits(model: torch.nn.Module, src: Path, dst: Path,
     The B input of each MatMul is matched by value against the dequantized
     packed weights of ``model`` (a low-bit ``packed_conformer`` model); codes
     and scales come from the packed model itself, so the result is exact.
-    ``policy`` as in :func:`espnet_allinone.export.onnx_lowbit.map_low_bit`.
+    ``policy`` as in :func:`espnet_allinone.deploy.onnx_lowbit.map_low_bit`.
     """
-    from espnet_allinone.export import onnx_lowbit
-
     state = model.state_dict()
     if not any(k.endswith("_codes") for k in state):
         raise ValueError(
@@ -176,16 +180,13 @@ def onnx_matmul_nbits(model: torch.nn.Module, src: Path, dst: Path,
 
 
 class OnnxEncoder:
-    """An onnxruntime session of an exported encoder; same call as ``EncoderCTC``."""
+    """An onnxruntime session of an exported encoder; same call as ``EncoderCTC``.
+
+    ``threads``: intra-op threads (None or 0: onnxruntime's default, all cores).
+    """
 
     def __init__(self, path: Path, threads: int | None = None):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(path, threads or None)
 
     def __call__(self, feats: torch.Tensor, feats_lengths: torch.Tensor):
         out = self.session.run(None, {"feats": feats.numpy().astype(np.float32),

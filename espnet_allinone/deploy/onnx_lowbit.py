@@ -72,6 +72,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from espnet_allinone.deploy.runtime import onnx_session
 from espnet_allinone.quant.fake_quant import QuantizedWeight, grid_offset
 from espnet_allinone.quant.packed_format import from_state
 
@@ -780,11 +781,7 @@ def quantize_int8(src: Path, dst: Path, convs: bool = True) -> Path:
 
 def _time_graph(path: Path, n_mels: int, threads: int, rounds: int = 3) -> float:
     """Fastest run (ms) of an encoder graph on 10 s of random features."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = onnx_session(path, threads, spin=None)
     feeds = {"feats": np.random.default_rng(0).standard_normal((1, 1000, n_mels),
                                                                  dtype=np.float32),
              "feats_lengths": np.array([1000], dtype=np.int64)}
