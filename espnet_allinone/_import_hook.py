@@ -44,6 +44,7 @@ class _RegisterAfterImport:
 def register_or_warn() -> None:
     """Register; a failure warns instead of breaking ESPnet's own import."""
     try:
+        # deferred: the hook runs at every interpreter start and imports nothing there
         from espnet_allinone.registry import register
 
         register()

@@ -32,6 +32,7 @@ from pathlib import Path
 from espnet_allinone.errors import AllInOneError, cli_errors
 from espnet_allinone.export.extracted_dir import model_files
 from espnet_allinone.export.model_io import check_model_files, load_config
+from espnet_allinone.registry import register
 
 
 class MultiInferenceError(AllInOneError, ValueError):
@@ -124,8 +125,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         model_paths = check_models(args.model_dirs, rest)
     if outcome.status:
         return outcome.status
-
-    from espnet_allinone.registry import register
 
     register()
     from espnet2.bin.asr_inference import get_parser as espnet_parser

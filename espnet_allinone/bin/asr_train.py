@@ -10,6 +10,7 @@ a pickle that would run code is refused before ESPnet unpickles it.
 import sys
 
 from espnet_allinone.errors import cli_errors
+from espnet_allinone.export.model_io import load_checkpoint
 from espnet_allinone.registry import register
 
 register()
@@ -21,8 +22,6 @@ __all__ = ["check_init_params", "get_parser", "main"]
 
 def check_init_params(argv: list[str] | None = None) -> None:
     """Weights-only read of each ``--init_param`` file (``path[:src:dst:exclude]``)."""
-    from espnet_allinone.export.model_io import load_checkpoint
-
     args, _ = get_parser().parse_known_args(argv)
     for spec in getattr(args, "init_param", None) or []:
         load_checkpoint(spec.split(":", 1)[0])

@@ -34,6 +34,7 @@ from espnet_allinone.report.results import (
     to_markdown,
     to_text_table,
 )
+from espnet_allinone.report.rtf import measure_rtf, speech2text_kwargs
 from espnet_allinone.report.significance import compare
 from espnet_allinone.subsystem import Subsystem
 
@@ -177,7 +178,6 @@ def add_rtf(rows: list[Row], args: argparse.Namespace, notes: list[str]) -> None
     if args.data_dir is None or not (args.data_dir / "wav.scp").is_file():
         raise ReportError(f"the RTF needs --data_dir with wav.scp (got {args.data_dir}): "
                           "made by the format stage (3)")
-    from espnet_allinone.report.rtf import measure_rtf, speech2text_kwargs
 
     wavs = [Path(v) for v in list(read_table(args.data_dir / "wav.scp").values())
             [: args.rtf_utts + 1]]

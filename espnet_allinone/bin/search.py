@@ -63,6 +63,9 @@ from pathlib import Path
 from espnet_allinone.deploy.select import SelectError, parse_budget
 from espnet_allinone.errors import cli_errors
 from espnet_allinone.search.evaluate import DEFAULT_DEV_UTTS
+from espnet_allinone.search.experiment import format_front, locate, run_search
+from espnet_allinone.search.greedy import SearchError
+from espnet_allinone.search.scores import collect
 
 EXIT_OK, EXIT_USAGE, EXIT_NO_FIT = 0, 2, 3
 DEFAULT_CALIBRATION_UTTS = 50
@@ -106,13 +109,9 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     if args.collect is not None:
-        from espnet_allinone.search.scores import collect
-
         with cli_errors("search", OSError, status=EXIT_USAGE) as outcome:
             print(collect(args.exp, args.collect, args.test_set, args.float_reference))
         return outcome.status or EXIT_OK
-    from espnet_allinone.search.experiment import format_front, locate, run_search
-    from espnet_allinone.search.greedy import SearchError
 
     with cli_errors("search", status=EXIT_USAGE) as outcome:
         if not args.max_bytes:

@@ -45,7 +45,9 @@ from espnet_allinone.deploy.select import (
     read_searched,
 )
 from espnet_allinone.errors import cli_errors
+from espnet_allinone.export.extracted_dir import INFO_NAME
 from espnet_allinone.report.results import RESULTS_FILE
+from espnet_allinone.search.experiment import extract_searched
 
 EXIT_OK, EXIT_USAGE, EXIT_NO_FIT, EXIT_BUILD = 0, 2, 3, 4
 CHECKPOINTS = ("valid.loss.ave.pth", "valid.acc.ave.pth", "valid.loss.best.pth",
@@ -82,7 +84,8 @@ def _checkpoint(exp: Path, given: Path | None) -> Path:
 
 def materialise(exp: Path, sub: str, model_file: Path | None, pack: bool) -> tuple[Path, Path | None]:
     """Extract (and pack) ``sub`` unless it already is; returns (directory, zip or None)."""
-    from espnet_allinone.export.extract import INFO_NAME, extract_all
+    # deferred: torch, only when a subsystem is extracted
+    from espnet_allinone.export.extract import extract_all
 
     directory = exp / "extracted" / sub
     if not (directory / INFO_NAME).is_file():
@@ -94,6 +97,7 @@ def materialise(exp: Path, sub: str, model_file: Path | None, pack: bool) -> tup
                     progress=False, log=lambda m: print(m, file=sys.stderr))
     archive = exp / "packed" / f"{sub}.zip"
     if pack and not archive.is_file():
+        # deferred: torch, only when a subsystem is packed
         from espnet_allinone.export.zoo import pack_extracted
 
         archive = pack_extracted(directory, exp / "packed")
@@ -102,9 +106,6 @@ def materialise(exp: Path, sub: str, model_file: Path | None, pack: bool) -> tup
 
 def materialise_searched(exp: Path, row: dict, model_file: Path | None) -> Path:
     """A searched pick's directory, re-extracted from its record in search.json if gone."""
-    from espnet_allinone.export.extract import INFO_NAME
-    from espnet_allinone.search.experiment import extract_searched
-
     directory = exp / "searched" / row["subsystem"]
     if not (directory / INFO_NAME).is_file():
         directory = extract_searched(exp, row["subsystem"], model_file)

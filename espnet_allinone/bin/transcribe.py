@@ -27,6 +27,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from espnet_allinone.deploy.audio import AudioError, read_audio
+from espnet_allinone.deploy.build import load_model
 from espnet_allinone.errors import cli_errors
 
 EXIT_OK, EXIT_SOME_SKIPPED, EXIT_USAGE, EXIT_NONE = 0, 1, 2, 3
@@ -103,7 +105,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         items = _inputs(args)
     if outcome.status:
         return outcome.status
-    from espnet_allinone.deploy.build import load_model
 
     with cli_errors("transcribe", ValueError, status=EXIT_USAGE) as outcome:
         asr = load_model(args.model, args.variant, args.num_threads, args.search,
@@ -111,8 +112,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if outcome.status:
         return outcome.status
     from tqdm import tqdm
-
-    from espnet_allinone.deploy.audio import AudioError, read_audio
 
     lines, skipped = [], []
     compute = audio_seconds = 0.0

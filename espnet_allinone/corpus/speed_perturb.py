@@ -30,6 +30,8 @@ from espnet_allinone.corpus.datadir import (
     validate_datadir,
     write_table,
 )
+from espnet_allinone.corpus.dump import _read_audio
+from espnet_allinone.corpus.tools import INSTALL_HINT
 
 VALID = 'positive decimal numbers separated by spaces, e.g. "0.9 1.0 1.1"'
 _NUMBER = re.compile(r"(\d+\.?\d*|\.\d+)")
@@ -71,8 +73,6 @@ def _perturb_audio(value: str, factor: str, out: Path) -> None:
     """sox ``speed factor`` of one wav.scp entry (a file or a ``cmd |`` pipe) into ``out``."""
     import soundfile
 
-    from espnet_allinone.corpus.dump import _read_audio
-
     data, rate = _read_audio(value)
     buf = io.BytesIO()
     soundfile.write(buf, data, rate, format="WAV", subtype="PCM_16")
@@ -99,8 +99,6 @@ def perturb_datadir(src: PathLike, dst: PathLike, factors: str, audio_dir: PathL
     s, d, audio = Path(src), Path(dst), Path(audio_dir).resolve()
     validate_datadir(s)
     if any(v != 1.0 for _, v in parsed) and shutil.which("sox") is None:
-        from espnet_allinone.corpus.tools import INSTALL_HINT
-
         raise DataDirError(f"speed perturbation needs sox on PATH; install with: "
                            f"{INSTALL_HINT['sox']}")
     tables: dict[str, dict[str, str]] = {}

@@ -42,6 +42,7 @@ from espnet_allinone.deploy.runtime import (
     OnnxSpeech2Text,
     read_meta,
 )
+from espnet_allinone.export.model_io import LoadError, load_checkpoint
 
 VARIANTS = ("exact", "int8", "fast")
 VARIANT_FILES = {"exact": "model.onnx", "int8": "model.int8.onnx", "fast": "model.fast.onnx"}
@@ -188,8 +189,6 @@ def _check_member_names(model: Path) -> None:
 def _check_weights(model_file: Path) -> None:
     """ESPnet's build_model_from_file unpickles with weights_only=False: a weights-only read
     first, so a pickle that would run code is refused before it gets there."""
-    from espnet_allinone.export.model_io import LoadError, load_checkpoint
-
     try:
         load_checkpoint(model_file)
     except LoadError as e:
@@ -241,6 +240,7 @@ def _export(config: Path, model_file: Path, out: Path, variants: Sequence[str], 
     import yaml
     from espnet2.tasks.asr import ASRTask
 
+    # deferred: torch and ESPnet; reusing an exported directory needs neither
     from espnet_allinone.deploy import onnx_export, onnx_lowbit
 
     conf = yaml.safe_load(config.read_text(encoding="utf-8"))

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from espnet_allinone.errors import AllInOneError
+from espnet_allinone.search.experiment import SEARCH_FILE, SEARCHED_DIR
 
 SELECTED_FILE = "selected.json"
 
@@ -104,8 +105,6 @@ def read_results(path: Path) -> list[dict]:
 
 def read_searched(exp: Path) -> list[dict]:
     """The searched picks of ``<exp>/searched/search.json`` as rows (none when absent)."""
-    from espnet_allinone.search.experiment import SEARCH_FILE, SEARCHED_DIR
-
     path = Path(exp) / SEARCHED_DIR / SEARCH_FILE
     if not path.is_file():
         return []

@@ -27,6 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from espnet_allinone.precision import FLOAT_BITS
+from espnet_allinone.quant.fake_quant import (
+    ActivationFakeQuantizer,
+    WeightFakeQuantizer,
+)
 from espnet_allinone.quant.packed_format import QuantizedLayer
 
 Units = int | Sequence[int] | None
@@ -149,11 +153,6 @@ class ElasticWeightMixin:
 
     def enable_quantization(self, bits_choices: Sequence[int], config) -> None:
         """Add the ``weight_quantizer`` child for the quantized bit-widths."""
-        from espnet_allinone.quant.fake_quant import (
-            ActivationFakeQuantizer,
-            WeightFakeQuantizer,
-        )
-
         quant_bits = tuple(sorted(b for b in bits_choices if b != FLOAT_BITS))
         if not quant_bits:
             return

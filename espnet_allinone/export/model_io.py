@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from espnet_allinone.errors import AllInOneError
+from espnet_allinone.registry import register
 
 if TYPE_CHECKING:  # torch is imported where it is used: recipe helpers load configs only
     import torch
@@ -160,8 +161,6 @@ def _yaml_reason(e: yaml.YAMLError) -> str:
 def build_asr_model(config: Mapping[str, Any]) -> torch.nn.Module:
     """``ASRTask.build_model`` on a copy of ``config`` (this package registered first)."""
     from espnet2.tasks.asr import ASRTask
-
-    from espnet_allinone.registry import register
 
     register()
     args = argparse.Namespace(**copy.deepcopy(dict(config)))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from espnet_allinone.deploy.select import mark_selected
 from espnet_allinone.report.results import Row, pareto_front
+from espnet_allinone.search.experiment import SEARCH_FILE, SEARCHED_DIR
 
 
 def label_without_overlap(ax, points: list[tuple[str, float, float]], fontsize: int = 7,
@@ -82,8 +83,6 @@ def plot_wer_vs_size(rows: list[Row], path: Path, title: str = "") -> Path:
 
 def read_search_summary(exp: Path) -> dict | None:
     """``<exp>/searched/search.json``, or None when the experiment was not searched."""
-    from espnet_allinone.search.experiment import SEARCH_FILE, SEARCHED_DIR
-
     path = Path(exp) / SEARCHED_DIR / SEARCH_FILE
     if not path.is_file():
         return None

@@ -19,7 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from espnet_allinone.arch import SubnetArch
 from espnet_allinone.errors import AllInOneError
+from espnet_allinone.export.model_io import load_config
+from espnet_allinone.search.greedy import GreedySearch
+from espnet_allinone.search.records import build_arch, physical_blocks, records_of
 
 CHECKPOINTS = ("valid.loss.ave.pth", "valid.acc.ave.pth", "valid.loss.best.pth",
                "valid.acc.best.pth")
@@ -75,8 +79,6 @@ class Inputs:
 def locate(exp: Path, asr_model_file: Path | None, dev_data: Path | None,
            calibration_data: Path | None, calibration_utts: int) -> Inputs:
     """Every input of a search, checked; ExperimentError names the first one missing."""
-    from espnet_allinone.export.model_io import load_config
-
     exp = Path(exp)
     config_path = exp / "config.yaml"
     if not config_path.is_file():
@@ -116,11 +118,10 @@ def run_search(inputs: Inputs, budgets: Sequence[tuple[str, int]], *, dev_utts: 
                log: Callable[[str], None] = print) -> dict:
     """Search, extract each budget's pick into ``<exp>/searched/``, write ``search.json``;
     returns what it wrote there."""
+    # deferred: torch; select and plot read search.json without it
     from espnet_allinone.export.calibration import CalibrationData
     from espnet_allinone.export.extract import Extractor
     from espnet_allinone.search.evaluate import DevSet, Scorer, detokenizer
-    from espnet_allinone.search.greedy import GreedySearch
-    from espnet_allinone.search.records import build_arch, physical_blocks, records_of
 
     start = time.perf_counter()
     dev = DevSet.from_data_dir(inputs.dev_data, dev_utts)
@@ -204,7 +205,7 @@ def run_search(inputs: Inputs, budgets: Sequence[tuple[str, int]], *, dev_utts: 
 def extract_searched(exp: Path, name: str, asr_model_file: Path | None = None) -> Path:
     """Extract a pick of ``search.json`` again (its record, its calibration) into
     ``<exp>/searched/<name>/``, e.g. after the directory was removed."""
-    from espnet_allinone.arch import SubnetArch
+    # deferred: torch; select and plot read search.json without it
     from espnet_allinone.export.calibration import CalibrationData
     from espnet_allinone.export.extract import Extractor
 

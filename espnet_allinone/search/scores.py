@@ -16,6 +16,7 @@ from pathlib import Path
 
 from espnet_allinone.errors import AllInOneError
 from espnet_allinone.report.results import SCORES_FILE
+from espnet_allinone.report.significance import compare
 from espnet_allinone.search.experiment import SEARCH_FILE, SEARCHED_DIR
 
 
@@ -36,8 +37,6 @@ def read_search(exp: Path) -> dict:
 def collect(exp: Path, decode_dir: Path, test_set: str, float_reference: Path | None = None
             ) -> str:
     """Fill ``wer``/``cer`` (and ``vs_float``) of each searched row; returns a summary."""
-    from espnet_allinone.report.significance import compare
-
     summary = read_search(exp)
     lines = []
     for row in summary["chosen"]:  # check every file before writing anything
