@@ -49,7 +49,7 @@ def _build_step_model(paths: list[str]):
     from espnet2.layers.utterance_mvn import UtteranceMVN
 
     from espnet_allinone.encoders.elastic_conformer import ElasticConformerEncoder
-    from espnet_allinone.train.model import ESPnetAllInOneASRModel
+    from espnet_allinone.models.allinone import ESPnetAllInOneASRModel
 
     torch.manual_seed(0)
     enc = ElasticConformerEncoder(

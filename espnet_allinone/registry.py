@@ -25,8 +25,8 @@ ENTRIES: tuple[tuple[str, str, str], ...] = (
      "espnet_allinone.encoders.elastic_wav2vec2:ElasticWav2Vec2Encoder"),
     ("encoder_choices", "packed_wav2vec2",
      "espnet_allinone.encoders.packed_wav2vec2:PackedWav2Vec2Encoder"),
-    ("model_choices", "allinone", "espnet_allinone.train.model:ESPnetAllInOneASRModel"),
-    ("model_choices", "packed", "espnet_allinone.packed_model:PackedOutputASRModel"),
+    ("model_choices", "allinone", "espnet_allinone.models.allinone:ESPnetAllInOneASRModel"),
+    ("model_choices", "packed", "espnet_allinone.models.packed:PackedOutputASRModel"),
 )
 """What ``register()`` adds; a later encoder or model is one more line here."""
 

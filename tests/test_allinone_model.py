@@ -18,9 +18,9 @@ from espnet2.asr.decoder.transformer_decoder import TransformerDecoder
 from espnet2.asr.encoder.abs_encoder import AbsEncoder
 from espnet2.layers.utterance_mvn import UtteranceMVN
 
+from espnet_allinone.models.allinone import ESPnetAllInOneASRModel
 from espnet_allinone.subsystem import FLOAT_BITS, SearchSpace, Subsystem, SubsystemError
 from espnet_allinone.train.distill import length_mask, masked_kl
-from espnet_allinone.train.model import ESPnetAllInOneASRModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 

@@ -89,7 +89,7 @@ def test_a_model_without_an_elastic_encoder_names_the_registered_ones():
     from espnet2.asr.ctc import CTC
     from espnet2.asr.encoder.rnn_encoder import RNNEncoder
 
-    from espnet_allinone.train.model import ESPnetAllInOneASRModel
+    from espnet_allinone.models.allinone import ESPnetAllInOneASRModel
 
     tokens = ["<blank>", "<unk>", "a", "<sos/eos>"]
     with pytest.raises(ValueError, match=r"needs an elastic encoder \(encoder: one of "

@@ -41,7 +41,7 @@ def standalone_config(
 
     ``output``: the ``model_conf`` keys of low-bit output layers (``output_bits``,
     ``quant_symmetric``); the model is then ``packed``
-    (:mod:`espnet_allinone.packed_model`), else a stock ``espnet`` one.
+    (:mod:`espnet_allinone.models.packed`), else a stock ``espnet`` one.
 
     Paths written into the config point into ``path_root`` (the final
     directory), while the files are copied into ``outdir`` (which may be a

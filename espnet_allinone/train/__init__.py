@@ -1,9 +1,6 @@
-"""One-pass all-in-one training: subsystem sampling, self-distillation, the model.
-
-``sampling`` and ``distill`` need torch only; ``model`` (the ESPnet model class
-registered as ``model: allinone``) imports ESPnet, so import it explicitly:
-``from espnet_allinone.train.model import ESPnetAllInOneASRModel``.
-"""
+"""One-pass all-in-one training: subsystem sampling and self-distillation (torch
+only). The ESPnet model class that runs them is :mod:`espnet_allinone.models.allinone`
+(``model: allinone``)."""
 
 from espnet_allinone.train.sampling import STRATEGIES, SubsystemSampler
 

@@ -88,7 +88,7 @@ from espnet_allinone.encoders.protocol import (
     elastic_encoder_names,
     encoder_violations,
 )
-from espnet_allinone.packed_model import output_layers
+from espnet_allinone.models.packed import output_layers
 from espnet_allinone.pruning.distill import LayerDistillation, block_outputs
 from espnet_allinone.pruning.targets import target_key
 from espnet_allinone.search.records import MixedRecord, build_arch, uniform_record
