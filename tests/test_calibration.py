@@ -20,6 +20,7 @@ from helpers.toy_experiment import (
 )
 
 from espnet_allinone.bin import extract as extract_cli
+from espnet_allinone.encoders.switching import model_probe_input
 from espnet_allinone.export.calibration import (
     CalibrationData,
     CalibrationError,
@@ -27,7 +28,7 @@ from espnet_allinone.export.calibration import (
     calibrate,
     kept_statistics,
 )
-from espnet_allinone.export.extract import Extractor, probe_input
+from espnet_allinone.export.extract import Extractor
 
 NUM_UTTS = 5
 
@@ -117,7 +118,7 @@ def test_extracted_subsystem_equals_the_allinone_model_with_its_own_statistics(
 
     s2t = Speech2Text(asr_train_config=result.directory / "config.yaml",
                       asr_model_file=result.directory / "model.pth", ctc_weight=1.0)
-    speech, lengths = probe_input(extractor.model, seed=5)
+    speech, lengths = model_probe_input(extractor.model, seed=5)
     model = extractor.model
     with extractor.encoder.use_subsystem(sub), kept_statistics(model.encoder):
         stored, _ = model.encode(speech, lengths)
@@ -148,7 +149,7 @@ def test_unfolded_and_pruned_subsystems_extract_exactly_with_calibrated_statisti
                            calibration=CalibrationData.from_data_dir(data_dir, 3))
     result = calibrated.extract(sub, tmp_path / "calibrated")
     assert result.max_abs_diff is not None and result.max_abs_diff <= 1e-4
-    speech, lengths = probe_input(calibrated.model, seed=1)
+    speech, lengths = model_probe_input(calibrated.model, seed=1)
     outs = []
     for directory in (plain.directory, result.directory):
         s2t = Speech2Text(asr_train_config=directory / "config.yaml",

@@ -17,7 +17,8 @@ from helpers.toy_experiment import (
 
 from espnet_allinone.elastic.depth_norm import DepthLayerNorm
 from espnet_allinone.encoders.elastic_conformer import ElasticConformerEncoder
-from espnet_allinone.export.extract import Extractor, probe_input
+from espnet_allinone.encoders.switching import model_probe_input
+from espnet_allinone.export.extract import Extractor
 
 CONF = dict(DEFAULT_ENCODER_CONF, precisions=["int4", "fp"], depth_norms=True)
 
@@ -82,7 +83,7 @@ def test_extracted_subsystem_holds_its_depths_norm_and_equals_the_allinone_model
     assert torch.equal(state["encoder.after_norm.weight"], expected)
     s2t = Speech2Text(asr_train_config=result.directory / "config.yaml",
                       asr_model_file=result.directory / "model.pth", ctc_weight=1.0)
-    speech, lengths = probe_input(extractor.model, seed=4)
+    speech, lengths = model_probe_input(extractor.model, seed=4)
     with extractor.encoder.use_subsystem(sub):
         ref, _ = extractor.model.encode(speech, lengths)
     out, _ = s2t.asr_model.encode(speech, lengths)

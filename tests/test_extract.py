@@ -19,8 +19,9 @@ from helpers.toy_experiment import (
 )
 
 from espnet_allinone.arch import BlockArch, SubnetArch
+from espnet_allinone.encoders.switching import model_probe_input
 from espnet_allinone.export import extract as extract_mod
-from espnet_allinone.export.extract import ExtractionError, Extractor, probe_input
+from espnet_allinone.export.extract import ExtractionError, Extractor
 from espnet_allinone.export.model_io import CheckpointMismatchError
 from espnet_allinone.subsystem import Subsystem, SubsystemError
 
@@ -70,7 +71,7 @@ def test_extracted_models_equal_the_allinone_model(toy):
 
     _, _, extractor, results = toy
     allinone = extractor.model
-    speech, lengths = probe_input(allinone, seed=3)
+    speech, lengths = model_probe_input(allinone, seed=3)
     for sub, result in results.items():
         s2t = Speech2Text(asr_train_config=result.directory / "config.yaml",
                           asr_model_file=result.directory / "model.pth",
@@ -190,7 +191,7 @@ def test_plugin_free_writes_a_stock_conformer_on_the_grid(toy, tmp_path):
         result.directory / "config.yaml", result.directory / "model.pth", "cpu"
     )
     model.eval()
-    speech, lengths = probe_input(extractor.model, seed=5)
+    speech, lengths = model_probe_input(extractor.model, seed=5)
     with torch.no_grad(), extractor.model.encoder.use_subsystem("d4-w1-int4"):
         ref, _ = extractor.model.encode(speech, lengths)
         out, _ = model.encode(speech, lengths)
@@ -269,7 +270,7 @@ def test_non_uniform_architecture_round_trips_through_speech2text(toy, tmp_path,
     assert result.encoder == "packed_conformer"
     s2t = Speech2Text(asr_train_config=result.directory / "config.yaml",
                       asr_model_file=result.directory / "model.pth", ctc_weight=1.0)
-    speech, lengths = probe_input(extractor.model, seed=5)
+    speech, lengths = model_probe_input(extractor.model, seed=5)
     with extractor.encoder.use_arch(arch):
         ref, _ = extractor.model.encode(speech, lengths)
         n_params = extractor.encoder.num_params()

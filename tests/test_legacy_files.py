@@ -5,7 +5,7 @@ tiny all-in-one checkpoint (2 blocks, d=32, asymmetric int4 group scales,
 elastic conv), two directories it extracted (``d1-w0.5-int4`` as a
 ``packed_conformer`` with the uniform keys ``attention_heads_kept``,
 ``weight_bits``, ``quantized_modules``; ``d2-w1-fp`` as a stock ``conformer``),
-and the CTC log-posteriors that release computed on ``probe_input``.
+and the CTC log-posteriors that release computed on ``model_probe_input``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from espnet_allinone.export.extract import probe_input
+from espnet_allinone.encoders.switching import model_probe_input
 from espnet_allinone.export.model_io import load_asr_model
 
 LEGACY = Path(__file__).parent / "data" / "legacy_v1"
@@ -44,7 +44,7 @@ def legacy(tmp_path_factory) -> Path:
 def test_an_old_allinone_checkpoint_loads_and_computes_the_same(legacy):
     model, _ = load_asr_model(legacy / "allinone_config.yaml", legacy / "allinone_model.pth")
     reference = torch.load(legacy / "reference_ctc.pt", weights_only=True)
-    speech, lengths = probe_input(model)
+    speech, lengths = model_probe_input(model)
     for sub, want in reference.items():
         with model.encoder.use_subsystem(sub):
             enc, _ = model.encode(speech, lengths)
@@ -59,7 +59,7 @@ def test_old_extracted_directories_load_in_speech2text(legacy, sub):
     directory = legacy / "extracted" / sub
     s2t = Speech2Text(asr_train_config=directory / "config.yaml",
                       asr_model_file=directory / "model.pth", ctc_weight=1.0)
-    speech, lengths = probe_input(s2t.asr_model)
+    speech, lengths = model_probe_input(s2t.asr_model)
     enc, _ = s2t.asr_model.encode(speech, lengths)
     want = torch.load(legacy / "reference_ctc.pt", weights_only=True)[sub]
     assert (s2t.asr_model.ctc.log_softmax(enc) - want).abs().max() <= 1e-5

@@ -11,7 +11,8 @@ from helpers.toy_experiment import (
 )
 
 from espnet_allinone.elastic import ElasticConv2d, ElasticLinear
-from espnet_allinone.export.extract import Extractor, probe_input
+from espnet_allinone.encoders.switching import model_probe_input
+from espnet_allinone.export.extract import Extractor
 from espnet_allinone.precision import FLOAT_BITS
 from espnet_allinone.quant.parts import PartPrecisionError, PartPrecisions
 
@@ -68,7 +69,7 @@ def test_training_step_shares_the_front_per_precision(mixed) -> None:
     model.train()
     calls = []
     handle = mixed.encoder.embed.conv.register_forward_hook(lambda *a: calls.append(1))
-    speech, lengths = probe_input(model, seed=1)
+    speech, lengths = model_probe_input(model, seed=1)
     text = torch.randint(2, 20, (2, 5))
     try:
         loss, _, _ = model(speech, lengths, text, torch.tensor([5, 4]))
@@ -95,7 +96,7 @@ def test_low_bit_front_and_output_round_trip_through_speech2text(mixed, tmp_path
         assert f"{name}_codes" in state and name not in state, name
     s2t = Speech2Text(asr_train_config=result.directory / "config.yaml",
                       asr_model_file=result.directory / "model.pth", ctc_weight=0.3)
-    speech, lengths = probe_input(mixed.model, seed=5)
+    speech, lengths = model_probe_input(mixed.model, seed=5)
     enc = mixed.encoder
     with enc.use_subsystem(sub):
         ref, _ = mixed.model.encode(speech, lengths)

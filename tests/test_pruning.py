@@ -15,7 +15,8 @@ from helpers.toy_experiment import (
 )
 
 from espnet_allinone.encoders.elastic_conformer import ElasticConformerEncoder
-from espnet_allinone.export.extract import Extractor, probe_input
+from espnet_allinone.encoders.switching import model_probe_input
+from espnet_allinone.export.extract import Extractor
 from espnet_allinone.pruning.hard_concrete import HardConcrete
 from espnet_allinone.subsystem import SubsystemError
 
@@ -152,7 +153,7 @@ def test_pruned_subsystem_extracts_physically_smaller_and_loads_in_speech2text(
                for b in conf["block_archs"])  # a module removed outright
     s2t = Speech2Text(asr_train_config=result.directory / "config.yaml",
                       asr_model_file=result.directory / "model.pth", ctc_weight=1.0)
-    speech, lengths = probe_input(extractor.model, seed=6)
+    speech, lengths = model_probe_input(extractor.model, seed=6)
     extractor.model.eval()
     with extractor.encoder.gated(extractor.space.validate(sub)):  # eval: hard gates as masks
         if sub.endswith("fp-p0.5"):

@@ -17,7 +17,8 @@ from helpers.toy_experiment import (
     write_toy_experiment,
 )
 
-from espnet_allinone.export.extract import Extractor, probe_input
+from espnet_allinone.encoders.switching import model_probe_input
+from espnet_allinone.export.extract import Extractor
 from espnet_allinone.quant import (
     QuantConfig,
     QuantConfigError,
@@ -179,7 +180,7 @@ def test_balanced_subsystems_load_in_speech2text_and_equal_the_allinone_model(ba
 
     _, extractor, results = balanced
     allinone = extractor.model
-    speech, lengths = probe_input(allinone, seed=3)
+    speech, lengths = model_probe_input(allinone, seed=3)
     for name, result in results.items():
         sub = "d4-w1-int4" if name == "stock-int4" else name
         config = yaml.safe_load((result.directory / "config.yaml").read_text())
@@ -254,7 +255,7 @@ def test_balanced_front_and_output_layers_round_trip(tmp_path):
         assert int(state[f"{name}_grid"]) == 1 and int(state[f"{name}_bits"]) == 8
     s2t = Speech2Text(asr_train_config=result.directory / "config.yaml",
                       asr_model_file=result.directory / "model.pth", ctc_weight=1.0)
-    speech, lengths = probe_input(extractor.model, seed=5)
+    speech, lengths = model_probe_input(extractor.model, seed=5)
     enc = extractor.encoder
     with enc.use_subsystem("d2-w0.5-int2"):
         ref, _ = extractor.model.encode(speech, lengths)

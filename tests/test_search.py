@@ -131,7 +131,7 @@ def test_a_mixed_record_runs_sizes_extracts_and_loads_in_stock_speech2text(
         extractor, tmp_path, text) -> None:
     from espnet2.bin.asr_inference import Speech2Text
 
-    from espnet_allinone.export.extract import probe_input
+    from espnet_allinone.encoders.switching import model_probe_input
 
     encoder = extractor.encoder
     arch = build_arch(encoder, text)
@@ -147,7 +147,7 @@ def test_a_mixed_record_runs_sizes_extracts_and_loads_in_stock_speech2text(
     assert SubnetArch.from_dict(info["architecture"]) == arch
     s2t = Speech2Text(asr_train_config=result.directory / "config.yaml",
                       asr_model_file=result.directory / "model.pth", ctc_weight=1.0)
-    speech, lengths = probe_input(extractor.model, seed=3)
+    speech, lengths = model_probe_input(extractor.model, seed=3)
     with encoder.use_arch(arch):
         ref, _ = extractor.model.encode(speech, lengths)
     out, _ = s2t.asr_model.encode(speech, lengths)

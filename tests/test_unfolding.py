@@ -13,7 +13,8 @@ from helpers.toy_experiment import (
 
 from espnet_allinone.elastic.unfolding import unfold_schedule
 from espnet_allinone.encoders.elastic_conformer import ElasticConformerEncoder
-from espnet_allinone.export.extract import Extractor, probe_input
+from espnet_allinone.encoders.switching import model_probe_input
+from espnet_allinone.export.extract import Extractor
 from espnet_allinone.subsystem import SubsystemError
 
 STOCK = {
@@ -250,7 +251,7 @@ def test_extraction_stores_the_seed_once_and_speech2text_runs_it_unfolded(unfold
     assert abs(result.disk_bytes - seed.disk_bytes - extra) < 4096
     s2t = Speech2Text(asr_train_config=result.directory / "config.yaml",
                       asr_model_file=result.directory / "model.pth", ctc_weight=1.0)
-    speech, lengths = probe_input(extractor.model, seed=2)
+    speech, lengths = model_probe_input(extractor.model, seed=2)
     with extractor.encoder.use_subsystem(sub):
         ref, _ = extractor.model.encode(speech, lengths)
     out, _ = s2t.asr_model.encode(speech, lengths)

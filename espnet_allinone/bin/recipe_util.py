@@ -59,9 +59,8 @@ def _import_class(target: str) -> type:
 
 
 def _is_elastic(cls: type) -> bool:
-    # imported here: the protocol module imports torch, which guard and
-    # baselines_summary (called by every stage script run) do not need
-    # deferred: torch; the recipe's other helpers run without it
+    # deferred: the protocol module imports torch, which guard and baselines_summary
+    # (called by every stage script run) do not need
     from espnet_allinone.encoders.protocol import RecipeEncoder, protocol_violations
 
     return not protocol_violations(cls, RecipeEncoder)

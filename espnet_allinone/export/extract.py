@@ -41,9 +41,6 @@ from espnet_allinone.encoders.protocol import (
     elastic_encoder_names,
     encoder_violations,
 )
-from espnet_allinone.encoders.switching import (  # noqa: F401 - the model's probe, for callers
-    model_probe_input as probe_input,
-)
 from espnet_allinone.errors import AllInOneError
 from espnet_allinone.export import model_io
 from espnet_allinone.export.calibration import (

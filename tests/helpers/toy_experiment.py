@@ -60,7 +60,7 @@ def write_toy_experiment(
     from espnet2.tasks.asr import ASRTask
     from espnet2.utils.yaml_no_alias_safe_dump import yaml_no_alias_safe_dump
 
-    from espnet_allinone.export.extract import probe_input
+    from espnet_allinone.encoders.switching import model_probe_input
     from espnet_allinone.export.model_io import build_asr_model
     from espnet_allinone.registry import register
 
@@ -97,7 +97,7 @@ def write_toy_experiment(
     torch.manual_seed(seed)
     net = build_asr_model(config)
     _perturb_norms(net, seed)
-    speech, lengths = probe_input(net)
+    speech, lengths = model_probe_input(net)
     with torch.no_grad():
         for sub in net.encoder.space.ordered():
             with net.encoder.use_subsystem(sub):
