@@ -9,18 +9,31 @@ state_dict keys; a narrower width k adds ``running_mean_c{k}``,
 bias are shared (first k entries). Training at one width never touches
 another width's statistics. A channel set that is not a prepared prefix (a
 pruned conv module) uses the full width's statistics at its channels.
+
+Statistics banks (switchable BatchNorm, ``add_banks``): besides those shared
+statistics, one bank per tag (the encoder's tags name a subsystem's width and
+precision, e.g. ``w0p5_int4``), each of its width's channels and kept per
+position like the shared ones (``running_mean_w0p5_int4_r1``). ``set_bank``
+selects one: in training the batch statistics still normalise (weights train
+exactly as without banks) and the shared statistics are updated as before,
+and so is the selected bank, no other; in eval the selected bank normalises.
+A bank whose width is not the active channel set (a pruned record) is not
+used: the shared statistics are the fallback.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from espnet_allinone.elastic.unfolding import position_suffix
+from espnet_allinone.elastic.unfolding import POSITION_STATS, position_suffix
 from espnet_allinone.precision import FLOAT_BITS
+
+_BANK_TAG = re.compile(r"[a-z][a-z0-9_]*")
 
 
 class ElasticBatchNorm1d(nn.BatchNorm1d):
@@ -41,6 +54,7 @@ class ElasticBatchNorm1d(nn.BatchNorm1d):
         module._index_tensor = None
         module.widths = tuple(sorted({int(w) for w in widths} | {module.num_features}))
         module.repeats, module.repeat, module.active_repeats = int(repeats), 0, 1
+        module.banks, module.bank = {}, None
         for width in module.widths:
             if not 1 <= width <= module.num_features:
                 raise ValueError(f"BatchNorm width {width} outside 1..{module.num_features}")
@@ -58,6 +72,63 @@ class ElasticBatchNorm1d(nn.BatchNorm1d):
         """Buffer-name suffix of a statistics bank: the stock names for the full width
         at the first position, ``_c<width>`` and ``_r<position>`` otherwise."""
         return (f"_c{width}" if width < self.num_features else "") + position_suffix(repeat)
+
+    def _bank_suffix(self, tag: str, repeat: int) -> str:
+        """Buffer-name suffix of bank ``tag`` at ``repeat``: ``_<tag>[_r<position>]``."""
+        return f"_{tag}{position_suffix(repeat)}"
+
+    @torch.no_grad()
+    def add_banks(self, banks: Mapping[str, int]) -> None:
+        """One statistics bank per tag (value: its channel count, a prepared width) at
+        every position, starting from the shared statistics of that width."""
+        if not self.track_running_stats:
+            raise ValueError("statistics banks need a BatchNorm that tracks running statistics")
+        for tag, width in banks.items():
+            if not _BANK_TAG.fullmatch(tag) or tag in self.banks:
+                raise ValueError(f"statistics bank tag {tag!r} invalid or repeated; valid: "
+                                 "new lower-case names of letters, digits and _")
+            if width not in self.widths:
+                raise ValueError(f"statistics bank {tag} has width {width}, not prepared; "
+                                 f"valid: {', '.join(map(str, self.widths))}")
+            for repeat in range(self.repeats):
+                suffix = self._bank_suffix(tag, repeat)
+                self.repeat = repeat
+                for name, value in zip(POSITION_STATS, self.stats(width)):
+                    self.register_buffer(f"{name}{suffix}", value.clone())
+            self.repeat = 0
+            self.banks[tag] = int(width)
+
+    def set_bank(self, tag: str | None) -> None:
+        """Select the statistics bank ``tag`` (None: the shared statistics)."""
+        if tag is not None and tag not in self.banks:
+            valid = ", ".join(self.banks) or "none (this BatchNorm keeps no banks)"
+            raise ValueError(f"BatchNorm statistics bank {tag!r} unknown; valid: {valid}")
+        self.bank = tag
+
+    def bank_stats(self) -> tuple | None:
+        """(mean, var, count) of the selected bank at the current position; None when no
+        bank is selected or its width is not the active channel prefix (fallback: the
+        shared statistics)."""
+        tag = self.bank
+        if tag is None or self._index_tensor is not None \
+                or self.banks[tag] != self.active_channels:
+            return None
+        suffix = self._bank_suffix(tag, self.repeat)
+        return tuple(getattr(self, f"{name}{suffix}") for name in POSITION_STATS)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys, error_msgs) -> None:
+        """A checkpoint without banks (trained without them) loads: each missing bank
+        starts from the shared statistics of its width and position."""
+        for tag, width in self.banks.items():
+            for repeat in range(self.repeats):
+                for name in POSITION_STATS:
+                    key = f"{prefix}{name}{self._bank_suffix(tag, repeat)}"
+                    shared = f"{prefix}{name}{self._suffix(width, repeat)}"
+                    if key not in state_dict and shared in state_dict:
+                        state_dict[key] = state_dict[shared]
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)
 
     def set_repeat(self, repeat: int) -> None:
         """The logical position (0, 1, ...) of the shared block about to run."""
@@ -103,8 +174,14 @@ class ElasticBatchNorm1d(nn.BatchNorm1d):
         )
 
     def active_stats(self) -> tuple:
-        """(mean, var, count) of the active channels: the width's own statistics for a
-        prepared prefix, else the full width's at the active channels."""
+        """(mean, var, count) of the active channels: the selected bank's if it applies
+        (``bank_stats``), else the shared ones (``shared_stats``)."""
+        bank = self.bank_stats()
+        return self.shared_stats() if bank is None else bank
+
+    def shared_stats(self) -> tuple:
+        """(mean, var, count) of the active channels shared by every path: the width's
+        own statistics for a prepared prefix, else the full width's at the active channels."""
         k = self.active_channels
         if self._index_tensor is None and k in self.widths:
             return self.stats(k)
@@ -116,10 +193,15 @@ class ElasticBatchNorm1d(nn.BatchNorm1d):
 
     @torch.no_grad()
     def assign_active_stats(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
-        """Set the active channels' statistics at the current position (calibration):
-        the width's own bank for a prepared prefix, else the full bank at the channels."""
+        """Set the active channels' statistics at the current position (calibration): the
+        selected bank if it applies, else the width's own shared statistics for a
+        prepared prefix, else the full width's at the channels."""
         k = self.active_channels
-        if self._index_tensor is None and k in self.widths:
+        selected = self.bank_stats()
+        if selected is not None:
+            bank_mean, bank_var, bank_count = selected
+            index = None
+        elif self._index_tensor is None and k in self.widths:
             bank_mean, bank_var, bank_count = self.stats(k)
             index = None
         else:
@@ -144,10 +226,33 @@ class ElasticBatchNorm1d(nn.BatchNorm1d):
         return self.weight.index_select(0, index), self.bias.index_select(0, index)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bank = self.bank_stats() if self.track_running_stats else None
+        if bank is not None and not self.training:
+            weight, bias = self._affine()
+            return F.batch_norm(x, bank[0], bank[1], weight, bias, False, 0.0, self.eps)
+        out = self._shared_forward(x)
+        if bank is not None:
+            self._update_bank(x, *bank)
+        return out
+
+    @torch.no_grad()
+    def _update_bank(self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
+                     count: torch.Tensor) -> None:
+        """The running update torch makes, into a bank: momentum (or cumulative average)
+        towards the batch mean and unbiased variance."""
+        dims = [0, *range(2, x.dim())]
+        batch_var, batch_mean = torch.var_mean(x.detach().float(), dim=dims, correction=1)
+        count.add_(1)
+        factor = 1.0 / float(count) if self.momentum is None else self.momentum
+        mean.mul_(1 - factor).add_(batch_mean.to(mean.dtype), alpha=factor)
+        var.mul_(1 - factor).add_(batch_var.to(var.dtype), alpha=factor)
+
+    def _shared_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise with (in eval) or update (in training) the shared statistics."""
         if self.active_channels == self.num_features and self._index_tensor is None \
                 and self.repeat == 0:
             return super().forward(x)
-        mean, var, count = self.active_stats() if self.track_running_stats else (None,) * 3
+        mean, var, count = self.shared_stats() if self.track_running_stats else (None,) * 3
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
             count.add_(1)
@@ -212,8 +317,11 @@ class ElasticBatchNorm1d(nn.BatchNorm1d):
             current = self.repeat
             for repeat in range(self.repeats):
                 self.repeat = repeat
-                for width in self.widths:
-                    mean, var, count = self.stats(width)
+                banks = [(width, self.stats(width)) for width in self.widths]
+                banks += [(width, [getattr(self, f"{name}{self._bank_suffix(tag, repeat)}")
+                                   for name in POSITION_STATS])
+                          for tag, width in self.banks.items()]
+                for width, (mean, var, count) in banks:
                     if width == self.num_features:
                         mean.copy_(mean[perm])
                         var.copy_(var[perm])

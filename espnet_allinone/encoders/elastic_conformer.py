@@ -37,6 +37,13 @@ blockwise``; the schedules, checks and per-position statistics live in
 conv-module BatchNorm running statistics (positions see different
 activations); nothing else is per position, so parameters do not grow with depth.
 
+``stats_banks: true`` (default false) gives the conv BatchNorm one statistics
+bank per width x precision of the space (switchable BatchNorm; buffers
+``running_mean_w0p5_int4`` etc.), selected with each subsystem: training
+updates the active subsystem's bank (and the shared statistics, which
+records outside the grid use), eval and extraction use it
+(``encoders/stats_banks.py``).
+
 ``part_precisions`` (:class:`~espnet_allinone.quant.parts.PartPrecisions`)
 sets the bits of the subsampling front (``embed``: its Conv2d and Linear
 weights) and of the output layers (the model attaches its CTC linear, see
@@ -90,6 +97,7 @@ from espnet_allinone.encoders.options import (
     publish_signature,
     stock_defaults,
 )
+from espnet_allinone.encoders.stats_banks import check_option as check_stats_banks
 from espnet_allinone.encoders.switching import SubsystemSwitching
 from espnet_allinone.precision import FLOAT_BITS
 from espnet_allinone.pruning.apply import gated
@@ -141,8 +149,12 @@ class ElasticConformerEncoder(RejectUnknownOptions, SubsystemSwitching, Conforme
     int8, fp; default fp), ``elastic_conv`` (width also narrows the conv
     module), ``quant_conf`` (QuantConfig options), ``part_precisions`` (bits
     of the front and output layers in quantized subsystems), ``depth_norms`` (the
-    final norm keeps its own weights per depth, ``elastic/depth_norm.py``). See the
-    module docstring for what is quantized and what stays float.
+    final norm keeps its own weights per depth, ``elastic/depth_norm.py``),
+    ``stats_banks`` (default false; true: the conv BatchNorm keeps running
+    statistics per width x precision, selected with each subsystem, so eval and
+    extraction use the subsystem's own; records outside the grid use the shared
+    statistics; ``encoders/stats_banks.py``). See the module docstring for what
+    is quantized and what stays float.
     """
 
     family = CONFORMER
@@ -164,6 +176,7 @@ class ElasticConformerEncoder(RejectUnknownOptions, SubsystemSwitching, Conforme
         prune_targets: list[float] | None = None,
         prune_conf: dict | None = None,
         depth_norms: bool = False,
+        stats_banks: bool = False,
         **stock_options: Any,
     ):
         space = self.search_space({**stock_options, "depths": depths, "widths": widths,
@@ -175,12 +188,15 @@ class ElasticConformerEncoder(RejectUnknownOptions, SubsystemSwitching, Conforme
         if elastic_conv and not stock_options.get("use_cnn_module", True):
             raise ValueError("elastic_conv: true needs use_cnn_module: true")
         check_seed(space, seed_blocks, unfold)
+        check_stats_banks(stats_banks)
         quant_config = QuantConfig.from_dict(quant_conf)
         physical = space.num_blocks if seed_blocks is None else seed_blocks
         super().__init__(input_size=input_size, **{**stock_options, "num_blocks": physical})
         self._init_elastic(space, quant_config, part_precisions, seed_blocks, unfold,
                            position_count(space.num_blocks, seed_blocks, position_stats))
         self._make_elastic()
+        if stats_banks:
+            self.make_stats_banks()
         if depth_norms:
             self.make_depth_norm()
         self._register_load_state_dict_pre_hook(refuse_other_block_count, with_module=True)
@@ -231,7 +247,7 @@ class ElasticConformerEncoder(RejectUnknownOptions, SubsystemSwitching, Conforme
         """Run a pruned subsystem's training path: the full model at its precision,
         with the target's gates (sampled in training) applied as masks."""
         sub = self.space.validate(sub)
-        with self.use_subsystem(sub.replace(prune=None)), \
+        with self.use_subsystem(sub.replace(prune=None)), self.shared_statistics(), \
                 gated(self.blocks, self.family, self.pruning.masks(sub.prune)):
             yield sub
 

@@ -27,6 +27,13 @@ from espnet_allinone.elastic.depth_norm import DepthLayerNorm
 from espnet_allinone.elastic.family import FamilySpec, apply_block, block_limits
 from espnet_allinone.elastic.layers import ElasticWeightMixin
 from espnet_allinone.elastic.unfolding import stacked_conf, unfold_schedule
+from espnet_allinone.encoders.stats_banks import (
+    add_banks,
+    bank_of,
+    conv_norms,
+    select,
+    shared_statistics,
+)
 from espnet_allinone.precision import FLOAT_BITS
 from espnet_allinone.pruning.targets import Pruning
 from espnet_allinone.quant.config import QuantConfig
@@ -78,6 +85,8 @@ class SubsystemSwitching:
     _archs: dict[Subsystem, SubnetArch]
     _active: Subsystem
     _active_arch: SubnetArch | None
+    _bank_tags: dict[Subsystem, str] | None = None  # stats_banks: true (make_stats_banks)
+    _bank_norms: tuple[nn.Module, ...] = ()
 
     # --- construction -----------------------------------------------------------
     def _init_elastic(self, space: SearchSpace, quant_config: QuantConfig,
@@ -214,6 +223,8 @@ class SubsystemSwitching:
             except ValueError as err:
                 raise ArchError(str(err)) from None
         self.block_stack.set_schedule(arch.schedule)
+        if self._bank_tags is not None:  # the record's own BatchNorm statistics, if it has any
+            select(self._bank_norms, bank_of(self, self._bank_tags, arch))
         self._active_arch = arch
 
     def _make_quantizable(self) -> None:
@@ -242,6 +253,31 @@ class SubsystemSwitching:
                              f"{self.family.name} encoder has none (Conformer: "
                              "normalize_before: true)")
         DepthLayerNorm.convert(norm, self.space.depths)
+
+    def make_stats_banks(self) -> None:
+        """Give the blocks' BatchNorms one statistics bank per width x precision of the
+        space, selected with each record (``stats_banks: true``, ``stats_banks.py``)."""
+        self._bank_tags = add_banks(self)
+        self._bank_norms = tuple(conv_norms(self))
+
+    @property
+    def stats_banks(self) -> bool:
+        """The BatchNorms keep statistics banks per width x precision."""
+        return self._bank_tags is not None
+
+    def stats_bank(self, sub_or_arch: str | Subsystem | SubnetArch) -> str | None:
+        """The bank tag a subsystem or record uses (None: the shared statistics)."""
+        if self._bank_tags is None:
+            return None
+        arch = sub_or_arch if isinstance(sub_or_arch, SubnetArch) else self.resolve(sub_or_arch)
+        return bank_of(self, self._bank_tags, arch)
+
+    def shared_statistics(self) -> contextlib.AbstractContextManager:
+        """Within the block the BatchNorms use their shared statistics, not the active
+        record's bank (a pruned training path; nothing to do without banks)."""
+        if self._bank_tags is None:
+            return contextlib.nullcontext()
+        return shared_statistics(self._bank_norms)
 
     def check_part_bits(self, arch: SubnetArch) -> None:
         """A quantized front needs quantizable front layers (``part_precisions.front``)."""

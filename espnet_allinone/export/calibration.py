@@ -3,7 +3,9 @@
 Every path of an all-in-one model updates the same BatchNorm running statistics
 (per conv width with ``elastic_conv``, per position when unfolded), so a
 subsystem extracted as trained inherits a mixture dominated by the last steps'
-paths. Calibration re-estimates them for one subsystem, as once-for-all does
+paths (unless the encoder keeps a statistics bank per subsystem,
+``stats_banks: true``; calibration then overrides the subsystem's bank).
+Calibration re-estimates them for one subsystem, as once-for-all does
 for each subnet: forward passes only, one utterance at a time (no padding
 enters the statistics), dropout off, BatchNorm normalising with each
 utterance's own statistics as in training, and each BatchNorm's running

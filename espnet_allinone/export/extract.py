@@ -23,6 +23,10 @@ is asked of the encoder through ``ExtractableEncoder``.
 With calibration data each subsystem's BatchNorm statistics are re-estimated
 for it before it is cut out (``calibration.py``); the all-in-one model it is
 verified against runs with those same statistics, so extraction stays exact.
+Without calibration an encoder with statistics banks (``stats_banks: true``)
+hands over the subsystem's own bank under the stock buffer names (a record
+outside the grid: the shared statistics); ``extract_info.yaml`` names it
+(``statistics_bank``).
 """
 
 from __future__ import annotations
@@ -154,6 +158,8 @@ class Extractor:
             arch, explicit, name = self.encoder.resolve(sub), None, str(sub)
         final = Path(outdir).absolute() / name
         fingerprint = self.fingerprint(name, explicit, plugin_free)
+        if self.calibration is None and self.encoder.stats_banks:  # which bank is written
+            fingerprint["statistics_bank"] = self.encoder.stats_bank(arch) or "shared"
         _check_existing(final, fingerprint, overwrite)
         with kept_statistics(self.encoder):
             if self.calibration is not None:

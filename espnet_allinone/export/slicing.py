@@ -2,7 +2,8 @@
 
 The encoder runs the record and every elastic layer hands over its static
 twin (``static_twin``): the kept heads / FFN units / conv channels, the
-width's own BatchNorm statistics, and for low-bit layers the integer codes
+width's own BatchNorm statistics (the record's statistics bank when the
+encoder keeps banks, ``encoders/stats_banks.py``), and for low-bit layers the integer codes
 and scales, bit-packed. Each physical block the record uses is stored once,
 renumbered in order of first use; everything outside the blocks (the front,
 ``after_norm``) is copied (a quantized front hands over its codes too). The
