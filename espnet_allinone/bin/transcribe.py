@@ -29,6 +29,7 @@ from pathlib import Path
 
 from espnet_allinone.deploy.audio import AudioError, read_audio
 from espnet_allinone.deploy.build import load_model
+from espnet_allinone.deploy.onnx_front import FRONT_MODES
 from espnet_allinone.errors import cli_errors
 
 EXIT_OK, EXIT_SOME_SKIPPED, EXIT_USAGE, EXIT_NONE = 0, 1, 2, 3
@@ -55,6 +56,11 @@ def get_parser() -> argparse.ArgumentParser:
                    help="low-bit layers: auto = MatMulNBits where it is measured fast on this "
                         "CPU; nbits = always; float = never (float MatMuls of the weights, "
                         "which the file stores bit-packed either way)")
+    p.add_argument("--front", choices=FRONT_MODES, default="auto",
+                   help="the conv2d front of the fast and int8 variants: auto = int8 GEMMs "
+                        "over patches (MatMulInteger) where measured faster than the float "
+                        "Conv on this CPU; int8 = always; gemm = float GEMMs; conv = the "
+                        "float Conv (the exact variant's front, always)")
     p.add_argument("--no_resample", action="store_true",
                    help="refuse (skip) files at another sample rate instead of resampling")
     p.add_argument("--output", type=Path, default=None, help="default: stdout")
@@ -108,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with cli_errors("transcribe", ValueError, status=EXIT_USAGE) as outcome:
         asr = load_model(args.model, args.variant, args.num_threads, args.search,
-                         args.beam_size, args.kernels, log=say)
+                         args.beam_size, args.kernels, log=say, front=args.front)
     if outcome.status:
         return outcome.status
     from tqdm import tqdm

@@ -18,6 +18,9 @@ size; see :mod:`espnet_allinone.deploy.onnx_lowbit`), ``model.fast.onnx``
 ``model.int8.onnx`` (variant ``int8``, on request: onnxruntime's dynamic
 int8 of the float layers, the Conv2d front included; made from the
 dequantized model, so its low-bit layers take 8 bits),
+in both of which the Conv2d front's layers are int8 GEMMs over patches
+where measured faster than the float Conv here (``front``, see
+:mod:`espnet_allinone.deploy.onnx_front`; the exact file keeps the float Conv),
 ``frontend.npz``, ``deploy.json``.
 """
 
@@ -35,6 +38,7 @@ from pathlib import Path
 
 from espnet_allinone.deploy.frontend import FILE_NAME as FRONTEND_FILE
 from espnet_allinone.deploy.frontend import LogMelFrontend
+from espnet_allinone.deploy.onnx_front import check_front_mode
 from espnet_allinone.deploy.runtime import (
     FORMAT_VERSION,
     META_FILE,
@@ -97,7 +101,8 @@ def check_model(model: Path) -> Path:
     return model
 
 
-def is_current(model: Path, variants: Sequence[str], kernels: str, convs: str = "auto") -> bool:
+def is_current(model: Path, variants: Sequence[str], kernels: str, convs: str = "auto",
+               front: str = "auto") -> bool:
     """True when the export directory holds ``variants`` made from this very model."""
     out = export_dir_for(model)
     try:
@@ -107,6 +112,7 @@ def is_current(model: Path, variants: Sequence[str], kernels: str, convs: str = 
     return (meta.get("source_sha256") == source_digest(model) and meta.get("kernels") == kernels
             and meta.get("weight_storage") == WEIGHT_STORAGE
             and ("int8" not in variants or meta.get("int8_convs") == convs)
+            and (not {"fast", "int8"} & set(variants) or meta.get("front") == front)
             and all(v in meta["variants"] and (out / meta["variants"][v]["file"]).is_file()
                     for v in variants))
 
@@ -114,19 +120,22 @@ def is_current(model: Path, variants: Sequence[str], kernels: str, convs: str = 
 def ensure_exported(model: str | Path, variants: Sequence[str] = ("exact",),
                     kernels: str = "auto", threads: int = 1,
                     log: Callable[[str], None] = print, force: bool = False,
-                    convs: str = "auto") -> Path:
+                    convs: str = "auto", front: str = "auto") -> Path:
     """The export directory of ``model``, exporting it first unless it is up to date.
 
     ``kernels``: low-bit layers as MatMulNBits ("auto": where measured fast here,
     "nbits": always, "float": never). ``convs``: in the int8 variant, int8
-    convolutions ("auto": where measured fast here, "int8", "float").
+    convolutions ("auto": where measured fast here, "int8", "float"). ``front``: the
+    Conv2d front of the fast and int8 variants (``FRONT_MODES``: "auto", int8 GEMMs
+    where measured faster than the float Conv here; "int8", "gemm", "conv").
     """
     model = check_model(Path(model)).absolute()
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
         raise DeployError(f"variant {bad[0]!r} unknown; valid: {', '.join(VARIANTS)}")
+    check_front_mode(front)
     out = export_dir_for(model)
-    if not force and is_current(model, variants, kernels, convs):
+    if not force and is_current(model, variants, kernels, convs, front):
         return out
     with contextlib.suppress(DeployError, ValueError, KeyError):  # keep what was exported
         variants = [v for v in VARIANTS if v in variants or v in read_meta(out)["variants"]]
@@ -135,7 +144,7 @@ def ensure_exported(model: str | Path, variants: Sequence[str] = ("exact",),
     try:
         # ESPnet prints import noise on stdout, where transcripts go
         with contextlib.redirect_stdout(sys.stderr):
-            meta = _export_source(model, tmp, variants, kernels, convs, threads, log)
+            meta = _export_source(model, tmp, variants, kernels, convs, threads, log, front)
         meta["source"] = str(model)
         meta["source_sha256"] = source_digest(model)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
@@ -150,11 +159,11 @@ def ensure_exported(model: str | Path, variants: Sequence[str] = ("exact",),
 
 
 def _export_source(model: Path, tmp: Path, variants: Sequence[str], kernels: str, convs: str,
-                   threads: int, log: Callable[[str], None]) -> dict:
+                   threads: int, log: Callable[[str], None], front: str = "auto") -> dict:
     """Export a model directory, or a zip unpacked by ESPnet's own unpacker, into ``tmp``."""
     if model.is_dir():
         meta = _export(model / "config.yaml", model / "model.pth", tmp, variants, kernels,
-                       convs, threads, log)
+                       convs, threads, log, front)
         return meta
     from espnet2.main_funcs.pack_funcs import unpack
 
@@ -167,7 +176,7 @@ def _export_source(model: Path, tmp: Path, variants: Sequence[str], kernels: str
         raise DeployError(f"{model}: the zip holds no ASR model (meta.yaml lists "
                           f"{', '.join(files)})")
     meta = _export(Path(files["asr_train_config"]), Path(files["asr_model_file"]), tmp,
-                   variants, kernels, convs, threads, log)
+                   variants, kernels, convs, threads, log, front)
     shutil.rmtree(tmp / "unpacked")
     return meta
 
@@ -232,7 +241,8 @@ def frontend_of(model) -> LogMelFrontend:
 
 
 def _export(config: Path, model_file: Path, out: Path, variants: Sequence[str], kernels: str,
-            convs: str, threads: int, log: Callable[[str], None]) -> dict:
+            convs: str, threads: int, log: Callable[[str], None],
+            front_mode: str = "auto") -> dict:
     _check_weights(model_file)
     import humanfriendly
     import onnxruntime
@@ -241,7 +251,7 @@ def _export(config: Path, model_file: Path, out: Path, variants: Sequence[str], 
     from espnet2.tasks.asr import ASRTask
 
     # deferred: torch and ESPnet; reusing an exported directory needs neither
-    from espnet_allinone.deploy import onnx_export, onnx_lowbit
+    from espnet_allinone.deploy import onnx_export, onnx_front, onnx_lowbit
 
     conf = yaml.safe_load(config.read_text(encoding="utf-8"))
     model, _ = ASRTask.build_model_from_file(config, model_file, "cpu")
@@ -260,23 +270,34 @@ def _export(config: Path, model_file: Path, out: Path, variants: Sequence[str], 
     for line in report.stored_float:
         log(f"  stored float: {line}")
     meta_variants = {"exact": _variant(out, "exact", _kernels(report))}
-    int8_decision = fast_report = None
+    int8_decision = fast_report = front_report = None
+    fast_source = fp32  # the fast and int8 variants: the front as int8 GEMMs where chosen
+    if {"fast", "int8"} & set(variants) and front_mode != "conv":
+        fast_source = out / "model.front.onnx"
+        front_report = onnx_front.rewrite_front(fp32, fast_source, front_mode, threads)
+        for line in front_report.decisions:
+            log(f"  front (fast, int8): {line}")
+    front_note = _front(front_report)
     if "int8" in variants:  # dynamic int8 quantizes float initialisers: start from those
         unpacked = out / "model.unpacked.onnx"
-        int8_report = onnx_lowbit.map_low_bit(state, fp32, unpacked, kernels, threads,
+        int8_report = onnx_lowbit.map_low_bit(state, fast_source, unpacked, kernels, threads,
                                               store="float")
         int8_decision = onnx_lowbit.quantize_int8_best(
             unpacked, out / VARIANT_FILES["int8"], front.n_mels, convs, threads)
         unpacked.unlink()
         meta_variants["int8"] = _variant(out, "int8", f"{int8_decision}; "
-                                         f"{int8_report.replaced} MatMulNBits layers kept")
+                                         f"{int8_report.replaced} MatMulNBits layers kept"
+                                         + front_note)
     if "fast" in variants:
-        fast_report = onnx_lowbit.map_low_bit(state, fp32, out / VARIANT_FILES["fast"], kernels,
-                                              threads, accuracy_level=FAST_ACCURACY_LEVEL)
+        fast_report = onnx_lowbit.map_low_bit(state, fast_source, out / VARIANT_FILES["fast"],
+                                              kernels, threads,
+                                              accuracy_level=FAST_ACCURACY_LEVEL)
         for line in fast_report.decisions:
             log(f"  fast kernel: {line}")
-        meta_variants["fast"] = _variant(out, "fast", _kernels(fast_report))
+        meta_variants["fast"] = _variant(out, "fast", _kernels(fast_report) + front_note)
     (out / "model.fp32.onnx").unlink()
+    if fast_source != fp32:
+        fast_source.unlink()
     for name, v in meta_variants.items():
         log(f"  {name}: {v['file']} {v['bytes']:,} bytes ({v['kernels']})")
     token_list = [str(t) for t in model.token_list]
@@ -292,6 +313,8 @@ def _export(config: Path, model_file: Path, out: Path, variants: Sequence[str], 
         "stored_packed": len(report.stored_packed),
         "stored_float": report.stored_float,
         "fast_kernel_decisions": fast_report.decisions if fast_report else None,
+        "front": front_mode if {"fast", "int8"} & set(variants) else None,
+        "front_decisions": front_report.decisions if front_report else None,
         "token_list": token_list,
         "token_type": conf.get("token_type", "char"),
         "space_symbol": "<space>",
@@ -316,15 +339,17 @@ def _min_samples(model, front: LogMelFrontend) -> int:
 
 def load_model(model: str | Path, variant: str = "exact", num_threads: int = 1,
                search: str = "greedy", beam_size: int = 10, kernels: str = "auto",
-               log: Callable[[str], None] = print, convs: str = "auto") -> OnnxSpeech2Text:
+               log: Callable[[str], None] = print, convs: str = "auto",
+               front: str = "auto") -> OnnxSpeech2Text:
     """The Python API: export ``model`` if needed (once) and return its onnxruntime recogniser.
 
     ``variant``: "exact" (default; greedy output as ESPnet's), "fast" (MatMulNBits with
-    int8 compute, not exact) or "int8" (dynamic int8 float layers, not exact).
+    int8 compute, not exact) or "int8" (dynamic int8 float layers, not exact); in
+    both of these, ``front`` as in :func:`ensure_exported`.
     """
     directory = ensure_exported(model, variants=("exact",) if variant == "exact"
                                 else ("exact", variant), kernels=kernels, threads=num_threads,
-                                log=log, convs=convs)
+                                log=log, convs=convs, front=front)
     return OnnxSpeech2Text(directory, variant, num_threads, search, beam_size)
 
 
@@ -332,6 +357,17 @@ def _kernels(report) -> str:
     level = f" (accuracy_level {report.accuracy_level})" if report.accuracy_level else ""
     return (f"{report.replaced} MatMulNBits layers{level}; {len(report.stored_packed)} "
             "weights stored bit-packed, expanded at session start")
+
+
+def _front(report) -> str:
+    """What the fast and int8 variants' front became, for deploy.json's kernels line."""
+    if report is None:
+        return "; front: float Conv"
+    int8 = sum(kind == "int8" for kind in report.rewritten.values())
+    gemm = sum(kind == "gemm" for kind in report.rewritten.values())
+    parts = ([f"{int8} Conv2d as int8 GEMM (MatMulInteger)"] if int8 else []) + (
+        [f"{gemm} Conv2d as float GEMM"] if gemm else [])
+    return f"; front ({report.mode}): {', '.join(parts) or 'float Conv'}"
 
 
 def _variant(out: Path, name: str, kernels: str) -> dict:
