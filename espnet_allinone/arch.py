@@ -6,7 +6,8 @@ logical block, which physical block it runs (the first blocks for a depth
 prefix; a seed block again when blocks are shared) and which attention
 heads, FFN units and conv channels it keeps (index sets: a prefix for a
 uniform width, any set for a pruned block), with the weight bits of its
-quantized layers, plus the bits of the front and the output layer.
+quantized layers, plus the bits of the front, the output layers and the
+attention decoder's blocks.
 Switching, exact size accounting, extraction and the packed format consume
 this record and nothing else. Torch-free.
 """
@@ -91,11 +92,13 @@ class BlockLimits:
 
 @dataclass(frozen=True)
 class SubnetArch:
-    """One subsystem's whole encoder: its logical blocks, the front and the output."""
+    """One subsystem's whole encoder: its logical blocks, the front and the output;
+    ``decoder_bits``: the attention decoder's block weights (full width and depth)."""
 
     blocks: tuple[BlockArch, ...]
     front_bits: int = FLOAT_BITS
     output_bits: int = FLOAT_BITS
+    decoder_bits: int = FLOAT_BITS
 
     @property
     def depth(self) -> int:
@@ -136,7 +139,7 @@ class SubnetArch:
         stacked encoder holding copies of shared blocks runs)."""
         blocks = tuple(BlockArch(i, b.heads, b.ffn_units, b.conv_channels, b.bits)
                        for i, b in enumerate(self.blocks))
-        return SubnetArch(blocks, self.front_bits, self.output_bits)
+        return SubnetArch(blocks, self.front_bits, self.output_bits, self.decoder_bits)
 
     def check(self, limits: Sequence[BlockLimits]) -> None:
         """Raise ArchError naming the first entry that does not fit the model."""
@@ -186,7 +189,8 @@ class SubnetArch:
                 for b in self.blocks
             ],
             "front_bits": self.front_bits,
-        } | ({"output_bits": self.output_bits} if self.output_bits != FLOAT_BITS else {})
+        } | ({"output_bits": self.output_bits} if self.output_bits != FLOAT_BITS else {}) \
+          | ({"decoder_bits": self.decoder_bits} if self.decoder_bits != FLOAT_BITS else {})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SubnetArch:
@@ -200,7 +204,7 @@ class SubnetArch:
         except (KeyError, TypeError) as e:
             raise ArchError(f"architecture record lacks {e}") from None
         return cls(blocks, data.get("front_bits", FLOAT_BITS),
-                   data.get("output_bits", FLOAT_BITS))
+                   data.get("output_bits", FLOAT_BITS), data.get("decoder_bits", FLOAT_BITS))
 
     # --- the extracted model's encoder_conf --------------------------------
     def to_conf(self) -> dict[str, Any]:

@@ -27,7 +27,7 @@ def test_part_precisions_parse_and_follow_the_blocks() -> None:
     assert parts.quantized_bits("front", (2, 4, 32)) == (8,)
     assert PartPrecisions.from_conf(None).quantized_bits("front", (2, 32)) == ()
     with pytest.raises(PartPrecisionError, match=r"unknown part\(s\) head in part_precisions; "
-                       "valid: front, output"):
+                       "valid: front, output, decoder"):
         PartPrecisions.from_conf({"head": "int8"})
     with pytest.raises(PartPrecisionError, match=r"part_precisions.front: 'int3' is not a "
                        "precision the quantizers offer; valid: int2, int4, int8, fp, same"):

@@ -48,9 +48,10 @@ records outside the grid use), eval and extraction use it
 sets the bits of the subsampling front (``embed``: its Conv2d and Linear
 weights) and of the output layers (the model attaches its CTC linear, see
 ``attach_output_layers``) in quantized subsystems: ``{front: int8, output:
-int8}`` with 2-bit blocks is the papers' mixed scheme; both are float by
-default. What stays float: all LayerNorms and the conv BatchNorm, every bias
-and ``pos_bias_u/v``.
+int8}`` with 2-bit blocks is the papers' mixed scheme; ``decoder: same`` puts a
+hybrid model's attention-decoder blocks at the subsystem's bits
+(``attach_decoder_layers``); all are float by default. What stays float: all
+LayerNorms and the conv BatchNorm, every bias and ``pos_bias_u/v``.
 
 Narrower widths keep the FIRST units/heads/channels; call
 ``reorder_by_importance()`` (function-preserving at full width) before

@@ -32,6 +32,7 @@ from espnet_allinone.arch import SubnetArch
 from espnet_allinone.elastic.family import FamilySpec
 from espnet_allinone.elastic.size import SizeReport
 from espnet_allinone.quant.config import QuantConfig
+from espnet_allinone.quant.parts import PartPrecisions
 from espnet_allinone.registry import ENTRIES, load_class
 from espnet_allinone.subsystem import SearchSpace, Subsystem
 
@@ -72,7 +73,9 @@ class ExtractableEncoder(ElasticEncoder, RecipeEncoder, Protocol):
 
     family: FamilySpec
     quant_config: QuantConfig
+    part_precisions: PartPrecisions
     output_layers: dict[str, nn.Module]
+    decoder_layers: dict[str, nn.Module]
     stock_encoder: ClassVar[str]
     """ESPnet's own encoder an extracted subsystem becomes where its shapes allow."""
 
@@ -101,6 +104,10 @@ class ExtractableEncoder(ElasticEncoder, RecipeEncoder, Protocol):
 
     def attach_output_layers(self, layers: Mapping[str, nn.Module]) -> None:
         """Switch the model's output layers' bits with every record."""
+        ...
+
+    def attach_decoder_layers(self, layers: Mapping[str, nn.Module]) -> None:
+        """Switch the attention decoder's block Linears' bits with every record."""
         ...
 
     def extracted_encoder(self, arch: SubnetArch, plugin_free: bool,

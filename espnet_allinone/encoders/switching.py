@@ -9,12 +9,14 @@ answers the hooks of ``ExtractableEncoder`` that generic code asks (with the
 defaults a family overrides where it differs). The model's output layers (CTC
 linear, decoder output layer) are switched with the record too once the model
 has attached them (``attach_output_layers``): a record's ``output_bits`` is
-theirs.
+theirs; likewise the attention decoder's block Linears (``attach_decoder_layers``,
+``decoder_bits``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -77,6 +79,7 @@ class SubsystemSwitching:
     quant_config: QuantConfig
     part_precisions: PartPrecisions
     output_layers: dict[str, nn.Module]
+    decoder_layers: dict[str, nn.Module]
     seed_blocks: int | None
     unfold: str
     positions: int
@@ -98,6 +101,7 @@ class SubsystemSwitching:
         self.quant_config = quant_config
         self.part_precisions = PartPrecisions.from_conf(part_precisions)
         self.output_layers = {}
+        self.decoder_layers = {}
         self.seed_blocks = seed_blocks
         self.unfold = unfold
         self.positions = positions
@@ -158,13 +162,22 @@ class SubsystemSwitching:
                                     bits=sub.bits))
         parts = self.part_precisions
         return SubnetArch(tuple(blocks), front_bits=parts.bits("front", sub.bits),
-                          output_bits=parts.bits("output", sub.bits))
+                          output_bits=parts.bits("output", sub.bits),
+                          decoder_bits=self._decoder_bits(sub.bits))
 
     def pruned_arch(self, sub: Subsystem) -> SubnetArch:
         """The architecture a pruned subsystem's gates have learned (hard gates)."""
         parts = self.part_precisions
-        return self.pruning.arch(sub.prune, sub.bits, parts.bits("front", sub.bits),
+        arch = self.pruning.arch(sub.prune, sub.bits, parts.bits("front", sub.bits),
                                  parts.bits("output", sub.bits))
+        return dataclasses.replace(arch, decoder_bits=self._decoder_bits(sub.bits))
+
+    def _decoder_bits(self, block_bits: int) -> int:
+        """The decoder blocks' bits (``part_precisions.decoder``); float while the model
+        attached none (a CTC-only model, or a float decoder part)."""
+        if not self.decoder_layers:
+            return FLOAT_BITS
+        return self.part_precisions.bits("decoder", block_bits)
 
     def check_arch(self, arch: SubnetArch) -> None:
         """Raise ArchError naming the first entry of ``arch`` that does not fit."""
@@ -217,6 +230,8 @@ class SubsystemSwitching:
             layer.set_active(bits=arch.front_bits)
         for layer in self.output_layers.values():
             layer.set_active(bits=arch.output_bits)
+        for layer in self.decoder_layers.values():
+            layer.set_active(bits=arch.decoder_bits)
         if self.depth_norm is not None:
             try:
                 self.depth_norm.set_depth(arch.depth)
@@ -280,11 +295,18 @@ class SubsystemSwitching:
         return shared_statistics(self._bank_norms)
 
     def check_part_bits(self, arch: SubnetArch) -> None:
-        """A quantized front needs quantizable front layers (``part_precisions.front``)."""
+        """A quantized front (decoder) needs quantizable front (decoder block) layers
+        (``part_precisions.front``, ``part_precisions.decoder``)."""
         bits = {layer.quantize_bits for layer in self._input_layers}
         if arch.front_bits != FLOAT_BITS and not any(arch.front_bits in b for b in bits):
             raise ArchError(f"front at {arch.front_bits} bits, but this encoder's front runs "
                             f"at {self.part_precisions.front} (part_precisions.front)")
+        bits = {layer.quantize_bits for layer in self.decoder_layers.values()}
+        if arch.decoder_bits != FLOAT_BITS and not any(arch.decoder_bits in b for b in bits):
+            runs = (self.part_precisions.decoder if self.decoder_layers
+                    else "float (no quantized decoder blocks attached)")
+            raise ArchError(f"decoder blocks at {arch.decoder_bits} bits, but this model's "
+                            f"decoder blocks run at {runs} (part_precisions.decoder)")
 
     def attach_output_layers(self, layers: Mapping[str, nn.Module]) -> None:
         """Make the model's output layers (keys: their names in the model) elastic in
@@ -302,6 +324,24 @@ class SubsystemSwitching:
             self.output_layers[name] = layer
         if self._active_arch is not None:
             self.apply_arch(self._active_arch)
+
+    def attach_decoder_layers(self, layers: Mapping[str, nn.Module]) -> None:
+        """Make the attention decoder's block Linears (keys: their names in the model)
+        fake-quantized at ``part_precisions.decoder`` of every quantized record (the
+        blocks keep full width and depth) and switch their bits with every record
+        (``arch.decoder_bits``); like the output layers they stay the model's."""
+        bits = self.part_precisions.quantized_bits("decoder", self.space.bits)
+        if not bits or not layers:  # a float decoder part, or no decoder: nothing to switch
+            return
+        for name, layer in layers.items():
+            layer = convert_weight_layer(layer)
+            try:
+                layer.enable_quantization(bits, self.quant_config)
+            except ValueError as err:
+                raise ValueError(f"decoder layer {name}: {err}") from None
+            self.decoder_layers[name] = layer
+        self._archs.clear()  # records resolved before had float decoder blocks
+        self._force(self._active)
 
     @property
     def active_arch(self) -> SubnetArch:
@@ -372,11 +412,11 @@ class SubsystemSwitching:
             return active_size(self).bytes
 
     def output_layers_size(self, sub: str | Subsystem | SubnetArch | None = None) -> SizeReport:
-        """Exact parameters and bytes of the attached output layers under ``sub``
-        (packed when quantized); zero when the model attached none."""
+        """Exact parameters and bytes of the attached output layers and decoder block
+        layers under ``sub`` (packed when quantized); zero when the model attached none."""
+        layers = [*self.output_layers.values(), *self.decoder_layers.values()]
         with self._sized(sub):
-            return sum((active_size(layer) for layer in self.output_layers.values()),
-                       SizeReport(0, 0))
+            return sum((active_size(layer) for layer in layers), SizeReport(0, 0))
 
     def ordered_subsystems(self) -> list[Subsystem]:
         """Every subsystem, smallest exact bytes first (ties: depth, then width)."""

@@ -9,7 +9,10 @@ One directory per subsystem, named by its canonical string::
     <outdir>/d6-w0.5-int4/extract_info.yaml  subsystem, sizes, source hashes
 
 Each subsystem is resolved to its architecture record (``encoder.resolve``)
-and cut out (``slicing.slice_encoder``). The encoder's family names the
+and cut out (``slicing.slice_encoder``); low-bit output layers and decoder
+blocks (``part_precisions``) are stored packed (``model: packed``), and the
+extracted model's CTC and attention-decoder log-posteriors are checked against
+the all-in-one model's. The encoder's family names the
 extracted encoder (``extracted_encoder``): a float record its stock ESPnet
 encoder can hold (Conformer: every block once, one shape, all heads and conv
 channels) becomes that stock encoder (``stock_encoder``: ``conformer``,
@@ -227,23 +230,31 @@ class Extractor:
 
     # ------------------------------------------------------------------
     def _output_conf(self, arch: SubnetArch, name: str) -> dict:
-        """``model_conf`` of a model with low-bit output layers (``model: packed``)."""
-        if arch.output_bits == FLOAT_BITS:
-            return {}
-        if not self.encoder.output_layers:
-            raise ExtractionError(f"{name}: output layers at {arch.output_bits} bits, but the "
-                                  "model attached none to its encoder")
-        return {"output_bits": arch.output_bits,
-                "quant_symmetric": self.encoder.quant_config.symmetric}
+        """``model_conf`` of a model with low-bit output layers or decoder blocks
+        (``model: packed``)."""
+        conf = {}
+        for key, bits, layers in self._packed_parts(arch):
+            if not layers:
+                raise ExtractionError(f"{name}: {key} {bits}, but the model attached no such "
+                                      "layers to its encoder")
+            conf[key] = bits
+        return conf | {"quant_symmetric": self.encoder.quant_config.symmetric} if conf else {}
+
+    def _packed_parts(self, arch: SubnetArch) -> list[tuple[str, int, dict]]:
+        """``(model_conf key, bits, layers)`` of each low-bit part outside the encoder."""
+        parts = (("output_bits", arch.output_bits, self.encoder.output_layers),
+                 ("decoder_bits", arch.decoder_bits, self.encoder.decoder_layers))
+        return [p for p in parts if p[1] != FLOAT_BITS]
 
     def _output_state(self, arch: SubnetArch, packed: bool) -> dict[str, torch.Tensor]:
-        """The low-bit output layers' weights (keyed in the model): packed entries, or
-        dequantized onto their grid (``packed`` false: a plugin-free model)."""
-        if arch.output_bits == FLOAT_BITS:
+        """The low-bit output layers' and decoder blocks' weights (keyed in the model):
+        packed entries, or dequantized onto their grid (``packed`` false: plugin-free)."""
+        layers = {n: m for _, _, part in self._packed_parts(arch) for n, m in part.items()}
+        if not layers:
             return {}
         state = {}
         with self.encoder.use_arch(arch):
-            for name, layer in self.encoder.output_layers.items():
+            for name, layer in layers.items():
                 twin = layer.static_twin()
                 if packed:
                     state.update(packed_format.to_state(twin.weight, f"{name}.weight"))
@@ -287,25 +298,45 @@ class Extractor:
     @torch.no_grad()
     def _verify(self, target: torch.nn.Module, arch: SubnetArch, name: str,
                 tol: float = 1e-4) -> float:
-        """Max abs difference of CTC log-posteriors, all-in-one vs extracted."""
+        """Max abs difference of CTC (and attention-decoder) log-posteriors, all-in-one
+        vs extracted."""
         try:  # the encoder's choice: e.g. raw audio long enough for a wav2vec2 front
             speech, lengths = self.encoder.probe_input(self.model, self.config.get("input_size"))
         except ValueError as e:
             raise ExtractionError(f"{name}: {e}") from None
         with self.encoder.use_arch(arch):
-            ref, ref_lens = self.model.encode(speech, lengths)
-            ref = self.model.ctc.log_softmax(ref)
-        out, out_lens = target.encode(speech, lengths)
-        out = target.ctc.log_softmax(out)
+            ref_enc, ref_lens = self.model.encode(speech, lengths)
+            ref = self.model.ctc.log_softmax(ref_enc)
+            ref_dec = _decoder_log_probs(self.model, ref_enc, ref_lens)
+        out_enc, out_lens = target.encode(speech, lengths)
+        out = target.ctc.log_softmax(out_enc)
         if out.shape != ref.shape or not torch.equal(out_lens, ref_lens):
             raise ExtractionError(f"{name}: extracted model output shape differs")
-        diff = float((out - ref).abs().max())
-        if not diff <= tol:
-            raise ExtractionError(
-                f"{name}: extracted model differs from the all-in-one model "
-                f"(max abs diff of CTC log-posteriors {diff:.3g} > {tol})"
-            )
-        return diff
+        diffs = {"CTC": float((out - ref).abs().max())}
+        if ref_dec is not None:
+            out_dec = _decoder_log_probs(target, out_enc, out_lens)
+            diffs["attention-decoder"] = float((out_dec - ref_dec).abs().max())
+        for what, diff in diffs.items():
+            if not diff <= tol:
+                raise ExtractionError(
+                    f"{name}: extracted model differs from the all-in-one model "
+                    f"(max abs diff of {what} log-posteriors {diff:.3g} > {tol})"
+                )
+        return max(diffs.values())
+
+
+def _decoder_log_probs(model: torch.nn.Module, enc: torch.Tensor,
+                       enc_lens: torch.Tensor) -> torch.Tensor | None:
+    """The attention decoder's log-posteriors on a fixed token prefix (None without a
+    decoder): extraction checks the decoder blocks as it checks CTC."""
+    decoder = getattr(model, "decoder", None)
+    if decoder is None or getattr(model, "use_transducer_decoder", False):
+        return None
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, model.vocab_size, (enc.shape[0], 6), generator=gen)
+    lens = torch.full((enc.shape[0],), tokens.shape[1], dtype=torch.long)
+    logits, _ = decoder(enc, enc_lens, tokens, lens)
+    return torch.log_softmax(logits, dim=-1)
 
 
 TRAINING_ONLY = ("weight_quantizer", "input_quantizer", "pruning", "layer_distill")

@@ -2,7 +2,8 @@
 
 From the all-in-one config it keeps everything ESPnet needs to rebuild the
 model (frontend, normalisation, decoder, CTC, token list), turns the model
-into a stock ``espnet`` one (``packed`` when its output layers are low-bit), and replaces the encoder by the one the
+into a stock ``espnet`` one (``packed`` when its output layers or decoder blocks are
+low-bit), and replaces the encoder by the one the
 elastic encoder names for the architecture (``encoder.extracted_encoder``). The token list is written inline and the BPE model and
 feature statistics are copied next to the config, so the directory stands
 alone.
@@ -39,8 +40,8 @@ def standalone_config(
 ) -> dict[str, Any]:
     """The extracted config; copies the BPE model / stats into ``outdir``.
 
-    ``output``: the ``model_conf`` keys of low-bit output layers (``output_bits``,
-    ``quant_symmetric``); the model is then ``packed``
+    ``output``: the ``model_conf`` keys of low-bit output layers and decoder blocks
+    (``output_bits``, ``decoder_bits``, ``quant_symmetric``); the model is then ``packed``
     (:mod:`espnet_allinone.models.packed`), else a stock ``espnet`` one.
 
     Paths written into the config point into ``path_root`` (the final

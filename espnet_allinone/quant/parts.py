@@ -1,12 +1,16 @@
-"""Per-part weight precision: the front and the output layers beside the blocks.
+"""Per-part weight precision: the front, the output layers and the decoder's blocks.
 
 ``encoder_conf.part_precisions: {front: int8, output: int8}`` is the mixed
 scheme of the low-bit Conformer papers in one line: the blocks run at the
 subsystem's precision (``d4-w1-int2``: 2-bit), the subsampling front (its
 Conv2d and Linear weights) and the output layers (the CTC linear, and the
-attention decoder's output layer when there is one) at 8 bits. ``same``
-makes a part follow the blocks. A float subsystem is float throughout: it is
-the reference every low-bit one is compared with. Torch-free.
+attention decoder's output layer when there is one) at 8 bits. ``decoder``
+covers every Linear weight of a hybrid model's attention-decoder blocks
+(self-attention, source attention, feed-forward); their width and depth stay
+full, only their precision follows the subsystem. ``same`` makes a part
+follow the blocks. Unnamed parts stay float (files written before a part
+existed read as before). A float subsystem is float throughout: it is the
+reference every low-bit one is compared with. Torch-free.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from espnet_allinone.precision import (
     parse_precision,
 )
 
-PARTS = ("front", "output")
-"""Model parts with a precision of their own (the blocks follow the subsystem)."""
+PARTS = ("front", "output", "decoder")
+"""Model parts with a precision of their own (the encoder blocks follow the subsystem)."""
 
 SAME = "same"
 """A part whose weights follow the blocks' precision."""
@@ -40,6 +44,7 @@ class PartPrecisions:
 
     front: int | None = FLOAT_BITS
     output: int | None = FLOAT_BITS
+    decoder: int | None = FLOAT_BITS
 
     @classmethod
     def from_conf(cls, conf: Mapping[str, Any] | PartPrecisions | None) -> PartPrecisions:

@@ -17,8 +17,8 @@ draw them reproducibly and the search can walk them; one spelling, e.g.::
 ``resolve`` (each block's entries are taken from the uniform subsystem with
 that block's choice), so every family and unfolded encoders work without
 family knowledge here: a block shared by several logical positions runs its
-one choice at each of them. The front and the output layers run as in the
-uniform subsystem of the record's ``parts`` precision (``part_precisions``:
+one choice at each of them. The front, the output layers and the attention
+decoder's blocks run as in the uniform subsystem of the record's ``parts`` precision (``part_precisions``:
 ``{front: int8}`` gives an int8 front to every quantized one, ``same`` the
 precision itself); without ``@<precision>`` they follow the most precise
 block, so they never run below any block. Torch-free.
@@ -216,7 +216,8 @@ def build_arch(encoder: ResolvingEncoder, record: MixedRecord | str) -> SubnetAr
         blocks.append(BlockArch(physical, heads=attention.heads, ffn_units=ffn.ffn_units,
                                 conv_channels=conv.conv_channels, bits=choice.bits))
     top = resolved(space.widths[-1], parts_bits(record, used))
-    arch = SubnetArch(tuple(blocks), front_bits=top.front_bits, output_bits=top.output_bits)
+    arch = SubnetArch(tuple(blocks), front_bits=top.front_bits, output_bits=top.output_bits,
+                      decoder_bits=top.decoder_bits)
     encoder.check_arch(arch)
     return arch
 
