@@ -513,3 +513,21 @@ def _small_conformer(input_layer: str):
         input_layer=input_layer, cnn_module_kernel=3, depths=[1, 2], widths=[0.5, 1.0],
         precisions=["int4", "fp"], dropout_rate=0.0, positional_dropout_rate=0.0,
     )
+
+
+def test_each_path_trains_its_output_layer_at_the_path_bits():
+    """The CTC linear of a quantized path runs at ``part_precisions.output`` bits in the
+    training step (as validation and extraction run it), not at the float model's: the
+    path's losses are computed inside its record."""
+    from espnet_allinone.encoders.elastic_conformer import ElasticConformerEncoder
+
+    enc = ElasticConformerEncoder(
+        FEAT_DIM, output_size=16, attention_heads=2, linear_units=32, num_blocks=2,
+        input_layer="linear", depths=[1, 2], precisions=["int2", "fp"],
+        part_precisions={"output": "int8"}, quant_conf={"granularity": "channel"})
+    model = build(ctc_weight=1.0, encoder=enc, sampling="sandwich", num_random=0)
+    seen: list[int] = []
+    model.ctc.ctc_lo.register_forward_pre_hook(lambda mod, _inp: seen.append(mod.bits))
+    model.train()
+    model(**batch())
+    assert seen == [FLOAT_BITS, 8]  # d2-w1-fp, then d1-w1-int2 with its 8-bit CTC layer

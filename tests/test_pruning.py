@@ -269,3 +269,45 @@ def test_pruned_paths_distil_only_after_the_start_step():
         weight = 0.0 if step == 0 else 0.5
         assert float(stats[f"loss_{sub}"]) == pytest.approx(
             float(without[f"loss_{sub}"]) + weight * float(stats[f"kl_{sub}"]), rel=1e-5)
+
+
+def test_pruned_paths_train_at_every_precision_with_one_penalty_per_target():
+    """``pruned_precisions: all``: each target also runs at the space's low-bit precisions
+    (its int4 loss is that of the gated model at 4 bits, not the float one), the size
+    penalty enters the loss once per target, and in the float warm-up every pruned
+    path runs float under its own key."""
+    model, batch = _pruning_model(pruned_precisions="all", layer_distill_weight=0.0)
+    assert [str(s) for s in model.pruned_paths] == ["d2-w1-fp-p0.5", "d2-w1-int4-p0.5"]
+    lagrangian = model.encoder.pruning.lagrangians["p0_5"]
+    with torch.no_grad():  # non-zero multipliers: a visible penalty
+        lagrangian.lambda1.fill_(0.5)
+        lagrangian.lambda2.fill_(0.3)
+    model.train()
+    torch.manual_seed(0)
+    _, stats, _ = model(**{k: v.clone() for k, v in batch.items()})
+
+    def asr_loss(sub: str) -> float:
+        ctc, att = float(stats[f"loss_ctc_{sub}"]), float(stats[f"loss_att_{sub}"])
+        return model.ctc_weight * ctc + (1 - model.ctc_weight) * att
+
+    fp, q = "d2-w1-fp-p0.5", "d2-w1-int4-p0.5"
+    assert asr_loss(fp) != pytest.approx(asr_loss(q), rel=1e-4)  # the int4 path ran quantized
+    penalty = float(stats[f"loss_{fp}"]) - asr_loss(fp)
+    assert abs(penalty) > 1e-3
+    assert float(stats[f"loss_{q}"]) == pytest.approx(asr_loss(q), rel=1e-5)  # no penalty
+
+    warm, _ = _pruning_model(pruned_precisions="all", float_warmup_steps=1)
+    ran = []
+    gated = warm.encoder.gated
+    warm.encoder.gated = lambda sub: ran.append(str(sub)) or gated(sub)
+    warm.train()
+    _, wstats, _ = warm(**{k: v.clone() for k, v in batch.items()})
+    assert ran == ["d2-w1-fp-p0.5", "d2-w1-fp-p0.5"]  # the int4 path ran its float twin
+    assert "loss_d2-w1-int4-p0.5" in wstats  # under its own key
+    warm(**{k: v.clone() for k, v in batch.items()})
+    assert ran[2:] == ["d2-w1-fp-p0.5", "d2-w1-int4-p0.5"]  # after the warm-up: 4 bits
+
+
+def test_pruned_precisions_must_be_a_known_choice():
+    with pytest.raises(ValueError, match="pruned_precisions 'int4'; valid: float, all"):
+        _pruning_model(pruned_precisions="int4")

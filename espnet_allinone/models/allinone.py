@@ -47,6 +47,10 @@ needs ``unused_parameters: true`` (the ``conf/train_allinone_*`` YAMLs set it).
 - ``float_warmup_steps``: for the first N updates every path runs its float twin
   (same depth and width; stats keep the path's own key), so depth and width
   settle before the quantizers join (a precision curriculum);
+- ``pruned_precisions`` (with ``encoder_conf.prune_targets``): the pruned paths run
+  every step, each target in ``float`` (default) or at ``all`` the space's precisions
+  (so its low-bit forms meet quantization in training, not first at extraction); the
+  size penalty is added once per target, on its float path;
 - ``valid_subsystems``: evaluated every epoch (default: largest, smallest);
 - ``share_input_layer`` (default true): run the subsampling front once per step
   and front precision; ``sampling_log``: append ``rank= step= paths=`` lines to this file
@@ -88,7 +92,7 @@ from espnet_allinone.encoders.protocol import (
     elastic_encoder_names,
     encoder_violations,
 )
-from espnet_allinone.models.packed import output_layers
+from espnet_allinone.models.packed import decoder_layers, output_layers
 from espnet_allinone.pruning.distill import LayerDistillation, block_outputs
 from espnet_allinone.pruning.targets import target_key
 from espnet_allinone.search.records import MixedRecord, build_arch, uniform_record
@@ -101,6 +105,9 @@ from espnet_allinone.train.sampling import (
 )
 
 _LOG = logging.getLogger(__name__)
+
+PRUNED_PRECISIONS = ("float", "all")
+"""Precisions the pruned paths train at: float only, or every precision of the space."""
 
 LAYER_TEACHERS = ("self", "frozen")
 """Teachers of layer-wise distillation: the same weights with the gates open (the
@@ -150,6 +157,7 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
         share_input_layer: bool = True,
         layer_distill_weight: float = 0.0,
         layer_distill_teacher: str = "self",
+        pruned_precisions: str = "float",
         float_warmup_steps: int = 0,
         mixed_share: float = 0.0,
         mixed_per_module: bool = False,
@@ -208,7 +216,7 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
         self._attach_output_layers()
         # The sampler position: in the state dict, hence in every checkpoint.
         self.register_buffer("sampler_step", torch.zeros((), dtype=torch.long))
-        self._setup_pruning(layer_distill_weight, layer_distill_teacher)
+        self._setup_pruning(layer_distill_weight, layer_distill_teacher, pruned_precisions)
 
     def _check_encoder(self) -> None:
         """Refuse an encoder without subsystems by name; note once whether it is a whole
@@ -243,13 +251,25 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
     def _attach_output_layers(self) -> None:
         """Hand the CTC linear (and the decoder's output layer) to the encoder, which
         switches their bits with every record when ``part_precisions.output`` makes
-        them low-bit."""
+        them low-bit; likewise the decoder blocks' Linears (``part_precisions.decoder``)."""
         if not self._record_gaps:
             self.encoder.attach_output_layers(output_layers(self))
+            parts = self.encoder.part_precisions
+            if parts.quantized_bits("decoder", self.space.bits):
+                self.encoder.attach_decoder_layers(decoder_layers(self))
 
-    def _setup_pruning(self, weight: float, teacher: str) -> None:
-        """Pruned paths (one per target, float, every step) and layer distillation."""
-        self.pruned_paths = [s for s in self.space.pruned if s.bits == self.space.largest.bits]
+    def _setup_pruning(self, weight: float, teacher: str, precisions: str) -> None:
+        """Pruned paths (every step: each target in float, and at every precision of the
+        space with ``pruned_precisions: all``) and layer distillation."""
+        if precisions not in PRUNED_PRECISIONS:
+            raise ValueError(f"pruned_precisions {precisions!r}; valid: "
+                             f"{', '.join(PRUNED_PRECISIONS)}")
+        float_bits = self.space.largest.bits
+        targets = [s for s in self.space.pruned if s.bits == float_bits]
+        if precisions == "all":  # each target's float path first: it carries the penalty
+            extra = [s for s in self.space.pruned if s.bits != float_bits]
+            targets = [p for t in targets for p in (t, *(s for s in extra if s.prune == t.prune))]
+        self.pruned_paths = targets
         if weight < 0:
             raise ValueError(f"layer_distill_weight must be >= 0, got {weight}")
         if teacher not in LAYER_TEACHERS:
@@ -403,8 +423,9 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
                 running = sub.with_precision("fp") if float_phase else sub
                 with self._use_path(running), self._layers(capture) as layers:
                     enc, enc_lens = self._encode_features(feats, feats_lengths)
+                    # inside: the output layers and decoder blocks run at the path's bits
+                    loss, pstats, logits = self._path_loss(enc, enc_lens, text, text_lengths)
                 teacher_layers = layers if capture else teacher_layers
-                loss, pstats, logits = self._path_loss(enc, enc_lens, text, text_lengths)
                 if self.distill_weight > 0:
                     if sub == self.teacher:
                         teacher = logits
@@ -422,10 +443,13 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
                 total = weight * loss if total is None else total + weight * loss
             if self.pruned_paths:
                 self.encoder.pruning.step += 1
+                penalised: set = set()
                 for sub in self.pruned_paths:
+                    running = sub.with_precision("fp") if float_phase else sub
                     loss, pstats = self._pruned_path_loss(
-                        sub, feats, feats_lengths, text, text_lengths, teacher, teacher_layers,
-                        distill_weight)
+                        running, feats, feats_lengths, text, text_lengths, teacher,
+                        teacher_layers, distill_weight, penalise=sub.prune not in penalised)
+                    penalised.add(sub.prune)
                     stats.update((f"{key}_{sub}", value) for key, value in pstats.items())
                     total = total + loss
         for key, values in random_stats.items():
@@ -459,16 +483,19 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
 
     def _pruned_path_loss(self, sub: Subsystem, feats: torch.Tensor, feats_lengths: torch.Tensor,
                           text: torch.Tensor, text_lengths: torch.Tensor, teacher: dict | None,
-                          teacher_layers: list[torch.Tensor], distill_weight: float):
-        """One pruned path: the full model through the target's sampled gates, its ASR
-        loss, the Lagrangian towards the (ramped) target size, and the distillations
+                          teacher_layers: list[torch.Tensor], distill_weight: float,
+                          penalise: bool = True):
+        """One pruned path: the full model through the target's sampled gates at the
+        path's precision, its ASR loss, the Lagrangian towards the (ramped) target size
+        (``penalise``: once per target and step, on its float path), and the distillations
         (the KL at this step's ``distill_weight``: zero before ``distill_start_steps``)."""
         capture = self.layer_distill_weight > 0
         with self.encoder.gated(sub), self._layers(capture) as layers:
             enc, enc_lens = self._encode_features(feats, feats_lengths)
-        loss, pstats, logits = self._path_loss(enc, enc_lens, text, text_lengths)
+            loss, pstats, logits = self._path_loss(enc, enc_lens, text, text_lengths)
         penalty, fraction, target = self.encoder.pruning.penalty(sub.prune)
-        loss = loss + penalty
+        if penalise:
+            loss = loss + penalty
         if self.distill_weight > 0 and teacher is not None:
             kl = self._kl(teacher, logits)
             pstats["kl"] = kl.detach()
