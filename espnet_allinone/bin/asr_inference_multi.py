@@ -20,6 +20,10 @@ repeats merged, blanks dropped) of each utterance with the model that
 ``Speech2Text`` loads, instead of ESPnet's beam search; for CTC-only models
 it is many times faster than the prefix search with beam 1 and is what the
 ONNX ``transcribe`` path computes.
+
+``--ctc_prefix_impl fast|espnet`` (default fast): the CTC prefix search is
+scored by ``espnet_allinone.decoding.ctc_prefix`` (ESPnet's hypotheses without
+its per-frame Python loop) or, for comparison, by ESPnet's own scorer.
 """
 
 from __future__ import annotations
@@ -29,6 +33,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from espnet_allinone.decoding.prefix_impl import (
+    add_ctc_prefix_impl_argument,
+    check_ctc_prefix_impl,
+    espnet_inference_with,
+)
 from espnet_allinone.errors import AllInOneError, cli_errors
 from espnet_allinone.export.extracted_dir import model_files
 from espnet_allinone.export.model_io import check_model_files, load_config
@@ -47,6 +56,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None, help="decoding YAML (asr_inference's)")
     p.add_argument("--ctc_greedy", action="store_true",
                    help="best-path CTC decoding instead of ESPnet's beam search")
+    add_ctc_prefix_impl_argument(p)
     return p
 
 
@@ -119,6 +129,7 @@ def check_models(model_dirs: Sequence[Path], rest: Sequence[str]) -> list[Path]:
 def main(argv: Sequence[str] | None = None) -> int:
     args, rest = get_parser().parse_known_args(argv)
     with cli_errors("asr_inference_multi", FileNotFoundError) as outcome:
+        check_ctc_prefix_impl(args.ctc_prefix_impl)
         if args.config is not None:
             load_config(args.config)
             rest = ["--config", str(args.config), *rest]
@@ -144,7 +155,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
         kwargs.pop("config", None)
-        (ctc_greedy_inference if args.ctc_greedy else inference)(**kwargs)
+        if args.ctc_greedy:
+            ctc_greedy_inference(**kwargs)
+        else:
+            with espnet_inference_with(args.ctc_prefix_impl):
+                inference(**kwargs)
     return 0
 
 

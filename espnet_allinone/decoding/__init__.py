@@ -1,0 +1,1 @@
+"""Decoding helpers that plug into ESPnet's beam search (scorers, their selection)."""
