@@ -19,7 +19,6 @@ cd "$(dirname "$0")"
     --token_type char \
     --train_config conf/train_allinone.yaml \
     --inference_config conf/decode_ctc.yaml \
-    --inference_args "--ctc_greedy" \
     --train_set train \
     --valid_set dev \
     --test_sets "test test_unseen" \
