@@ -32,10 +32,8 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as bench_inference: no spinning BLAS
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -84,18 +82,6 @@ def _variants(src: Path, work: Path, stem: str, threads: int) -> tuple[dict, lis
     return paths, report.decisions
 
 
-def _time(runners: dict, rounds: int) -> dict:
-    for run in runners.values():
-        run()
-    times = {k: [] for k in runners}
-    for _ in range(rounds):
-        for key, run in runners.items():
-            start = time.perf_counter()
-            run()
-            times[key].append(time.perf_counter() - start)
-    return {k: (min(t), statistics.median(t)) for k, t in times.items()}
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--blocks", type=int, default=12)
@@ -117,7 +103,12 @@ def main() -> None:
 
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(HERE.parent / "tests"))  # tests/helpers
-    from bench_inference import _torch_runner, cpu_features
+    from bench_inference import (
+        _torch_runner,
+        bench_encoder_conf,
+        cpu_features,
+        time_round_robin,
+    )
     from helpers.toy_experiment import DEFAULT_ENCODER_CONF, write_toy_experiment
 
     def log(message: str) -> None:
@@ -125,19 +116,13 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_front-"))
-    half = args.blocks // 2
-    conf = dict(
-        DEFAULT_ENCODER_CONF, output_size=args.dim, linear_units=args.units,
-        num_blocks=args.blocks, cnn_module_kernel=15, depths=[half, args.blocks],
-        widths=[0.5, 1], precisions=["int2", "int4", "int8", "fp"], elastic_conv=False,
-        quant_conf={"granularity": "group", "group_size": 32},
-        part_precisions={"front": "int8", "output": "int8"},  # as the default recipe
-    )
+    conf = bench_encoder_conf(DEFAULT_ENCODER_CONF, args.dim, args.units, args.blocks)
+    conf["part_precisions"] = {"front": "int8", "output": "int8"}  # as the default recipe
     log("building the model ...")
     paths = write_toy_experiment(work / "allinone", encoder_conf=conf, n_mels=80,
                                  model="allinone")
     extractor = Extractor(paths["config"], paths["model"])
-    full, smallest = f"d{args.blocks}-w1-fp", f"d{half}-w0.5-int2"
+    full, smallest = f"d{args.blocks}-w1-fp", f"d{args.blocks // 2}-w0.5-int2"
     dirs = {sub: extractor.extract(sub, work / "extracted", verify=False,
                                    overwrite=True).directory for sub in (full, smallest)}
     models = {}
@@ -185,7 +170,7 @@ def main() -> None:
     runners["torch", smallest] = _torch_runner(model, torch.from_numpy(speech)[None])
 
     log(f"timing {len(runners)} runners x {args.rounds} rounds ...")
-    timed = _time(runners, args.rounds)
+    timed = time_round_robin(runners, args.rounds)
     base = timed["front", "float Conv"][0]
     torch_full = timed["torch", full][0]
     print(f"\nCPU: {cpu_features()}")

@@ -61,7 +61,17 @@ ESPNET_ONNX_PUBLISHED = "espnet_onnx docs: 12-block Conformer encoder 48.6 ms to
     "quantized + fused onnxruntime (2.56x)"
 
 
-def _time_round_robin(variants: dict, rounds: int) -> dict:
+def bench_encoder_conf(base: dict, dim: int, units: int, blocks: int) -> dict:
+    """The benchmarks' elastic Conformer: ``blocks`` blocks of ``dim`` (groups of 32),
+    depths {blocks/2, blocks}, widths {0.5, 1}, every precision."""
+    return dict(
+        base, output_size=dim, linear_units=units, num_blocks=blocks, cnn_module_kernel=15,
+        depths=[blocks // 2, blocks], widths=[0.5, 1], precisions=["int2", "int4", "int8", "fp"],
+        elastic_conv=False, quant_conf={"granularity": "group", "group_size": 32},
+    )
+
+
+def time_round_robin(variants: dict, rounds: int) -> dict:
     """Fastest and median of ``rounds`` interleaved runs of each variant (after a warm-up).
 
     Interleaving and taking the minimum keeps a busy shared CPU from
@@ -287,19 +297,13 @@ def main() -> None:
     log(f"CPU: {cpu_features()}")
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_inference-"))
-    half = args.blocks // 2
-    conf = dict(
-        DEFAULT_ENCODER_CONF, output_size=args.dim, linear_units=args.units,
-        num_blocks=args.blocks, cnn_module_kernel=15, depths=[half, args.blocks],
-        widths=[0.5, 1], precisions=["int2", "int4", "int8", "fp"], elastic_conv=False,
-        quant_conf={"granularity": "group", "group_size": 32},
-    )
+    conf = bench_encoder_conf(DEFAULT_ENCODER_CONF, args.dim, args.units, args.blocks)
     # a small attention decoder: espnet_onnx's exporter needs one (ours decodes CTC only)
     paths = write_toy_experiment(work / "allinone", encoder_conf=conf, n_mels=80,
                                  decoder="transformer")
     extractor = Extractor(paths["config"], paths["model"])
     full = f"d{args.blocks}-w1-fp"
-    smallest = f"d{half}-w0.5-int2"
+    smallest = f"d{args.blocks // 2}-w0.5-int2"
     subs = [full, f"d{args.blocks}-w1-int8", f"d{args.blocks}-w1-int4",
             f"d{args.blocks}-w1-int2", smallest]
     samples = int(args.seconds * 16000)
@@ -345,7 +349,7 @@ def main() -> None:
     rows = []
     for threads in threads_list:
         torch.set_num_threads(threads)
-        timed = _time_round_robin({k: v for k, v in runners.items() if k[0] == threads},
+        timed = time_round_robin({k: v for k, v in runners.items() if k[0] == threads},
                                   args.repeats)
         base = timed[threads, full, "torch float"][0]
         for (t, sub, name), (best, median) in timed.items():

@@ -78,7 +78,7 @@ def main() -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/helpers
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_inference import cpu_features
+    from bench_inference import bench_encoder_conf, cpu_features
     from helpers.toy_experiment import DEFAULT_ENCODER_CONF, write_toy_experiment
 
     from espnet_allinone.deploy.build import ensure_exported
@@ -88,13 +88,7 @@ def main() -> None:
         print(message, file=sys.stderr, flush=True)
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_memory-"))
-    half = args.blocks // 2
-    conf = dict(
-        DEFAULT_ENCODER_CONF, output_size=args.dim, linear_units=args.units,
-        num_blocks=args.blocks, cnn_module_kernel=15, depths=[half, args.blocks],
-        widths=[0.5, 1], precisions=["int2", "int4", "int8", "fp"], elastic_conv=False,
-        quant_conf={"granularity": "group", "group_size": 32},
-    )
+    conf = bench_encoder_conf(DEFAULT_ENCODER_CONF, args.dim, args.units, args.blocks)
     paths = write_toy_experiment(work / "allinone", encoder_conf=conf, n_mels=80)
     extractor = Extractor(paths["config"], paths["model"])
     rows = []  # (subsystem, kernels, export directory)
