@@ -62,17 +62,13 @@ from pathlib import Path
 
 from espnet_allinone.deploy.select import SelectError, parse_budget
 from espnet_allinone.errors import cli_errors
+from espnet_allinone.export.calibration import DEFAULT_CALIBRATION_UTTS
 from espnet_allinone.search.evaluate import DEFAULT_DEV_UTTS
 from espnet_allinone.search.experiment import format_front, locate, run_search
 from espnet_allinone.search.greedy import SearchError
 from espnet_allinone.search.scores import collect
 
 EXIT_OK, EXIT_USAGE, EXIT_NO_FIT = 0, 2, 3
-DEFAULT_CALIBRATION_UTTS = 50
-"""Calibration utterances per scored record (extraction's default is 200; a search
-scores many records)."""
-
-
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m espnet_allinone.bin.search", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -82,7 +82,7 @@ option inference_asr_model auto "checkpoint in asr_exp to extract from; auto: va
 option inference_tag decode "decoding results go to <asr_exp>/<inference_tag>/<subsystem>/<set>"
 option subsystems all "subsystems to extract/decode/report: all, or \"d6-w0.5-int4 d12-w1-fp\""
 option extract_args "" "extra arguments for espnet_allinone.bin.extract"
-option calibration_utts 200 "training utterances that re-estimate each subsystem's BatchNorm statistics at extraction (0: keep training's)"
+option calibration_utts 50 "training utterances that re-estimate each subsystem's BatchNorm statistics at extraction (0: keep training's)"
 option rtf_utts 10 "utterances timed for the real-time factor (0: none)"
 option report_title "" "title of RESULTS.md (default: the experiment's name)"
 option pack_args "" "extra arguments for espnet_allinone.bin.pack"
