@@ -248,7 +248,7 @@ def test_tiny_run_through_every_stage_to_the_report(prepared: Path) -> None:
     extract_log = (exp / "logs" / "stage12_extract.log").read_text()
     assert all(sub in extract_log for sub in rows)  # the extraction table names each one
     # each subsystem's BatchNorm statistics calibrated on the (tiny) training set
-    assert "calibration: 200 utterances asked for, dump/raw/train has 36: using all 36" \
+    assert "calibration: 50 utterances asked for, dump/raw/train has 36: using all 36" \
         in extract_log
     info = yaml.safe_load((exp / "extracted" / "d1-w0.5-int4" / "extract_info.yaml").read_text())
     assert info["calibration"] == {"data": "dump/raw/train", "utterances": 36}
