@@ -315,14 +315,8 @@ class SubsystemSwitching:
         They stay the model's modules (not the encoder's: no second copy in the
         state_dict); the encoder only sets their bits.
         """
-        bits = self.part_precisions.quantized_bits("output", self.space.bits)
-        if not bits:  # float output layers: nothing to switch
-            return
-        for name, layer in layers.items():
-            layer = convert_weight_layer(layer)
-            layer.enable_quantization(bits, self.quant_config)
-            self.output_layers[name] = layer
-        if self._active_arch is not None:
+        if self._attach_part("output", layers, self.output_layers) \
+                and self._active_arch is not None:
             self.apply_arch(self._active_arch)
 
     def attach_decoder_layers(self, layers: Mapping[str, nn.Module]) -> None:
@@ -330,18 +324,25 @@ class SubsystemSwitching:
         fake-quantized at ``part_precisions.decoder`` of every quantized record (the
         blocks keep full width and depth) and switch their bits with every record
         (``arch.decoder_bits``); like the output layers they stay the model's."""
-        bits = self.part_precisions.quantized_bits("decoder", self.space.bits)
-        if not bits or not layers:  # a float decoder part, or no decoder: nothing to switch
-            return
+        if self._attach_part("decoder", layers, self.decoder_layers):
+            self._archs.clear()  # records resolved before had float decoder blocks
+            self._force(self._active)
+
+    def _attach_part(self, part: str, layers: Mapping[str, nn.Module],
+                     attached: dict[str, nn.Module]) -> bool:
+        """Make ``layers`` quantizable at every integer precision ``part`` runs at in the
+        space and add them to ``attached``; False when the part is float or none given."""
+        bits = self.part_precisions.quantized_bits(part, self.space.bits)
+        if not bits or not layers:
+            return False
         for name, layer in layers.items():
             layer = convert_weight_layer(layer)
             try:
                 layer.enable_quantization(bits, self.quant_config)
             except ValueError as err:
-                raise ValueError(f"decoder layer {name}: {err}") from None
-            self.decoder_layers[name] = layer
-        self._archs.clear()  # records resolved before had float decoder blocks
-        self._force(self._active)
+                raise ValueError(f"{part} layer {name}: {err}") from None
+            attached[name] = layer
+        return True
 
     @property
     def active_arch(self) -> SubnetArch:

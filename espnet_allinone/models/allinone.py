@@ -266,7 +266,7 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
                              f"{', '.join(PRUNED_PRECISIONS)}")
         float_bits = self.space.largest.bits
         targets = [s for s in self.space.pruned if s.bits == float_bits]
-        if precisions == "all":  # each target's float path first: it carries the penalty
+        if precisions == "all":  # each target's float path carries its size penalty
             extra = [s for s in self.space.pruned if s.bits != float_bits]
             targets = [p for t in targets for p in (t, *(s for s in extra if s.prune == t.prune))]
         self.pruned_paths = targets
@@ -443,13 +443,11 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
                 total = weight * loss if total is None else total + weight * loss
             if self.pruned_paths:
                 self.encoder.pruning.step += 1
-                penalised: set = set()
                 for sub in self.pruned_paths:
                     running = sub.with_precision("fp") if float_phase else sub
                     loss, pstats = self._pruned_path_loss(
                         running, feats, feats_lengths, text, text_lengths, teacher,
-                        teacher_layers, distill_weight, penalise=sub.prune not in penalised)
-                    penalised.add(sub.prune)
+                        teacher_layers, distill_weight, penalise=sub.bits == self.teacher.bits)
                     stats.update((f"{key}_{sub}", value) for key, value in pstats.items())
                     total = total + loss
         for key, values in random_stats.items():
