@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import wave
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,8 +24,14 @@ from espnet_allinone.corpus.datadir import (
     subset_datadir,
     validate_datadir,
 )
-from espnet_allinone.corpus.text import LETTER_PHONEMES, to_espeak, vocabulary
-from espnet_allinone.corpus.voices import UNSEEN_VARIANTS
+from espnet_allinone.corpus.synth import synthesize
+from espnet_allinone.corpus.text import (
+    LETTER_PHONEMES,
+    to_espeak,
+    to_festival,
+    vocabulary,
+)
+from espnet_allinone.corpus.voices import FESTIVAL_VOICES, TRAIN_RATES, UNSEEN_VARIANTS
 
 
 def _digest(data: Path) -> dict[str, str]:
@@ -149,3 +157,47 @@ def test_datadir_helpers(tiny_corpus: Path, tmp_path: Path) -> None:
         validate_datadir(tmp_path / "sub")
     with pytest.raises(DataDirError, match="does not exist"):
         validate_datadir(tmp_path / "nowhere")
+
+
+def test_festival_share_replaces_only_its_training_utterances() -> None:
+    base = CorpusConfig(num_train=200, num_dev=10, num_test=10, num_test_unseen=10, seed=5)
+    plain = plan_jobs(base, Path("/x"))
+    mixed = plan_jobs(replace(base, festival_share=0.3), Path("/x"))
+    for split in ("dev", "test", "test_unseen"):  # test sets shared with the plain corpus
+        assert mixed[split] == plain[split]
+    festival = [(job, text) for job, text, _ in mixed["train"] if job.engine == "festival"]
+    assert len(festival) == 60
+    assert {j.voice for j, _ in festival} == set(FESTIVAL_VOICES.values())
+    assert all(j.utt_id.startswith("fest") and j.text == to_festival(t) for j, t in festival)
+    lo, hi = TRAIN_RATES
+    assert all(lo - 15 <= j.rate <= hi + 15 for j, _ in festival)  # no unseen-set rate leaks in
+    kept = [(a, b) for a, b in zip(plain["train"], mixed["train"]) if b[0].engine == "espeak-ng"]
+    assert len(kept) == 140 and all(a == b for a, b in kept)
+    assert {t for _, t, _ in mixed["train"]} == {t for _, t, _ in plain["train"]}
+    with pytest.raises(ValueError, match="festival_share must be in \\[0, 1\\], got 1.5"):
+        CorpusConfig(festival_share=1.5)
+
+
+def test_festival_utterance_is_16k_mono_and_follows_its_rate(tmp_path: Path) -> None:
+    plan = plan_jobs(CorpusConfig(num_train=30, num_dev=1, num_test=1, seed=2, festival_share=1.0,
+                                  noise=False, reverb=False, band_limit=False), tmp_path)
+    job = plan["train"][0][0]
+    job = replace(job, text="set the alarm for seven thirty")
+    slow = replace(job, utt_id="slow", path=str(tmp_path / "slow.wav"), rate=110)
+    fast = replace(job, utt_id="fast", path=str(tmp_path / "fast.wav"), rate=200)
+    seconds = {j.utt_id: synthesize(j) for j in (slow, fast)}
+    with wave.open(slow.path) as f:
+        assert (f.getframerate(), f.getnchannels(), f.getsampwidth()) == (16000, 1, 2)
+    assert 1.5 < seconds["slow"] / seconds["fast"] < 2.0  # 200/110 = 1.82, plus fixed padding
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fast.wav", "slow.wav"]  # no leftovers
+    with pytest.raises(RuntimeError, match="voice_no_such_voice.*festvox-kallpc16k"):
+        synthesize(replace(job, voice="no_such_voice", path=str(tmp_path / "bad.wav")))
+
+
+def test_festival_corpus_without_festival_names_its_packages(tmp_path: Path, monkeypatch) -> None:
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda n: None if n == "text2wave" else real_which(n))
+    with pytest.raises(ToolMissingError, match="text2wave: sudo apt-get install festival festvox"):
+        make_corpus(tmp_path / "d", CorpusConfig(num_train=2, num_dev=1, num_test=1,
+                                                 festival_share=0.5), log=lambda *_: None)
+    assert not (tmp_path / "d").exists()

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Set up everything espnet-allinone needs on a fresh machine, idempotently:
-# system packages (espeak-ng, sox, sctk), a virtual environment in .venv and
+# system packages (espeak-ng, festival, sox, sctk), a virtual environment in .venv and
 # the package with its test extras. Safe to re-run; it skips what is done.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${ALLINONE_VENV:-$repo/.venv}
 python=${PYTHON:-python3}
-apt_packages=(espeak-ng sox sctk libsndfile1 flac)
+apt_packages=(espeak-ng sox sctk libsndfile1 flac festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts)
 
 missing=()
 for pkg in "${apt_packages[@]}"; do

@@ -1,4 +1,4 @@
-"""Make the synthetic espeak-ng corpus as Kaldi-style data dirs.
+"""Make the synthetic corpus (espeak-ng, optionally festival) as Kaldi-style data dirs.
 
     python -m espnet_allinone.bin.make_corpus --outdir data \
         --num_train 2000 --num_dev 100 --num_test 200 --seed 0
@@ -25,6 +25,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="test_unseen: voices and rates held out of training (0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num_speakers", type=int, default=0, help="0 = all 656 training voices")
+    p.add_argument("--festival_share", type=float, default=0.0,
+                   help="share of training utterances spoken by festival's voices (0..1; "
+                        "dev and test sets stay espeak-ng)")
     p.add_argument("--no_noise", action="store_true", help="no additive white noise")
     p.add_argument("--no_reverb", action="store_true", help="no sox reverb")
     p.add_argument("--nj", type=int, default=4, help="parallel synthesis jobs")
@@ -37,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = CorpusConfig(
             num_train=args.num_train, num_dev=args.num_dev, num_test=args.num_test,
             num_test_unseen=args.num_test_unseen, seed=args.seed, num_speakers=args.num_speakers,
-            noise=not args.no_noise, reverb=not args.no_reverb,
+            noise=not args.no_noise, reverb=not args.no_reverb, festival_share=args.festival_share,
         )
         make_corpus(args.outdir, config, wavdir=args.wavdir, nj=args.nj)
     return outcome.status

@@ -1,18 +1,23 @@
-"""Make the espeak-ng corpus: draw texts, voices and effects from one seed, synthesise in parallel."""
+"""Make the synthetic corpus: draw texts, voices and effects from one seed, synthesise in parallel."""
 
 from __future__ import annotations
 
 import json
 import random
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from espnet_allinone.corpus.datadir import write_datadir
 from espnet_allinone.corpus.synth import UttJob, synthesize
-from espnet_allinone.corpus.text import to_espeak, unique_transcripts
-from espnet_allinone.corpus.tools import require_tools
-from espnet_allinone.corpus.voices import make_speakers, make_unseen_speakers
+from espnet_allinone.corpus.text import to_espeak, to_festival, unique_transcripts
+from espnet_allinone.corpus.tools import FESTIVAL_TOOLS, require_tools
+from espnet_allinone.corpus.voices import (
+    Speaker,
+    make_festival_speakers,
+    make_speakers,
+    make_unseen_speakers,
+)
 
 MANIFEST = "corpus.json"
 
@@ -30,6 +35,7 @@ class CorpusConfig:
     noise: bool = True             # white noise at 20-40 dB SNR on ~60% of utterances
     reverb: bool = True            # sox reverb on ~50% of utterances
     band_limit: bool = True        # sox high/low-pass on ~30% of utterances
+    festival_share: float = 0.0    # share of training utterances spoken by festival voices
 
     def __post_init__(self) -> None:
         for name in ("num_train", "num_dev", "num_test"):
@@ -37,6 +43,8 @@ class CorpusConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.num_test_unseen < 0:
             raise ValueError(f"num_test_unseen must be >= 0, got {self.num_test_unseen}")
+        if not 0.0 <= self.festival_share <= 1.0:
+            raise ValueError(f"festival_share must be in [0, 1], got {self.festival_share}")
 
     def counts(self) -> dict[str, int]:
         counts = {"train": self.num_train, "dev": self.num_dev, "test": self.num_test}
@@ -46,7 +54,13 @@ class CorpusConfig:
 
 
 def plan_jobs(config: CorpusConfig, wavdir: Path) -> dict[str, list[tuple[UttJob, str, str]]]:
-    """Every utterance's (job, transcript, speaker id), per split; no audio made."""
+    """Every utterance's (job, transcript, speaker id), per split; no audio made.
+
+    Festival voices replace espeak-ng in a share of the training utterances,
+    drawn from a random stream of their own: every other utterance, and every
+    dev and test utterance, is the same as in the corpus without them, so runs
+    on either corpus share their test sets.
+    """
     rng = random.Random(config.seed)
     speakers = make_speakers(rng, config.num_speakers)
     unseen = make_unseen_speakers(rng)
@@ -68,12 +82,35 @@ def plan_jobs(config: CorpusConfig, wavdir: Path) -> dict[str, list[tuple[UttJob
                     if config.band_limit and rng.random() < 0.3 else None)
             utt_id = f"{spk.spk_id}-{split}{i:06d}"
             job = UttJob(utt_id, str((wavdir / split / f"{utt_id}.wav").resolve()),
-                         to_espeak(text), spk.espeak_voice, rate, pitch, reverb, snr,
+                         to_espeak(text), spk.engine_voice, rate, pitch, reverb, snr,
                          noise_seed=rng.getrandbits(32), band=band)
             items.append((job, text, spk.spk_id))
         plan[split] = items
         start += counts[split]
+    if config.festival_share:
+        plan["train"] = _festival_share(plan["train"], config, wavdir)
     return plan
+
+
+def _festival_share(items: list[tuple[UttJob, str, str]], config: CorpusConfig,
+                    wavdir: Path) -> list[tuple[UttJob, str, str]]:
+    """Give ``festival_share`` of the training utterances (same texts and effects) to festival speakers."""
+    rng = random.Random(f"festival-{config.seed}")
+    speakers = make_festival_speakers(rng)
+    chosen = set(rng.sample(range(len(items)), round(config.festival_share * len(items))))
+    out = []
+    for i, (job, text, spk_id) in enumerate(items):
+        if i in chosen:
+            spk: Speaker = rng.choice(speakers)
+            rate = spk.rate + rng.randint(-15, 15)
+            pitch = min(99, max(0, spk.pitch + rng.randint(-8, 8)))
+            utt_id = f"{spk.spk_id}-train{i:06d}"
+            job = replace(job, utt_id=utt_id, path=str((wavdir / "train" / f"{utt_id}.wav").resolve()),
+                          text=to_festival(text), voice=spk.engine_voice, rate=rate, pitch=pitch,
+                          engine=spk.engine)
+            spk_id = spk.spk_id
+        out.append((job, text, spk_id))
+    return out
 
 
 def make_corpus(
@@ -96,7 +133,7 @@ def make_corpus(
     ):
         log(f"[make_corpus] {out} already holds this corpus ({MANIFEST} matches); kept")
         return config.counts()
-    require_tools()
+    require_tools(("espeak-ng", "sox") + (FESTIVAL_TOOLS if config.festival_share else ()))
     plan = plan_jobs(config, wav_root)
     jobs = [job for items in plan.values() for job, _, _ in items]
     log(f"[make_corpus] synthesising {len(jobs)} utterances with {nj} jobs into {wav_root}")

@@ -115,3 +115,9 @@ def to_espeak(transcript: str) -> str:
         else:
             out.append(word.lower())
     return " ".join(out)
+
+
+def to_festival(transcript: str) -> str:
+    """The text festival gets: words in lower case, single letters in upper case
+    (festival spells an upper-case letter by its name)."""
+    return " ".join(w if len(w) == 1 else w.lower() for w in transcript.split())

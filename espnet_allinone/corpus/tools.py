@@ -7,10 +7,16 @@ import sys
 
 from espnet_allinone.errors import AllInOneError
 
+FESTIVAL_PACKAGES = "festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts"
+
 INSTALL_HINT = {
     "espeak-ng": "sudo apt-get install espeak-ng   (macOS: brew install espeak-ng)",
     "sox": "sudo apt-get install sox   (macOS: brew install sox)",
+    "text2wave": f"sudo apt-get install {FESTIVAL_PACKAGES}   (festival and its English voices)",
 }
+
+FESTIVAL_TOOLS = ("text2wave",)
+"""What a corpus with a festival share needs besides espeak-ng and sox."""
 
 
 class ToolMissingError(AllInOneError, RuntimeError):
@@ -26,6 +32,6 @@ def require_tools(names: tuple[str, ...] = ("espeak-ng", "sox")) -> dict[str, st
         raise ToolMissingError(
             "the synthetic corpus needs " + ", ".join(missing) + " on PATH "
             f"(PATH searched by {sys.executable}); install with:\n" + "\n".join(lines)
-            + "\n  or both at once: sudo apt-get install espeak-ng sox"
+            + "\n  or all at once: sudo apt-get install espeak-ng sox " + FESTIVAL_PACKAGES
         )
     return {name: str(path) for name, path in found.items()}

@@ -1,9 +1,10 @@
-"""Synthetic speakers: an espeak-ng voice + variant with its own rate and pitch.
+"""Synthetic speakers: an espeak-ng voice + variant, or a festival voice, with its own rate and pitch.
 
 Training voices use most of espeak-ng's variants (every English accent x 82
-variants, 656 speakers); a disjoint set of variants, spoken at rates no
-training speaker uses, is held out for the unseen-voice test set, so a model
-is also measured on voices it never heard.
+variants, 656 speakers) and, when asked, Debian's festival voices; a disjoint
+set of espeak-ng variants, spoken at rates no training speaker uses, is held
+out for the unseen-voice test set, so a model is also measured on voices it
+never heard (of neither engine's training share).
 """
 
 from __future__ import annotations
@@ -44,19 +45,32 @@ PITCHES = (15, 85)
 """Base pitch range (espeak-ng 0-99); each utterance varies it by +-8."""
 
 
+FESTIVAL_VOICES = {"kal": "kal_diphone", "ked": "ked_diphone", "slt": "cmu_us_slt_arctic_hts"}
+"""Festival's English voices in Debian (festvox-kallpc16k, -kdlpc16k, -us-slt-hts), by short name."""
+
+FESTIVAL_SPEAKERS_PER_VOICE = 12
+"""Speakers made from each festival voice, each with its own base rate and pitch."""
+
+
 @dataclass(frozen=True)
 class Speaker:
-    """One voice: espeak-ng ``-v voice+variant`` with a base rate (wpm) and pitch (0-99)."""
+    """One voice with a base rate (wpm) and pitch (0-99).
+
+    ``engine`` "espeak-ng": ``-v voice+variant``; "festival": ``voice`` is a
+    festival voice (``voice_<voice>``) and ``variant`` tells its speakers apart.
+    """
 
     spk_id: str
     voice: str
     variant: str
     rate: int
     pitch: int
+    engine: str = "espeak-ng"
 
     @property
-    def espeak_voice(self) -> str:
-        return f"{self.voice}+{self.variant}"
+    def engine_voice(self) -> str:
+        """The voice argument of the engine: espeak-ng's ``voice+variant``, festival's voice name."""
+        return f"{self.voice}+{self.variant}" if self.engine == "espeak-ng" else self.voice
 
 
 def _speakers(rng: random.Random, variants: tuple[str, ...], rates) -> list[Speaker]:
@@ -84,3 +98,15 @@ def make_speakers(rng: random.Random, num_speakers: int = 0) -> list[Speaker]:
 def make_unseen_speakers(rng: random.Random) -> list[Speaker]:
     """Voices no training utterance uses: held-out variants at out-of-range rates."""
     return _speakers(rng, UNSEEN_VARIANTS, lambda r: r.randint(*r.choice(UNSEEN_RATES)))
+
+
+def make_festival_speakers(rng: random.Random) -> list[Speaker]:
+    """Festival training speakers: each voice at several base rates and pitches
+    drawn from the training ranges (so no rate of the unseen set leaks in)."""
+    speakers = []
+    for short, voice in FESTIVAL_VOICES.items():
+        for k in range(FESTIVAL_SPEAKERS_PER_VOICE):
+            rate, pitch = rng.randint(*TRAIN_RATES), rng.randint(*PITCHES)
+            spk_id = f"fest{short}{k:02d}"
+            speakers.append(Speaker(spk_id, voice, f"{k:02d}", rate, pitch, engine="festival"))
+    return speakers
