@@ -23,6 +23,9 @@ ALL_CONFIGS = [
     for s, g, c, learn in itertools.product(
         (True, False), ("tensor", "channel", "group"), ("none", "mse"), (True, False)
     )
+] + [
+    QuantConfig(symmetric=s, granularity=g, group_size=GS, scale_param="log")
+    for s, g in itertools.product((True, False), ("tensor", "channel", "group"))
 ]
 
 
@@ -30,6 +33,7 @@ def cfg_id(cfg: QuantConfig) -> str:
     return (
         f"{'sym' if cfg.symmetric else 'asym'}-{cfg.granularity}-{cfg.clip}"
         f"-{'lsq' if cfg.learn_scale else 'stat'}"
+        + ("-log" if cfg.scale_param == "log" else "")
     )
 
 
@@ -76,6 +80,7 @@ def test_config_defaults_and_round_trip():
         "learn_scale": False,
         "activation_bits": 8,
         "grid": "integer",
+        "scale_param": "log",
     }
     cfg = QuantConfig.from_dict(d)
     assert cfg.to_dict() == d
@@ -106,9 +111,10 @@ def test_config_defaults_and_round_trip():
             (
                 r"unknown quant_conf key\(s\) bits, granularty; "
                 r"valid keys: symmetric, granularity, group_size, clip, clip_ratio, learn_scale, "
-                r"activation_bits, grid"
+                r"activation_bits, grid, scale_param"
             ),
         ),
+        ({"scale_param": "exp"}, r"scale_param 'exp'; valid: linear, log"),
         ({"grid": "mid-rise"}, r"grid 'mid-rise'; valid: integer, balanced"),
         (
             {"grid": "balanced", "symmetric": False},
@@ -341,7 +347,7 @@ def test_gradients_reach_weight_and_scales(cfg):
         (q(w, bits) * torch.randn(OUT, IN)).sum().backward()
         assert torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0
         if cfg.learn_scale:
-            sg = getattr(q, f"scale_int{bits}").grad
+            sg = getattr(q, q.scale_param_name(bits)).grad
             assert sg is not None and torch.isfinite(sg).all() and sg.abs().sum() > 0
             if not cfg.symmetric:
                 zg = getattr(q, f"zero_point_int{bits}").grad
@@ -391,7 +397,9 @@ def reference_fake_quant(q: WeightFakeQuantizer, w, bits, rows=None, cols=None):
         t = t if rows is None else t[rows]
         return t if cols is None else t[:, :cols]
 
-    sp = getattr(q, f"scale_int{bits}")
+    sp = getattr(q, q.scale_param_name(bits))
+    if cfg.scale_param == "log":
+        sp = sp.exp()
     s = cut(per_element(learned(sp.detach().clamp(2**-20, 65504).half().float(), sp)))
     x = cut(w) / s
     r = (x.floor() if balanced else x.round()) + (x - x.detach())
@@ -406,21 +414,25 @@ def reference_fake_quant(q: WeightFakeQuantizer, w, bits, rows=None, cols=None):
 
 @pytest.mark.parametrize("gran", ["tensor", "channel", "group"])
 @pytest.mark.parametrize(
-    "symmetric, grid",
-    [(True, "integer"), (False, "integer"), (True, "balanced")],
-    ids=["sym", "asym", "balanced"],
+    "symmetric, grid, scale_param",
+    [(True, "integer", "linear"), (False, "integer", "linear"), (True, "balanced", "linear"),
+     (True, "integer", "log"), (False, "integer", "log")],
+    ids=["sym", "asym", "balanced", "sym-log", "asym-log"],
 )
-def test_gradients_match_plain_op_reference(symmetric, grid, gran):
+def test_gradients_match_plain_op_reference(symmetric, grid, scale_param, gran):
     """Values bit-exact, gradients (weight, scale, zero point) equal to the plain-op form."""
-    cfg = QuantConfig(symmetric=symmetric, granularity=gran, group_size=GS, grid=grid)
+    cfg = QuantConfig(symmetric=symmetric, granularity=gran, group_size=GS, grid=grid,
+                      scale_param=scale_param)
+    log = scale_param == "log"
     q = make(cfg, bits=(2, 4, 8))
     gen = torch.Generator().manual_seed(5)
     w = rand_weight(seed=4)
     for bits in (2, 4, 8):
         q.initialize(w, bits)
         with torch.no_grad():  # arbitrary learned values: some levels clip
-            sp = getattr(q, f"scale_int{bits}")
-            sp.mul_(torch.rand(sp.shape, generator=gen) * 0.5 + 0.4)
+            sp = getattr(q, q.scale_param_name(bits))
+            factor = torch.rand(sp.shape, generator=gen) * 0.5 + 0.4
+            sp.add_(factor.log()) if log else sp.mul_(factor)
             if grid == "balanced":  # clamps only beyond 4/3 max|w| at init (2 bits)
                 sp.mul_(0.75)
             if not symmetric:
@@ -447,7 +459,7 @@ def test_gradients_match_plain_op_reference(symmetric, grid, gran):
                 # sums of hundreds of terms that cancel: absolute slack
                 tol = 1e-3 * float(b.abs().max()) + 1e-12
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=tol)
-            assert getattr(q, f"scale_int{bits}").grad.any()
+            assert getattr(q, q.scale_param_name(bits)).grad.any()
             if not symmetric:
                 assert getattr(q, f"zero_point_int{bits}").grad.any()
 
@@ -465,6 +477,32 @@ def test_learned_scales_reduce_error():
         opt.step()
         errors.append(loss.item())
     assert errors[-1] < 0.8 * errors[0]
+
+
+def test_log_scales_stay_positive_where_linear_ones_cross_zero():
+    """8-bit group scales of small weights (~0.002) under Adam at the recipe's lr with a
+    noisy upstream gradient, as in training: linear scales random-walk through zero (the
+    forward then clamps them to 2^-20 and the group quantizes to zero); log scales move
+    by relative steps and stay positive, and no group's output collapses."""
+    cfg = {"granularity": "group", "group_size": GS}
+    w = rand_weight(seed=1).detach() * 0.05
+    gen = torch.Generator().manual_seed(0)
+    collapsed = {}
+    for scale_param in ("linear", "log"):
+        q = make(QuantConfig(**cfg, scale_param=scale_param), bits=(8,))
+        q.initialize(w, 8)
+        opt = torch.optim.Adam(q.parameters(), lr=2e-3)
+        gen.manual_seed(0)
+        for _ in range(100):
+            opt.zero_grad()
+            (q(w, 8) * torch.randn(OUT, IN, generator=gen)).sum().backward()
+            opt.step()
+        scale = q.quantize(w, 8).scale.float()
+        collapsed[scale_param] = int((scale <= 2**-20).sum())
+        if scale_param == "log":
+            assert (q.log_scale_int8 > -20).all()
+    assert collapsed["log"] == 0
+    assert collapsed["linear"] > OUT * IN // GS // 10
 
 
 # --- degenerate weights ---------------------------------------------------------

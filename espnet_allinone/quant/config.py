@@ -19,6 +19,9 @@ GRANULARITIES = ("tensor", "channel", "group")
 CLIP_MODES = ("none", "fixed", "mse")
 """Initial range: full min/max, a fixed fraction of it, or the MSE-best fraction."""
 
+SCALE_PARAMS = ("linear", "log")
+"""How a learned scale is stored: the scale itself, or its natural log (always positive)."""
+
 GRIDS = ("integer", "balanced")
 """Symmetric level sets: integer multiples of the scale, or mid-rise (q + 1/2) x scale."""
 
@@ -51,6 +54,12 @@ class QuantConfig:
                      symmetric about zero without an exact zero (2 bits:
                      {-1.5, -0.5, 0.5, 1.5} x s), codes rounded down (floor).
                      The codes and their storage are the same for both.
+    scale_param:     with learn_scale, what the optimizer steps: "linear" the scale
+                     (parameter ``scale_int{b}``; Adam moves it by about lr per step
+                     whatever its size, so small scales cross zero and their groups
+                     quantize to zero), or "log" its natural log (``log_scale_int{b}``:
+                     always positive, Adam's step a relative change). The parameter
+                     names differ so a checkpoint never loads into the other form.
     """
 
     symmetric: bool = True
@@ -61,6 +70,7 @@ class QuantConfig:
     learn_scale: bool = True
     activation_bits: int | None = None
     grid: str = "integer"
+    scale_param: str = "linear"
 
     def __post_init__(self) -> None:
         for name in ("symmetric", "learn_scale"):
@@ -111,6 +121,11 @@ class QuantConfig:
         if self.grid not in GRIDS:
             raise QuantConfigError(
                 f"unknown quant_conf.grid {self.grid!r}; valid: {', '.join(GRIDS)}"
+            )
+        if self.scale_param not in SCALE_PARAMS:
+            raise QuantConfigError(
+                f"unknown quant_conf.scale_param {self.scale_param!r}; "
+                f"valid: {', '.join(SCALE_PARAMS)}"
             )
         if self.grid == "balanced" and not self.symmetric:
             raise QuantConfigError(

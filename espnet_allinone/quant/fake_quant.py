@@ -284,6 +284,7 @@ class WeightFakeQuantizer(nn.Module):
     ``initialized_int{b}`` makes that survive checkpoints.
 
     Per quantized bit-width b, with learn_scale: parameters ``scale_int{b}``
+    (``log_scale_int{b}`` holding ln(scale) with ``scale_param: log``)
     and (asymmetric) ``zero_point_int{b}``, shape [out, n_groups] ([1, 1] per
     tensor). Without learn_scale there are no scale parameters: the scales
     come from the current weight's range every forward, and with clip "mse"
@@ -341,7 +342,7 @@ class WeightFakeQuantizer(nn.Module):
         for b in self.quant_bits:
             if cfg.learn_scale:
                 self.register_parameter(
-                    f"scale_int{b}", nn.Parameter(torch.ones(shape))
+                    self.scale_param_name(b), nn.Parameter(self._to_param(torch.ones(shape)))
                 )
                 if not cfg.symmetric:
                     self.register_parameter(
@@ -352,6 +353,18 @@ class WeightFakeQuantizer(nn.Module):
             self.register_buffer(f"initialized_int{b}", torch.tensor(False))
         self._ready: set = set()  # bit-widths known initialised (avoids a device sync)
 
+    def scale_param_name(self, bits: int) -> str:
+        """The parameter holding bit-width ``bits``'s learned scales (``learn_scale``)."""
+        return f"{'log_' if self.config.scale_param == 'log' else ''}scale_int{bits}"
+
+    def _to_param(self, scale: Tensor) -> Tensor:
+        """The stored form of a (positive) scale."""
+        return scale.log() if self.config.scale_param == "log" else scale
+
+    def _from_param(self, param: Tensor) -> Tensor:
+        """The scale a stored parameter means (differentiable)."""
+        return param.exp() if self.config.scale_param == "log" else param
+
     def extra_repr(self) -> str:
         c = self.config
         return (
@@ -360,6 +373,7 @@ class WeightFakeQuantizer(nn.Module):
             + (f"({self.group_size})" if c.granularity == "group" else "")
             + f", clip={c.clip}, learn_scale={c.learn_scale}"
             + (f", grid={c.grid}" if c.grid != "integer" else "")
+            + (f", scale_param={c.scale_param}" if c.scale_param != "linear" else "")
         )
 
     # --- checks -------------------------------------------------------------
@@ -483,7 +497,7 @@ class WeightFakeQuantizer(nn.Module):
             scale, zero = _range_qparams(
                 w3, bits, cfg.symmetric, self._per_tensor, ratio
             )
-            getattr(self, f"scale_int{bits}").copy_(scale)
+            getattr(self, self.scale_param_name(bits)).copy_(self._to_param(scale))
             if zero is not None:
                 getattr(self, f"zero_point_int{bits}").copy_(zero)
         elif cfg.clip == "mse":
@@ -554,7 +568,9 @@ class WeightFakeQuantizer(nn.Module):
             g = 1.0 / math.sqrt(
                 self._scale_numel * positive_levels(bits, cfg.symmetric, cfg.grid)
             )
-            sp = self._slice_qparam(getattr(self, f"scale_int{bits}"), rows, cols)
+            sp = self._from_param(
+                self._slice_qparam(getattr(self, self.scale_param_name(bits)), rows, cols)
+            )
             scale = _fp16_scale(sp.detach())
             if grad:
                 scale = _learned(scale, sp, g)
