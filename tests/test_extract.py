@@ -297,3 +297,24 @@ def test_architecture_that_does_not_fit_is_refused_before_writing(toy, tmp_path)
     assert not any(tmp_path.iterdir())
     with pytest.raises(ExtractionError, match="needs a directory name"):
         extractor.extract(bad, tmp_path)
+
+
+def test_scales_at_the_floor_are_counted_and_named(toy, tmp_path):
+    """A learned linear scale that crossed zero quantizes its group to zero: extraction
+    counts such groups per subsystem, records them and warns with the remedy."""
+    _, paths, _, results = toy
+    assert results["d4-w1-int4"].floor_scale_groups[0] == 0
+    assert results["d4-w1-fp"].floor_scale_groups == (0, 0)
+    extractor = Extractor(paths["config"], paths["model"])  # its own copy of the weights
+    scale = next(p for n, p in extractor.model.named_parameters()
+                 if n.endswith("encoders.0.feed_forward.w_1.weight_quantizer.scale_int4"))
+    with torch.no_grad():
+        scale[:3].fill_(-0.01)
+    result = extractor.extract("d4-w1-int4", tmp_path)
+    floor, total = result.floor_scale_groups
+    assert floor == 3 * scale.shape[1] and total == results["d4-w1-int4"].floor_scale_groups[1]
+    info = yaml.safe_load((result.directory / "extract_info.yaml").read_text())
+    assert info["weight_groups_at_floor_scale"] == [floor, total]
+    (line,) = extract_mod.floor_scale_warnings([result, results["d4-w1-fp"]])
+    assert line.startswith(f"WARNING: d4-w1-int4: {floor:,} of {total:,} weight groups")
+    assert "quant_conf.scale_param: log" in line

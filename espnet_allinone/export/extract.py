@@ -61,6 +61,7 @@ from espnet_allinone.export.slicing import SlicedEncoder, slice_encoder
 from espnet_allinone.export.standalone_config import standalone_config
 from espnet_allinone.precision import FLOAT_BITS
 from espnet_allinone.quant import packed_format
+from espnet_allinone.quant.fake_quant import MIN_SCALE
 from espnet_allinone.subsystem import Subsystem
 
 
@@ -78,6 +79,7 @@ class ExtractResult:
     exact_bytes: int
     full_float_bytes: int
     max_abs_diff: float | None
+    floor_scale_groups: tuple[int, int] = (0, 0)  # (at the floor, all) of the encoder's groups
 
     @property
     def compression(self) -> float:
@@ -206,6 +208,7 @@ class Extractor:
                 exact_bytes=exact_encoder + self.rest_bytes + packed_out,
                 full_float_bytes=self.full_float_bytes,
                 max_abs_diff=diff,
+                floor_scale_groups=packed_format.floor_scale_groups(sliced.state),
             )
             info = {
                 **fingerprint,
@@ -217,6 +220,7 @@ class Extractor:
                     "full_float": self.full_float_bytes,
                 },
                 "compression_vs_full_float": round(result.compression, 4),
+                "weight_groups_at_floor_scale": list(result.floor_scale_groups),
                 "weights_sha256": tensors_digest(torch.load(tmp / MODEL_NAME, weights_only=True)),
             }
             _write_yaml(tmp / INFO_NAME, info)
@@ -430,7 +434,24 @@ def extract_all(
             )
         )
     log(format_table(results))
+    for line in floor_scale_warnings(results):
+        log(line)
     return results
+
+
+def floor_scale_warnings(results: list[ExtractResult]) -> list[str]:
+    """One line per subsystem with weight groups quantized to zero by a floor scale."""
+    lines = []
+    for r in results:
+        floor, total = r.floor_scale_groups
+        if floor:
+            lines.append(
+                f"WARNING: {r.subsystem}: {floor:,} of {total:,} weight groups "
+                f"({100 * floor / total:.1f}%) have the floor scale {MIN_SCALE:g} and quantize "
+                "to zero (learned linear scales that crossed zero in training); train with "
+                "quant_conf.scale_param: log to keep scales positive"
+            )
+    return lines
 
 
 def format_table(results: list[ExtractResult]) -> str:

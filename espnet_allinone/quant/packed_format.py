@@ -36,7 +36,7 @@ from torch import Tensor
 
 from espnet_allinone.errors import AllInOneError
 from espnet_allinone.quant.config import GRIDS
-from espnet_allinone.quant.fake_quant import QuantizedWeight
+from espnet_allinone.quant.fake_quant import MIN_SCALE, QuantizedWeight
 from espnet_allinone.quant.packing import pack_codes, unpack_codes
 
 SUFFIXES = ("codes", "scale", "zero_point", "shape", "bits", "grid")
@@ -81,6 +81,15 @@ def to_state(qw: QuantizedWeight, name: str) -> dict[str, Tensor]:
     if qw.grid != DEFAULT_GRID:
         out[f"{name}_grid"] = torch.tensor(GRIDS.index(qw.grid), dtype=torch.int64)
     return out
+
+
+def floor_scale_groups(state: Mapping[str, Tensor]) -> tuple[int, int]:
+    """(groups whose scale is at the floor MIN_SCALE, all groups) of the packed weights in
+    ``state``: a floor scale quantizes its whole group to zero (a linear learned scale
+    that crossed zero in training ends there)."""
+    scales = [v for k, v in state.items() if k.endswith("_scale") and f"{k[:-6]}_codes" in state]
+    return (sum(int((s.float() <= MIN_SCALE).sum()) for s in scales),
+            sum(s.numel() for s in scales))
 
 
 def _grid(state: Mapping[str, Tensor], name: str) -> str:
