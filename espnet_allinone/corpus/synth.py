@@ -77,18 +77,16 @@ def synthesize(job: UttJob) -> float:
     Path(job.path).parent.mkdir(parents=True, exist_ok=True)
     if job.engine not in ("espeak-ng", "festival"):
         raise ValueError(f"engine must be 'espeak-ng' or 'festival', got {job.engine!r}")
-    source = job.path + ".festival.wav"
-    effects: list[str] = []
+    festival_wav = job.path + ".festival.wav"
     try:
-        if job.engine == "festival":
-            effects = _festival(job, source)
-            src_cmd = None
-        else:
+        if job.engine == "festival":  # a file in, pitch shifted by sox
+            effects, source, src_cmd = _festival(job, festival_wav), festival_wav, None
+        else:  # piped in
+            effects, source = [], "-"
             src_cmd = ["espeak-ng", "-v", job.voice, "-s", str(job.rate), "-p", str(job.pitch),
                        "--stdout", job.text]
-        sox = ["sox", "-R", "-t", "wav", source if src_cmd is None else "-", "-t", "wav",
-               "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", "-e", "signed-integer", job.path,
-               *effects, "pad", "0.15", "0.2"]
+        sox = ["sox", "-R", "-t", "wav", source, "-t", "wav", "-r", str(SAMPLE_RATE), "-c", "1",
+               "-b", "16", "-e", "signed-integer", job.path, *effects, "pad", "0.15", "0.2"]
         if job.reverb is not None:
             sox += ["reverb", str(job.reverb[0]), "50", str(job.reverb[1])]
         if job.band is not None:
@@ -96,8 +94,8 @@ def synthesize(job: UttJob) -> float:
         sox += ["gain", "-n", "-3"]
         _run_pipeline(job.utt_id, src_cmd, sox)
     finally:
-        if os.path.exists(source):
-            os.remove(source)
+        if os.path.exists(festival_wav):
+            os.remove(festival_wav)
     if job.snr_db is not None:
         _add_noise(job.path, job.snr_db, job.noise_seed)
     with wave.open(job.path, "rb") as f:
