@@ -11,7 +11,7 @@ from pathlib import Path
 from espnet_allinone.corpus.datadir import write_datadir
 from espnet_allinone.corpus.synth import UttJob, synthesize
 from espnet_allinone.corpus.text import to_espeak, to_festival, unique_transcripts
-from espnet_allinone.corpus.tools import FESTIVAL_TOOLS, require_tools
+from espnet_allinone.corpus.tools import CORPUS_TOOLS, FESTIVAL_TOOLS, require_tools
 from espnet_allinone.corpus.voices import (
     Speaker,
     make_festival_speakers,
@@ -73,16 +73,14 @@ def plan_jobs(config: CorpusConfig, wavdir: Path) -> dict[str, list[tuple[UttJob
         held_out = split == "test_unseen"
         for i, text in enumerate(texts[start:start + counts[split]]):
             spk = rng.choice(unseen if held_out else speakers)
-            rate = spk.rate if held_out else spk.rate + rng.randint(-15, 15)
-            pitch = min(99, max(0, spk.pitch + rng.randint(-8, 8)))
+            rate, pitch = _rate_and_pitch(rng, spk, vary_rate=not held_out)
             reverb = ((rng.randint(10, 60), rng.randint(10, 60))
                       if config.reverb and rng.random() < 0.5 else None)
             snr = round(rng.uniform(20, 40), 2) if config.noise and rng.random() < 0.6 else None
             band = ((rng.randint(60, 300), rng.randint(3000, 6500))
                     if config.band_limit and rng.random() < 0.3 else None)
-            utt_id = f"{spk.spk_id}-{split}{i:06d}"
-            job = UttJob(utt_id, str((wavdir / split / f"{utt_id}.wav").resolve()),
-                         to_espeak(text), spk.engine_voice, rate, pitch, reverb, snr,
+            utt_id, path = _utterance(spk, split, i, wavdir)
+            job = UttJob(utt_id, path, to_espeak(text), spk.engine_voice, rate, pitch, reverb, snr,
                          noise_seed=rng.getrandbits(32), band=band)
             items.append((job, text, spk.spk_id))
         plan[split] = items
@@ -90,6 +88,18 @@ def plan_jobs(config: CorpusConfig, wavdir: Path) -> dict[str, list[tuple[UttJob
     if config.festival_share:
         plan["train"] = _festival_share(plan["train"], config, wavdir)
     return plan
+
+
+def _rate_and_pitch(rng: random.Random, spk: Speaker, vary_rate: bool) -> tuple[int, int]:
+    """One utterance's rate (the speaker's, varied by +-15 wpm unless held out) and pitch."""
+    rate = spk.rate + rng.randint(-15, 15) if vary_rate else spk.rate
+    return rate, min(99, max(0, spk.pitch + rng.randint(-8, 8)))
+
+
+def _utterance(spk: Speaker, split: str, index: int, wavdir: Path) -> tuple[str, str]:
+    """(utterance id, absolute wav path) of a split's ``index``-th utterance."""
+    utt_id = f"{spk.spk_id}-{split}{index:06d}"
+    return utt_id, str((wavdir / split / f"{utt_id}.wav").resolve())
 
 
 def _festival_share(items: list[tuple[UttJob, str, str]], config: CorpusConfig,
@@ -101,13 +111,11 @@ def _festival_share(items: list[tuple[UttJob, str, str]], config: CorpusConfig,
     out = []
     for i, (job, text, spk_id) in enumerate(items):
         if i in chosen:
-            spk: Speaker = rng.choice(speakers)
-            rate = spk.rate + rng.randint(-15, 15)
-            pitch = min(99, max(0, spk.pitch + rng.randint(-8, 8)))
-            utt_id = f"{spk.spk_id}-train{i:06d}"
-            job = replace(job, utt_id=utt_id, path=str((wavdir / "train" / f"{utt_id}.wav").resolve()),
-                          text=to_festival(text), voice=spk.engine_voice, rate=rate, pitch=pitch,
-                          engine=spk.engine)
+            spk = rng.choice(speakers)
+            rate, pitch = _rate_and_pitch(rng, spk, vary_rate=True)
+            utt_id, path = _utterance(spk, "train", i, wavdir)
+            job = replace(job, utt_id=utt_id, path=path, text=to_festival(text),
+                          voice=spk.engine_voice, rate=rate, pitch=pitch, engine=spk.engine)
             spk_id = spk.spk_id
         out.append((job, text, spk_id))
     return out
@@ -133,7 +141,7 @@ def make_corpus(
     ):
         log(f"[make_corpus] {out} already holds this corpus ({MANIFEST} matches); kept")
         return config.counts()
-    require_tools(("espeak-ng", "sox") + (FESTIVAL_TOOLS if config.festival_share else ()))
+    require_tools(CORPUS_TOOLS + (FESTIVAL_TOOLS if config.festival_share else ()))
     plan = plan_jobs(config, wav_root)
     jobs = [job for items in plan.values() for job, _, _ in items]
     log(f"[make_corpus] synthesising {len(jobs)} utterances with {nj} jobs into {wav_root}")

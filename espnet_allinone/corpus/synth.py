@@ -7,7 +7,6 @@ utterance is a pure function of its job: re-generation is bit-identical
 
 from __future__ import annotations
 
-import os
 import subprocess
 import wave
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from espnet_allinone.corpus.tools import FESTIVAL_PACKAGES
+from espnet_allinone.corpus.voices import ENGINES
 
 SAMPLE_RATE = 16000
 
@@ -41,7 +41,7 @@ class UttJob:
     snr_db: float | None             # white-noise SNR or None
     noise_seed: int
     band: tuple[int, int] | None = None  # (high-pass Hz, low-pass Hz) or None
-    engine: str = "espeak-ng"            # or "festival"
+    engine: str = "espeak-ng"            # one of voices.ENGINES
 
 
 def _add_noise(path: str, snr_db: float, seed: int) -> None:
@@ -65,37 +65,40 @@ def _festival(job: UttJob, out: str) -> list[str]:
                  "-eval", f"(Parameter.set 'Duration_Stretch {stretch})", "-o", out]
     p = subprocess.run(text2wave, input=job.text.encode(), capture_output=True, check=False)
     # festival exits 0 on an unknown voice: an error on stderr or no file is the failure
-    if p.returncode != 0 or b"ERROR" in p.stderr or not os.path.isfile(out):
+    if p.returncode != 0 or b"ERROR" in p.stderr or not Path(out).is_file():
         raise RuntimeError(f"synthesising {job.utt_id} failed: {' '.join(text2wave)!r}: "
                            f"{p.stderr.decode(errors='replace').strip()} (festival's voices: "
                            f"apt-get install {FESTIVAL_PACKAGES})")
     return ["pitch", str((job.pitch - 50) * FESTIVAL_CENTS_PER_PITCH_STEP)]
 
 
+def _sox(job: UttJob, source: str, effects: list[str]) -> list[str]:
+    """sox from ``source`` ("-": stdin) to the job's 16 kHz mono wav with its effects."""
+    sox = ["sox", "-R", "-t", "wav", source, "-t", "wav", "-r", str(SAMPLE_RATE), "-c", "1",
+           "-b", "16", "-e", "signed-integer", job.path, *effects, "pad", "0.15", "0.2"]
+    if job.reverb is not None:
+        sox += ["reverb", str(job.reverb[0]), "50", str(job.reverb[1])]
+    if job.band is not None:
+        sox += ["highpass", str(job.band[0]), "lowpass", str(job.band[1])]
+    return sox + ["gain", "-n", "-3"]
+
+
 def synthesize(job: UttJob) -> float:
     """Write ``job.path`` and return its duration in seconds."""
     Path(job.path).parent.mkdir(parents=True, exist_ok=True)
-    if job.engine not in ("espeak-ng", "festival"):
-        raise ValueError(f"engine must be 'espeak-ng' or 'festival', got {job.engine!r}")
-    festival_wav = job.path + ".festival.wav"
-    try:
-        if job.engine == "festival":  # a file in, pitch shifted by sox
-            effects, source, src_cmd = _festival(job, festival_wav), festival_wav, None
-        else:  # piped in
-            effects, source = [], "-"
-            src_cmd = ["espeak-ng", "-v", job.voice, "-s", str(job.rate), "-p", str(job.pitch),
-                       "--stdout", job.text]
-        sox = ["sox", "-R", "-t", "wav", source, "-t", "wav", "-r", str(SAMPLE_RATE), "-c", "1",
-               "-b", "16", "-e", "signed-integer", job.path, *effects, "pad", "0.15", "0.2"]
-        if job.reverb is not None:
-            sox += ["reverb", str(job.reverb[0]), "50", str(job.reverb[1])]
-        if job.band is not None:
-            sox += ["highpass", str(job.band[0]), "lowpass", str(job.band[1])]
-        sox += ["gain", "-n", "-3"]
-        _run_pipeline(job.utt_id, src_cmd, sox)
-    finally:
-        if os.path.exists(festival_wav):
-            os.remove(festival_wav)
+    if job.engine == "espeak-ng":  # piped into sox
+        espeak = ["espeak-ng", "-v", job.voice, "-s", str(job.rate), "-p", str(job.pitch),
+                  "--stdout", job.text]
+        _run_pipeline(job.utt_id, espeak, _sox(job, "-", []))
+    elif job.engine == "festival":  # a file into sox, which shifts the pitch
+        festival_wav = job.path + ".festival.wav"
+        try:
+            pitch = _festival(job, festival_wav)
+            _run_pipeline(job.utt_id, None, _sox(job, festival_wav, pitch))
+        finally:
+            Path(festival_wav).unlink(missing_ok=True)
+    else:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {job.engine!r}")
     if job.snr_db is not None:
         _add_noise(job.path, job.snr_db, job.noise_seed)
     with wave.open(job.path, "rb") as f:

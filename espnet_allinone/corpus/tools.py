@@ -15,6 +15,9 @@ INSTALL_HINT = {
     "text2wave": f"sudo apt-get install {FESTIVAL_PACKAGES}   (festival and its English voices)",
 }
 
+CORPUS_TOOLS = ("espeak-ng", "sox")
+"""What every synthetic corpus needs."""
+
 FESTIVAL_TOOLS = ("text2wave",)
 """What a corpus with a festival share needs besides espeak-ng and sox."""
 
@@ -23,7 +26,7 @@ class ToolMissingError(AllInOneError, RuntimeError):
     """A program the synthetic corpus needs is not on PATH."""
 
 
-def require_tools(names: tuple[str, ...] = ("espeak-ng", "sox")) -> dict[str, str]:
+def require_tools(names: tuple[str, ...] = CORPUS_TOOLS) -> dict[str, str]:
     """Return ``{name: path}``; raise naming every missing program and how to install it."""
     found = {name: shutil.which(name) for name in names}
     missing = [name for name, path in found.items() if path is None]

@@ -45,6 +45,9 @@ PITCHES = (15, 85)
 """Base pitch range (espeak-ng 0-99); each utterance varies it by +-8."""
 
 
+ENGINES = ("espeak-ng", "festival")
+"""The synthesisers a speaker can use."""
+
 FESTIVAL_VOICES = {"kal": "kal_diphone", "ked": "ked_diphone", "slt": "cmu_us_slt_arctic_hts"}
 """Festival's English voices in Debian (festvox-kallpc16k, -kdlpc16k, -us-slt-hts), by short name."""
 

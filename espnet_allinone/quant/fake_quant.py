@@ -335,6 +335,7 @@ class WeightFakeQuantizer(nn.Module):
         self.n_groups = in_features // self.group_size
         self._offset = grid_offset(cfg.grid)
         self._per_tensor = cfg.granularity == "tensor"
+        self._log_scales = cfg.scale_param == "log"
         shape = (1, 1) if self._per_tensor else (out_features, self.n_groups)
         self._scale_numel = (
             out_features * in_features if self._per_tensor else self.group_size
@@ -355,15 +356,15 @@ class WeightFakeQuantizer(nn.Module):
 
     def scale_param_name(self, bits: int) -> str:
         """The parameter holding bit-width ``bits``'s learned scales (``learn_scale``)."""
-        return f"{'log_' if self.config.scale_param == 'log' else ''}scale_int{bits}"
+        return f"log_scale_int{bits}" if self._log_scales else f"scale_int{bits}"
 
     def _to_param(self, scale: Tensor) -> Tensor:
         """The stored form of a (positive) scale."""
-        return scale.log() if self.config.scale_param == "log" else scale
+        return scale.log() if self._log_scales else scale
 
     def _from_param(self, param: Tensor) -> Tensor:
         """The scale a stored parameter means (differentiable)."""
-        return param.exp() if self.config.scale_param == "log" else param
+        return param.exp() if self._log_scales else param
 
     def extra_repr(self) -> str:
         c = self.config
