@@ -1,11 +1,14 @@
 """CPU speed of extracted subsystems: PyTorch, espnet_onnx and our onnxruntime path, side by side.
 
     .venv/bin/python benchmarks/bench_inference.py [--blocks 12 --dim 256 --threads 1,2]
+    .venv/bin/python benchmarks/bench_inference.py --config egs2/espeak_synth/allinone1/conf/train_allinone.yaml
 
-Builds a freshly initialised all-in-one Conformer of a realistic size (random
-weights are fine for speed: 12 blocks, d=256, 4 heads, FFN 1024, 80 mels,
-depth {6,12} x width {0.5,1} x {int2,int4,int8,fp}, groups of 32), extracts
-the full float model, the full model at each precision and the smallest
+Builds a freshly initialised all-in-one Conformer (random weights are fine for
+speed): by default of a realistic size (12 blocks, d=256, 4 heads, FFN 1024,
+80 mels, depth {6,12} x width {0.5,1} x {int2,int4,int8,fp}, groups of 32);
+with ``--config``, the architecture and search space of a training YAML (the
+main job's model: 4 blocks, d=144, groups of 36, 40 mels). It extracts the
+full float model, the full model at each precision and the smallest
 subsystem, and times, on the same 10 s of audio, in one run, interleaved:
 
     torch float        the extracted model as ESPnet runs it (front end, encoder,
@@ -69,6 +72,28 @@ def bench_encoder_conf(base: dict, dim: int, units: int, blocks: int) -> dict:
         depths=[blocks // 2, blocks], widths=[0.5, 1], precisions=["int2", "int4", "int8", "fp"],
         elastic_conv=False, quant_conf={"granularity": "group", "group_size": 32},
     )
+
+
+def config_encoder(path: Path) -> tuple[dict, int]:
+    """The ``encoder_conf`` and mel count of a training YAML (safe-loaded: a config
+    is data), for benchmarking that model's architecture with random weights."""
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        config = yaml.safe_load(f)
+    if not isinstance(config, dict) or config.get("encoder") != "elastic_conformer":
+        raise SystemExit(f"--config {path}: needs 'encoder: elastic_conformer' "
+                         f"(got {config.get('encoder') if isinstance(config, dict) else config!r})")
+    n_mels = int((config.get("frontend_conf") or {}).get("n_mels", 80))
+    return dict(config.get("encoder_conf") or {}), n_mels
+
+
+def benched_subsystems(space) -> tuple[str, list[str], str]:
+    """(full float model, [it and the full model at each lower precision], smallest):
+    the rows every speed-up is measured against, taken from the encoder's space."""
+    full = space.largest.with_precision("fp")
+    low = [str(full.with_precision(b)) for b in reversed(space.bits) if b != full.bits]
+    return str(full), [str(full), *low], str(space.smallest)
 
 
 def time_round_robin(variants: dict, rounds: int) -> dict:
@@ -266,6 +291,8 @@ def _float_file_dir(out: Path, state_path: Path, kernels: str) -> Path:
 def main() -> None:
     global SPEECH
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--config", type=Path, default=None,
+                   help="a training YAML whose model to time (overrides --blocks/--dim/--units)")
     p.add_argument("--blocks", type=int, default=12)
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--units", type=int, default=1024)
@@ -297,15 +324,21 @@ def main() -> None:
     log(f"CPU: {cpu_features()}")
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_inference-"))
-    conf = bench_encoder_conf(DEFAULT_ENCODER_CONF, args.dim, args.units, args.blocks)
+    if args.config:
+        conf, n_mels = config_encoder(args.config)
+    else:
+        conf, n_mels = bench_encoder_conf(DEFAULT_ENCODER_CONF, args.dim, args.units,
+                                          args.blocks), 80
     # a small attention decoder: espnet_onnx's exporter needs one (ours decodes CTC only)
-    paths = write_toy_experiment(work / "allinone", encoder_conf=conf, n_mels=80,
-                                 decoder="transformer")
+    # model: allinone attaches the low-bit output layers a config's part_precisions names
+    paths = write_toy_experiment(work / "allinone", encoder_conf=conf, n_mels=n_mels,
+                                 decoder="transformer", model="allinone")
     extractor = Extractor(paths["config"], paths["model"])
-    full = f"d{args.blocks}-w1-fp"
-    smallest = f"d{args.blocks // 2}-w0.5-int2"
-    subs = [full, f"d{args.blocks}-w1-int8", f"d{args.blocks}-w1-int4",
-            f"d{args.blocks}-w1-int2", smallest]
+    space = extractor.encoder.space
+    full, fulls, smallest = benched_subsystems(space)
+    subs = [*fulls, smallest]
+    shape = (f"{space.num_blocks} blocks d={space.output_size} FFN {space.linear_units}, "
+             f"{n_mels} mels, groups of {conf.get('quant_conf', {}).get('group_size', '-')}")
     samples = int(args.seconds * 16000)
     SPEECH = (np.random.default_rng(0).standard_normal(samples) * 0.1).astype(np.float32)
     speech_t = torch.from_numpy(SPEECH)[None]
@@ -357,7 +390,7 @@ def main() -> None:
                          best / args.seconds, median / args.seconds, base / best))
 
     print(f"\nCPU: {cpu_features()}")
-    print(f"{args.blocks} blocks d={args.dim} FFN {args.units}, 80 mels, {args.seconds:.0f} s "
+    print(f"{shape}, {args.seconds:.0f} s "
           f"of audio, {args.repeats} interleaved rounds; RTF of the fastest round (median); "
           f"speed-up vs {full} torch float at the same thread count; MB = the file that runs "
           f"(model.pth for torch, .onnx for onnxruntime)")
@@ -373,26 +406,26 @@ def main() -> None:
         for line in kernel_notes[sub]:
             print(f"  {sub}: {line}")
 
-    print("\ntargets (ratios to torch float, full model, same threads):")
+    print("\ntargets (issue 19; ratios to torch float, full model, same threads):")
     for t in threads_list:
         got = {(sub, name): s for tt, sub, name, _, _, _, s in rows if tt == t}
-        checks = [
-            ("full-size int8 >= 2x", max(got.get((f"d{args.blocks}-w1-int8", "ours exact"), 0),
-                                         got.get((f"d{args.blocks}-w1-int8", "ours int8"), 0),
-                                         got.get((full, "ours int8"), 0)), 2.0),
-            ("4-bit >= 2x", max(got.get((f"d{args.blocks}-w1-int4", v), 0)
-                                for v in ("ours exact", "ours fast", "ours int8")), 2.0),
-            ("smallest subsystem >= 6x", max(got.get((smallest, v), 0)
-                                             for v in ("ours exact", "ours fast", "ours int8")),
-             6.0),
-        ]
+
+        def best(sub: str, variants=("ours exact", "ours fast", "ours int8"), got=got) -> float:
+            return max(got.get((sub, v), 0.0) for v in variants)
+
+        int8 = max([best(sub) for sub in fulls if sub.endswith("-int8")]
+                   + [got.get((full, "ours int8"), 0.0)])
+        checks = [("full-size int8 >= 2.5x", int8, 2.5)]
+        checks += [(f"{sub} >= 2.5x", best(sub), 2.5) for sub in fulls if sub.endswith("-int4")]
+        checks.append((f"smallest subsystem {smallest} >= 6x", best(smallest), 6.0))
         for name, value, target in checks:
             print(f"  {t} thread(s): {name}: {value:.2f}x ({'met' if value >= target else 'NOT met'})")
         if isinstance(peer, dict):
             theirs = got[full, "espnet_onnx quant"]
-            ours = max(got[full, "ours exact"], got[full, "ours int8"])
-            print(f"  {t} thread(s): ours faster than espnet_onnx quantized on {full}: "
-                  f"{ours:.2f}x vs {theirs:.2f}x ({'met' if ours > theirs else 'NOT met'})")
+            ours = max(best(full, ("ours exact", "ours int8")), int8)
+            print(f"  {t} thread(s): ours >= 1.3x espnet_onnx quantized on {full}: "
+                  f"{ours / theirs:.2f}x ({ours:.2f}x vs {theirs:.2f}x; "
+                  f"{'met' if ours >= 1.3 * theirs else 'NOT met'})")
 
     print(f"\nour onnxruntime path in a fresh process (numpy + onnxruntime only), "
           f"{args.seconds:.0f} s utterances, exact variant, {threads_list[-1]} thread(s): "
@@ -402,6 +435,8 @@ def main() -> None:
     print(f"{'subsystem':<14} {'weights':<8} {'.pth MB':>7} {'.onnx MB':>8} {'start s':>7} "
           f"{'RSS MB':>7} {'RTF x1':>8} {'peak MB x1':>10} {'RTF x' + str(args.batch):>9} "
           f"{'peak MB x' + str(args.batch):>12}")
+    peaks: dict[str, float] = {}
+    size_checks: list[str] = []
     for sub in subs:
         out = export_dir_for(dirs[sub])
         rows = [("packed" if not sub.endswith("-fp") else "float", out)]
@@ -417,6 +452,21 @@ def main() -> None:
                   f"{one['seconds'] / args.seconds:>8.4f} {one['peak_kb'] / 1024:>10.1f} "
                   f"{many['seconds'] / (args.batch * args.seconds):>9.4f} "
                   f"{many['peak_kb'] / 1024:>12.1f}")
+            if directory == out:
+                peaks[sub] = one["peak_kb"] / 1024
+                if not sub.endswith("-fp"):
+                    ratio = onnx_mb * 1e6 / sizes[sub, "model.pth"]
+                    size_checks.append(f"  {sub}: .onnx / packed .pth = {ratio:.2f}x "
+                                       f"({'met' if ratio <= 1.2 else 'NOT met'}: <= 1.2x)")
+    for sub in subs:
+        if sub.endswith("-int2"):
+            ratio = peaks[sub] / peaks[full]
+            size_checks.append(f"  {sub}: peak memory / {full}'s = {ratio:.2f}x "
+                               f"({'met' if ratio <= 0.5 else 'NOT met'}: <= 0.5x)")
+    print("\ntargets (issue 19; files and peak memory with one utterance; the .pth also "
+          "holds the small attention decoder espnet_onnx's exporter needs, the .onnx is "
+          "encoder + CTC):")
+    print("\n".join(size_checks))
 
 
 if __name__ == "__main__":
