@@ -1,6 +1,7 @@
 """MatMulNBits with padded groups against the float MatMul, per Linear shape of the default recipe.
 
-    .venv/bin/python benchmarks/bench_padded_nbits.py [--group 36 --frames 250 --threads 1]
+    .venv/bin/python benchmarks/bench_padded_nbits.py [--groups 36,16 --frames 250 --threads 1]
+    .venv/bin/python benchmarks/bench_padded_nbits.py --dim 128 --units 512 --groups 32,16
 
 The default recipe (d=144, 4 heads, FFN 576) quantizes in groups of 36, which
 onnxruntime's MatMulNBits takes only padded to blocks of 64
@@ -15,7 +16,9 @@ plus the activation padding. For each Linear shape of a Conformer block
                 (Reshape, Pad, Reshape) included as in the exported graph, at
                 accuracy_level 0 (float compute, exact) and 4 (int8 compute)
     g16         MatMulNBits of unpadded groups of 16, same shape, both levels:
-                the kernel without the padding, for scale
+                the kernel without the padding, for scale (``--groups`` lists the
+                group sizes timed; ``--dim``/``--units`` another block's shapes,
+                e.g. d=128 with heads and groups of 32)
 
 Each timing: the mean of ``--runs`` consecutive runs (default one: a run of
 a tenth of a millisecond seldom straddles a preemption on a busy shared CPU,
@@ -37,7 +40,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SHAPES = (("attention", 144, 144), ("FFN in", 144, 576), ("FFN out", 576, 144))
 BITS = (2, 4, 8)
 LEVELS = (0, 4)
 
@@ -69,14 +71,37 @@ def _median_times(sessions: dict, feeds: dict, runs: int, repeats: int) -> dict:
     return {key: statistics.median(t) for key, t in times.items()}
 
 
+def block_shapes(dim: int, units: int) -> tuple[tuple[str, int, int], ...]:
+    """The Linear shapes (name, K, N) of a Conformer block of width ``dim`` and FFN ``units``."""
+    return (("attention", dim, dim), ("FFN in", dim, units), ("FFN out", units, dim))
+
+
+def _label(group: int) -> str:
+    from espnet_allinone.deploy import onnx_lowbit
+
+    block = onnx_lowbit.nbits_block(group)
+    return f"g{group}" if block == group else f"g{group}->{block}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--group", type=int, default=36)
+    p.add_argument("--groups", default="36,16",
+                   help="comma-separated group sizes, each a column (padded where no power "
+                        "of two >= 16); the first decides the 'auto' column")
+    p.add_argument("--dim", type=int, default=144, help="attention width (default recipe's)")
+    p.add_argument("--units", type=int, default=576, help="FFN units (default recipe's)")
     p.add_argument("--frames", type=int, default=250, help="rows of the activation (10 s)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", type=int, default=1, help="consecutive runs per timing")
     p.add_argument("--repeats", type=int, default=301, help="interleaved repeats (median)")
     args = p.parse_args()
+    groups = [int(g) for g in args.groups.split(",")]
+    shapes = block_shapes(args.dim, args.units)
+    for group in groups:
+        bad = [k for _, k, _ in shapes if k % group]
+        if bad:
+            raise SystemExit(f"--groups: {group} does not divide the input width {bad[0]} "
+                             f"(--dim {args.dim}, --units {args.units}); choose divisors")
 
     import onnxruntime
 
@@ -85,44 +110,41 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_inference import cpu_features
 
-    block = onnx_lowbit.nbits_block(args.group)
     sessions, feeds = {}, {}
-    for s, (_, k_in, n_out) in enumerate(SHAPES):
+    for s, (_, k_in, n_out) in enumerate(shapes):
         feeds[k_in, n_out] = {"x": np.random.default_rng(s).standard_normal(
             (1, args.frames, k_in), dtype=np.float32)}
         for bits in BITS:
-            padded = _layer(k_in, n_out, bits, args.group, seed=s)
-            assert padded.padded and padded.nbits_block == block
-            unpadded = _layer(k_in, n_out, bits, 16, seed=s)
-            if bits == BITS[0]:
-                sessions[(k_in, n_out), "float"] = onnx_lowbit.float_session(padded, args.threads)
-            for level in LEVELS:
-                sessions[(k_in, n_out), "padded", bits, level] = onnx_lowbit.nbits_session(
-                    padded, args.threads, level)
-                sessions[(k_in, n_out), "g16", bits, level] = onnx_lowbit.nbits_session(
-                    unpadded, args.threads, level)
+            for group in groups:
+                layer = _layer(k_in, n_out, bits, group, seed=s)
+                assert layer.nbits_block == onnx_lowbit.nbits_block(group)
+                if bits == BITS[0] and group == groups[0]:
+                    sessions[(k_in, n_out), "float"] = onnx_lowbit.float_session(
+                        layer, args.threads)
+                for level in LEVELS:
+                    sessions[(k_in, n_out), group, bits, level] = onnx_lowbit.nbits_session(
+                        layer, args.threads, level)
     med = _median_times(sessions, feeds, args.runs, args.repeats)
 
     print(f"CPU: {cpu_features()}")
-    print(f"onnxruntime {onnxruntime.__version__}; {args.frames} frames; groups of {args.group} "
-          f"padded to {block}; {args.threads} thread(s); median of {args.repeats} interleaved "
-          f"repeats of {args.runs} runs")
+    print(f"onnxruntime {onnxruntime.__version__}; {args.frames} frames; d={args.dim}, FFN "
+          f"{args.units}; groups {', '.join(_label(g) for g in groups)}; {args.threads} "
+          f"thread(s); median of {args.repeats} interleaved repeats of {args.runs} runs")
     print("time / float MatMul time of the same shape (< 1: faster than float); "
-          f"auto: what policy 'auto' keeps at accuracy_level 0 / 4 (<= "
-          f"{onnx_lowbit.SLOWER_TOLERANCE:.2f}x)")
-    print(f"{'layer':<10} {'K x N':>9} {'bits':>4} {'float ms':>8} {'padded acc0':>11} "
-          f"{'padded acc4':>11} {'g16 acc0':>8} {'g16 acc4':>8}  {'auto':<13}")
-    for name, k_in, n_out in SHAPES:
+          f"auto: what policy 'auto' keeps for {_label(groups[0])} at accuracy_level 0 / 4 "
+          f"(<= {onnx_lowbit.SLOWER_TOLERANCE:.2f}x)")
+    columns = [f"{_label(g)} acc{level}" for g in groups for level in LEVELS]
+    print(f"{'layer':<10} {'K x N':>9} {'bits':>4} {'float ms':>8} "
+          + " ".join(f"{c:>11}" for c in columns) + f"  {'auto':<13}")
+    for name, k_in, n_out in shapes:
         shape = (k_in, n_out)
         base = med[shape, "float"]
         for bits in BITS:
-            ratios = {(kind, level): med[shape, kind, bits, level] / base
-                      for kind in ("padded", "g16") for level in LEVELS}
-            auto = " / ".join("nbits" if ratios["padded", level] <= onnx_lowbit.SLOWER_TOLERANCE
-                              else "float" for level in LEVELS)
+            ratios = [med[shape, g, bits, level] / base for g in groups for level in LEVELS]
+            auto = " / ".join("nbits" if r <= onnx_lowbit.SLOWER_TOLERANCE else "float"
+                              for r in ratios[:len(LEVELS)])
             print(f"{name:<10} {f'{k_in} x {n_out}':>9} {bits:>4} {base:>8.3f} "
-                  f"{ratios['padded', 0]:>10.2f}x {ratios['padded', 4]:>10.2f}x "
-                  f"{ratios['g16', 0]:>7.2f}x {ratios['g16', 4]:>7.2f}x  {auto:<13}")
+                  + " ".join(f"{r:>10.2f}x" for r in ratios) + f"  {auto:<13}")
 
 
 if __name__ == "__main__":
