@@ -98,17 +98,13 @@ def main() -> None:
 
     from espnet_allinone.deploy import onnx_export, onnx_lowbit
     from espnet_allinone.deploy.build import ensure_exported
+    from espnet_allinone.deploy.cpu import cpu_features
     from espnet_allinone.deploy.runtime import OnnxSpeech2Text, onnx_session
     from espnet_allinone.export.extract import Extractor
 
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(HERE.parent / "tests"))  # tests/helpers
-    from bench_inference import (
-        _torch_runner,
-        bench_encoder_conf,
-        cpu_features,
-        time_round_robin,
-    )
+    from bench_inference import _torch_runner, bench_encoder_conf, time_round_robin
     from helpers.toy_experiment import DEFAULT_ENCODER_CONF, write_toy_experiment
 
     def log(message: str) -> None:

@@ -60,6 +60,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from espnet_allinone.deploy.cpu import cpu_features
+
 ESPNET_ONNX_PUBLISHED = "espnet_onnx docs: 12-block Conformer encoder 48.6 ms torch -> 19.0 ms " \
     "quantized + fused onnxruntime (2.56x)"
 
@@ -203,30 +205,6 @@ def _espnet_onnx(directory: Path, work: Path, threads_list: list[int], log) -> d
 
 
 SPEECH = np.zeros(0, dtype=np.float32)
-
-CPU_FLAGS = (("avx2", "AVX2"), ("avx_vnni", "AVX-VNNI"), ("avx512f", "AVX-512F"),
-             ("avx512_vnni", "AVX-512 VNNI"), ("amx_tile", "AMX"), ("amx_int8", "AMX-INT8"))
-
-
-def cpu_features() -> str:
-    """The CPU's model name and its int8-relevant features, from /proc/cpuinfo."""
-    name, flags = "unknown CPU", set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and name == "unknown CPU":
-                    name = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                    break
-    except OSError:
-        return "CPU features unknown (no /proc/cpuinfo)"
-    have = [label for flag, label in CPU_FLAGS if flag in flags]
-    missing = [label for flag, label in CPU_FLAGS if flag not in flags]
-    return (f"{name}, {os.cpu_count()} logical CPUs; int8 features: "
-            f"{', '.join(have) or 'none'}" + (f" (no {', '.join(missing)})" if missing else ""))
-
 
 MEMORY_SCRIPT = """
 import json, sys, time

@@ -78,10 +78,11 @@ def main() -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/helpers
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_inference import bench_encoder_conf, cpu_features
+    from bench_inference import bench_encoder_conf
     from helpers.toy_experiment import DEFAULT_ENCODER_CONF, write_toy_experiment
 
     from espnet_allinone.deploy.build import ensure_exported
+    from espnet_allinone.deploy.cpu import cpu_features
     from espnet_allinone.export.extract import Extractor
 
     def log(message: str) -> None:

@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -106,9 +104,8 @@ def main() -> None:
     import onnxruntime
 
     from espnet_allinone.deploy import onnx_lowbit
+    from espnet_allinone.deploy.cpu import cpu_features
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from bench_inference import cpu_features
 
     sessions, feeds = {}, {}
     for s, (_, k_in, n_out) in enumerate(shapes):

@@ -220,6 +220,46 @@ def test_a_changed_model_is_exported_again(exported, tmp_path):
     assert not is_current(copy, ("exact",), "nbits")
 
 
+def test_a_truncated_onnx_is_refused_and_exported_again(exported, tmp_path):
+    import shutil
+
+    from espnet_allinone.deploy.build import is_current
+    from espnet_allinone.deploy.runtime import DeployError
+
+    _, dirs, _, audio = exported
+    copy = tmp_path / "d4-w1-int4"
+    shutil.copytree(dirs["d4-w1-int4"], copy)
+    out = export_dir_for(copy)
+    shutil.copytree(export_dir_for(dirs["d4-w1-int4"]), out)
+    onnx_file = out / "model.onnx"
+    whole = onnx_file.read_bytes()
+    onnx_file.write_bytes(whole[: len(whole) // 2])  # as a copy cut short
+    with pytest.raises(DeployError, match=rf"model.onnx is damaged: {len(whole) // 2:,} bytes, "
+                       rf"deploy.json records {len(whole):,} \(truncated"):
+        OnnxSpeech2Text(out)
+    said = []
+    assert not is_current(copy, ("exact",), "nbits", log=said.append)
+    assert said == [(f"{onnx_file} is damaged: {len(whole) // 2:,} bytes, deploy.json records "
+                    f"{len(whole):,} (truncated or partly copied?); export the model again "
+                    "(transcribe re-exports it): re-exporting")]
+    asr = load_model(copy, kernels="nbits", log=lambda _m: None)
+    assert onnx_file.stat().st_size == len(whole)
+    ref = OnnxSpeech2Text(export_dir_for(dirs["d4-w1-int4"]))
+    assert asr(audio[0])[0].token_ids == ref(audio[0])[0].token_ids
+
+
+def test_fast_on_a_cpu_without_int8_compute_runs_exact(exported, monkeypatch):
+    from espnet_allinone.deploy import build
+
+    _, dirs, _, _ = exported
+    monkeypatch.setattr(build, "lacks_int8_compute", lambda: "this x86 CPU has no AVX2")
+    said = []
+    asr = load_model(dirs["d4-w1-int4"], "fast", kernels="nbits", log=said.append)
+    assert asr.variant == "exact"
+    assert said == [("--fast: this x86 CPU has no AVX2, so MatMulNBits would compute in float "
+                    "anyway; running the exact variant")]
+
+
 def test_zip_model_and_python_api(exported, tmp_path):
     from espnet_allinone.export.zoo import pack_extracted
 

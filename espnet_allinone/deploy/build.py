@@ -36,6 +36,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from espnet_allinone.deploy.cpu import lacks_int8_compute
 from espnet_allinone.deploy.frontend import FILE_NAME as FRONTEND_FILE
 from espnet_allinone.deploy.frontend import LogMelFrontend
 from espnet_allinone.deploy.onnx_front import check_front_mode
@@ -45,6 +46,7 @@ from espnet_allinone.deploy.runtime import (
     DeployError,
     OnnxSpeech2Text,
     read_meta,
+    variant_file,
 )
 from espnet_allinone.export.model_io import LoadError, load_checkpoint
 
@@ -102,19 +104,27 @@ def check_model(model: Path) -> Path:
 
 
 def is_current(model: Path, variants: Sequence[str], kernels: str, convs: str = "auto",
-               front: str = "auto") -> bool:
-    """True when the export directory holds ``variants`` made from this very model."""
+               front: str = "auto", log: Callable[[str], None] = print) -> bool:
+    """True when the export directory holds ``variants`` made from this very model, each
+    file whole (a damaged one is named through ``log`` and the model exported again)."""
     out = export_dir_for(model)
     try:
         meta = read_meta(out)
     except (DeployError, ValueError):
         return False
-    return (meta.get("source_sha256") == source_digest(model) and meta.get("kernels") == kernels
+    if not (meta.get("source_sha256") == source_digest(model) and meta.get("kernels") == kernels
             and meta.get("weight_storage") == WEIGHT_STORAGE
             and ("int8" not in variants or meta.get("int8_convs") == convs)
             and (not {"fast", "int8"} & set(variants) or meta.get("front") == front)
-            and all(v in meta["variants"] and (out / meta["variants"][v]["file"]).is_file()
-                    for v in variants))
+            and all(v in meta["variants"] for v in variants)):
+        return False
+    try:
+        for v in variants:
+            variant_file(out, meta, v)
+    except DeployError as e:
+        log(f"{e}: re-exporting")
+        return False
+    return True
 
 
 def ensure_exported(model: str | Path, variants: Sequence[str] = ("exact",),
@@ -135,7 +145,7 @@ def ensure_exported(model: str | Path, variants: Sequence[str] = ("exact",),
         raise DeployError(f"variant {bad[0]!r} unknown; valid: {', '.join(VARIANTS)}")
     check_front_mode(front)
     out = export_dir_for(model)
-    if not force and is_current(model, variants, kernels, convs, front):
+    if not force and is_current(model, variants, kernels, convs, front, log):
         return out
     with contextlib.suppress(DeployError, ValueError, KeyError):  # keep what was exported
         variants = [v for v in VARIANTS if v in variants or v in read_meta(out)["variants"]]
@@ -347,6 +357,12 @@ def load_model(model: str | Path, variant: str = "exact", num_threads: int = 1,
     int8 compute, not exact) or "int8" (dynamic int8 float layers, not exact); in
     both of these, ``front`` as in :func:`ensure_exported`.
     """
+    if variant == "fast":
+        lacking = lacks_int8_compute()
+        if lacking:
+            log(f"--fast: {lacking}, so MatMulNBits would compute in float anyway; "
+                "running the exact variant")
+            variant = "exact"
     directory = ensure_exported(model, variants=("exact",) if variant == "exact"
                                 else ("exact", variant), kernels=kernels, threads=num_threads,
                                 log=log, convs=convs, front=front)

@@ -65,6 +65,21 @@ def read_meta(directory: Path) -> dict:
     return meta
 
 
+def variant_file(directory: Path, meta: dict, variant: str) -> Path:
+    """The ``.onnx`` file of ``variant``, checked against the size ``deploy.json`` recorded
+    when it was written: a truncated or partly copied file is refused by name, never run."""
+    entry = meta["variants"][variant]
+    path = Path(directory) / entry["file"]
+    if not path.is_file():
+        raise DeployError(f"{path} is missing (named by {META_FILE}); export the model again")
+    size, expected = path.stat().st_size, int(entry["bytes"])
+    if size != expected:
+        raise DeployError(f"{path} is damaged: {size:,} bytes, {META_FILE} records "
+                          f"{expected:,} (truncated or partly copied?); export the model again "
+                          "(transcribe re-exports it)")
+    return path
+
+
 def onnx_session(path: str | Path, num_threads: int | None = 1, spin: bool | None = False):
     """The onnxruntime CPU session of an exported ``.onnx`` file, for every caller here.
 
@@ -108,7 +123,7 @@ class OnnxSpeech2Text:
         self.blank = int(self.meta["blank"])
         self.eos = int(self.meta["eos"])
         self.min_samples = int(self.meta.get("min_samples", 1))
-        self.session = onnx_session(self.directory / variants[variant]["file"],
+        self.session = onnx_session(variant_file(self.directory, self.meta, variant),
                                     int(num_threads), spin)
 
     # ------------------------------------------------------------------
