@@ -16,8 +16,10 @@ size; see :mod:`espnet_allinone.deploy.onnx_lowbit`), ``model.fast.onnx``
 (variant ``fast``, on request: the same with ``MatMulNBits`` at
 ``accuracy_level`` 4, int8 compute inside the kernel, not exact),
 ``model.int8.onnx`` (variant ``int8``, on request: onnxruntime's dynamic
-int8 of the float layers, the Conv2d front included; made from the
-dequantized model, so its low-bit layers take 8 bits),
+int8 of the float layers, the Conv2d front included, the conv module's
+pointwise convolutions as MatMuls so they are int8 GEMMs too (see
+:mod:`espnet_allinone.deploy.onnx_pointwise`); made from the dequantized
+model, so its low-bit layers take 8 bits),
 in both of which the Conv2d front's layers are int8 GEMMs over patches
 where measured faster than the float Conv here (``front``, see
 :mod:`espnet_allinone.deploy.onnx_front`; the exact file keeps the float Conv),
@@ -53,6 +55,7 @@ from espnet_allinone.export.model_io import LoadError, load_checkpoint
 VARIANTS = ("exact", "int8", "fast")
 VARIANT_FILES = {"exact": "model.onnx", "int8": "model.int8.onnx", "fast": "model.fast.onnx"}
 WEIGHT_STORAGE = "packed"  # deploy.json: how the .onnx files hold low-bit weights
+INT8_POINTWISE = "matmul"  # deploy.json: the int8 variant's pointwise convs (onnx_pointwise)
 FAST_ACCURACY_LEVEL = 4    # MatMulNBits accuracy_level of the fast variant: int8 compute
 MODEL_FILES = ("config.yaml", "model.pth")
 
@@ -114,7 +117,8 @@ def is_current(model: Path, variants: Sequence[str], kernels: str, convs: str = 
         return False
     if not (meta.get("source_sha256") == source_digest(model) and meta.get("kernels") == kernels
             and meta.get("weight_storage") == WEIGHT_STORAGE
-            and ("int8" not in variants or meta.get("int8_convs") == convs)
+            and ("int8" not in variants or (meta.get("int8_convs") == convs
+                                            and meta.get("int8_pointwise") == INT8_POINTWISE))
             and (not {"fast", "int8"} & set(variants) or meta.get("front") == front)
             and all(v in meta["variants"] for v in variants)):
         return False
@@ -261,7 +265,12 @@ def _export(config: Path, model_file: Path, out: Path, variants: Sequence[str], 
     from espnet2.tasks.asr import ASRTask
 
     # deferred: torch and ESPnet; reusing an exported directory needs neither
-    from espnet_allinone.deploy import onnx_export, onnx_front, onnx_lowbit
+    from espnet_allinone.deploy import (
+        onnx_export,
+        onnx_front,
+        onnx_lowbit,
+        onnx_pointwise,
+    )
 
     conf = yaml.safe_load(config.read_text(encoding="utf-8"))
     model, _ = ASRTask.build_model_from_file(config, model_file, "cpu")
@@ -292,11 +301,14 @@ def _export(config: Path, model_file: Path, out: Path, variants: Sequence[str], 
         unpacked = out / "model.unpacked.onnx"
         int8_report = onnx_lowbit.map_low_bit(state, fast_source, unpacked, kernels, threads,
                                               store="float")
+        pointwise = onnx_pointwise.pointwise_convs_as_matmuls(unpacked, unpacked)
         int8_decision = onnx_lowbit.quantize_int8_best(
             unpacked, out / VARIANT_FILES["int8"], front.n_mels, convs, threads)
         unpacked.unlink()
         meta_variants["int8"] = _variant(out, "int8", f"{int8_decision}; "
-                                         f"{int8_report.replaced} MatMulNBits layers kept"
+                                         f"{len(pointwise)} pointwise convolutions as int8 "
+                                         f"MatMuls; {int8_report.replaced} MatMulNBits "
+                                         "layers kept"
                                          + front_note)
     if "fast" in variants:
         fast_report = onnx_lowbit.map_low_bit(state, fast_source, out / VARIANT_FILES["fast"],
@@ -317,6 +329,7 @@ def _export(config: Path, model_file: Path, out: Path, variants: Sequence[str], 
         "variants": meta_variants,
         "kernels": kernels,
         "int8_convs": convs if int8_decision else None,
+        "int8_pointwise": INT8_POINTWISE if int8_decision else None,
         "kernel_decisions": report.decisions,
         "kept_float": report.kept_float,
         "weight_storage": WEIGHT_STORAGE,
