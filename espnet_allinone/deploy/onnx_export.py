@@ -5,7 +5,10 @@
   ``Speech2Text(..., quantize_asr_model=True)`` does.
 * ``export_onnx``: the encoder + CTC head (features in, CTC log-posteriors
   out, dynamic batch and time) for onnxruntime; the STFT/mel frontend and the
-  normalisation stay in PyTorch (``features``).
+  normalisation stay in PyTorch (``features``). While tracing, ESPnet's
+  attention takes forms with fewer copies in the graph and the same values
+  (``export_attention``: the relative shift as one gather, the key mask as an
+  added bias).
 * ``quantize_onnx_int8``: onnxruntime's dynamic int8 quantization of that graph.
 * ``onnx_matmul_nbits``: a low-bit (2/4/8) extracted model's quantized Linear
   layers as onnxruntime ``MatMulNBits`` nodes holding the model's own codes
@@ -106,6 +109,68 @@ def computed_positions(module: torch.nn.Module):
             setattr(parent, attr, child)
 
 
+def gathered_rel_shift(self, x: torch.Tensor) -> torch.Tensor:
+    """ESPnet's ``rel_shift`` as one gather: out[..., i, j] = x[..., i, T - 1 - i + j].
+
+    The stock shift pads with a zero column, reshapes and slices twice, which
+    the exported graph runs as a Concat and two Slice copies of [B, H, T, 2T - 1];
+    the gather reads each kept score once. Same values, bit for bit.
+    """
+    t = x.size(2)
+    rows = torch.arange(t, device=x.device)
+    index = (t - 1) - rows.unsqueeze(1) + rows.unsqueeze(0)
+    return torch.gather(x, 3, index.expand(x.size(0), x.size(1), t, t))
+
+
+def additive_mask_attention(self, value: torch.Tensor, scores: torch.Tensor,
+                            mask: torch.Tensor | None) -> torch.Tensor:
+    """ESPnet's ``forward_attention`` (eval) with the key mask added to the scores.
+
+    The stock one fills masked scores with the float minimum before the softmax
+    and zeros them after it: two ``Where`` over [B, H, T, T]. Adding the minimum
+    instead (a broadcast [B, 1, 1, T] bias) gives the same scores bit for bit
+    (|score| is far below the minimum's spacing), and after the softmax the
+    masked weights are already exactly zero in every row with an unmasked key.
+    """
+    n_batch = value.size(0)
+    if mask is not None:
+        bias = mask.unsqueeze(1).eq(0).to(scores.dtype) * torch.finfo(scores.dtype).min
+        scores = scores + bias
+    attn = torch.softmax(scores, dim=-1)
+    x = torch.matmul(attn, value).transpose(1, 2).contiguous()
+    return self.linear_out(x.view(n_batch, -1, self.h * self.d_k))
+
+
+@contextlib.contextmanager
+def export_attention(module: torch.nn.Module):
+    """Give every stock ESPnet attention in ``module`` the export forms above (instance
+    attributes, removed afterwards); subclasses that override them keep their own."""
+    from espnet.nets.pytorch_backend.transformer.attention import (
+        MultiHeadedAttention,
+        RelPositionMultiHeadedAttention,
+    )
+
+    patched = []
+    for child in module.modules():
+        if not isinstance(child, MultiHeadedAttention):
+            continue
+        names = []
+        if type(child).forward_attention is MultiHeadedAttention.forward_attention:
+            child.forward_attention = additive_mask_attention.__get__(child)
+            names.append("forward_attention")
+        if (isinstance(child, RelPositionMultiHeadedAttention) and not child.zero_triu
+                and type(child).rel_shift is RelPositionMultiHeadedAttention.rel_shift):
+            child.rel_shift = gathered_rel_shift.__get__(child)
+            names.append("rel_shift")
+        patched.append((child, names))
+    try:
+        yield
+    finally:
+        for child, names in patched:
+            for name in names:
+                del child.__dict__[name]
+
+
 ONNX_INPUTS = ("feats", "feats_lengths")
 ONNX_OUTPUTS = ("encoder_out", "encoder_out_lens", "ctc_log_probs")
 
@@ -121,7 +186,7 @@ def export_onnx(model: torch.nn.Module, path: Path, input_size: int, opset: int 
     # constant in the graph: inputs must be longer than the subsampling needs and
     # shorter than max_pos_emb_len frames after subsampling, as in PyTorch.
     with torch.no_grad(), _float_state(model.encoder), computed_positions(wrapper), \
-            warnings.catch_warnings():
+            export_attention(wrapper), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             wrapper, (feats, lengths), str(path),
