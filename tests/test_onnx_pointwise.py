@@ -86,7 +86,7 @@ def test_int8_variant_quantizes_the_pointwise_layers(toy, capsys):
     out = ensure_exported(toy["directory"], variants=("exact", "int8"), convs="float",
                           log=lambda _m: None)
     meta = json.loads((out / "deploy.json").read_text())
-    assert meta["int8_pointwise"] == "matmul"
+    assert meta["int8_pointwise"] == "int8-gemm"
     assert f"{2 * BLOCKS} pointwise convolutions as int8 MatMuls" in \
         meta["variants"]["int8"]["kernels"]
     assert len(_pointwise_convs(out / "model.onnx")) == 2 * BLOCKS  # exact: unchanged

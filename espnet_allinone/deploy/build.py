@@ -55,7 +55,8 @@ from espnet_allinone.export.model_io import LoadError, load_checkpoint
 VARIANTS = ("exact", "int8", "fast")
 VARIANT_FILES = {"exact": "model.onnx", "int8": "model.int8.onnx", "fast": "model.fast.onnx"}
 WEIGHT_STORAGE = "packed"  # deploy.json: how the .onnx files hold low-bit weights
-INT8_POINTWISE = "matmul"  # deploy.json: the int8 variant's pointwise convs (onnx_pointwise)
+INT8_POINTWISE = "int8-gemm"  # deploy.json: the int8 variant's pointwise convs and low-bit
+# Linears, both int8 GEMMs (onnx_pointwise; before: float Conv / kept MatMulNBits)
 FAST_ACCURACY_LEVEL = 4    # MatMulNBits accuracy_level of the fast variant: int8 compute
 MODEL_FILES = ("config.yaml", "model.pth")
 
@@ -297,19 +298,17 @@ def _export(config: Path, model_file: Path, out: Path, variants: Sequence[str], 
         for line in front_report.decisions:
             log(f"  front (fast, int8): {line}")
     front_note = _front(front_report)
-    if "int8" in variants:  # dynamic int8 quantizes float initialisers: start from those
+    if "int8" in variants:
+        # dynamic int8 quantizes float initialisers: the exported graph's dequantized
+        # weights, every low-bit Linear an int8 GEMM too (faster here than MatMulNBits)
         unpacked = out / "model.unpacked.onnx"
-        int8_report = onnx_lowbit.map_low_bit(state, fast_source, unpacked, kernels, threads,
-                                              store="float")
-        pointwise = onnx_pointwise.pointwise_convs_as_matmuls(unpacked, unpacked)
+        pointwise = onnx_pointwise.pointwise_convs_as_matmuls(fast_source, unpacked)
         int8_decision = onnx_lowbit.quantize_int8_best(
             unpacked, out / VARIANT_FILES["int8"], front.n_mels, convs, threads)
         unpacked.unlink()
         meta_variants["int8"] = _variant(out, "int8", f"{int8_decision}; "
                                          f"{len(pointwise)} pointwise convolutions as int8 "
-                                         f"MatMuls; {int8_report.replaced} MatMulNBits "
-                                         "layers kept"
-                                         + front_note)
+                                         "MatMuls" + front_note)
     if "fast" in variants:
         fast_report = onnx_lowbit.map_low_bit(state, fast_source, out / VARIANT_FILES["fast"],
                                               kernels, threads,
