@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from espnet_allinone.deploy.onnx_graph import node_attributes, set_nodes
 from espnet_allinone.errors import AllInOneError
 
 FRONT_MODES = ("auto", "conv", "gemm", "int8")
@@ -95,12 +96,6 @@ class FrontReport:
     decisions: list[str] = field(default_factory=list)
 
 
-def _attrs(node) -> dict:
-    from onnx import helper
-
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
 def front_convs(graph) -> tuple[list[FrontLayer], list[str]]:
     """The graph's Conv2d nodes with initialiser weights that the rewrite takes, and a
     reason for each one it does not (group, dilation, auto_pad, computed weight)."""
@@ -119,7 +114,7 @@ def front_convs(graph) -> tuple[list[FrontLayer], list[str]]:
             continue
         if len(w.dims) != 4:  # Conv1d (the conv module): not the front
             continue
-        attrs = _attrs(node)
+        attrs = node_attributes(node)
         why = ("grouped" if attrs.get("group", 1) != 1 else
                "dilated" if any(d != 1 for d in attrs.get("dilations", [1, 1])) else
                "auto_pad" if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")
@@ -322,11 +317,6 @@ def rewrite_front(src: Path, dst: Path, mode: str = "auto", threads: int = 1,
             nodes, inits = replace.get(key, ([node], []))
             new_nodes.extend(nodes)
             added.extend(inits)
-        del graph.node[:]
-        graph.node.extend(new_nodes)
-        still_read = {i for n in graph.node for i in n.input}
-        keep = [i for i in graph.initializer if i.name in still_read]
-        del graph.initializer[:]
-        graph.initializer.extend(keep + added)
+        set_nodes(graph, new_nodes, added)
     onnx.save(model, str(dst))
     return report

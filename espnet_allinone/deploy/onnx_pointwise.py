@@ -22,11 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _attrs(node) -> dict:
-    from onnx import helper
-
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+from espnet_allinone.deploy.onnx_graph import node_attributes, set_nodes
 
 
 def _is_pointwise(node, weights: dict) -> bool:
@@ -35,7 +31,7 @@ def _is_pointwise(node, weights: dict) -> bool:
     w = weights[node.input[1]]
     if len(w.dims) != 3 or w.dims[2] != 1:
         return False
-    a = _attrs(node)
+    a = node_attributes(node)
     return (a.get("group", 1) == 1 and all(s == 1 for s in a.get("strides", [1]))
             and all(d == 1 for d in a.get("dilations", [1]))
             and not any(a.get("pads", [0, 0]))
@@ -72,11 +68,6 @@ def pointwise_convs_as_matmuls(src: Path, dst: Path) -> list[str]:
         nodes.append(helper.make_node("Transpose", [y], [node.output[0]], perm=[0, 2, 1],
                                       name=f"{name}/to_nct"))
         rewritten.append(name)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    still_read = {i for n in graph.node for i in n.input}
-    keep = [i for i in graph.initializer if i.name in still_read]
-    del graph.initializer[:]
-    graph.initializer.extend(keep + added)
+    set_nodes(graph, nodes, added)
     onnx.save(model, str(dst))
     return rewritten
