@@ -173,6 +173,15 @@ def test_training_step_runs_sampled_paths_once_each() -> None:
     assert enc.scale["int4"].grad is not None  # int4 ran (smallest)
 
 
+def test_draw_weights_reach_the_sampler_from_model_conf() -> None:
+    model = build(sampling="sandwich", num_random=1, draw_weights={"d1-w1-fp": 50})
+    drawn = [str(model.sampler.draw(t).random[0]) for t in range(200)]
+    assert drawn.count("d1-w1-fp") > 150  # 50 of 50 + 4 other weights: 185 expected
+    with pytest.raises(ValueError, match=r"draw_weights names 'd2-w1-fp', which is never "
+                                         r"drawn here"):
+        build(sampling="sandwich", num_random=1, draw_weights={"d2-w1-fp": 2})
+
+
 def test_path_loss_equals_single_subsystem_stock_loss() -> None:
     """Each path's loss is exactly the stock ESPnetASRModel loss of that subsystem."""
     model = build(sampling="explicit", subsystems=["d1-w1-int4", "d2-w0.5-fp"])

@@ -259,3 +259,48 @@ def test_mixed_share_needs_an_encoder_with_records() -> None:
     with pytest.raises(ValueError, match="mixed_share > 0 needs an encoder that runs "
                                          "architecture records; TinyElasticEncoder lacks"):
         build(sampling="sandwich", num_random=1, mixed_share=0.5)
+
+
+def test_draw_weights_favour_the_named_subsystems(space: SearchSpace) -> None:
+    """22 middle subsystems; d6-w1-fp weighs 4 and d9-w0.5-int4 2: expected shares
+    4/27 and 2/27 of 5400 draws (800 and 400), the others 1/27 (200 each)."""
+    weights = {"d6-w1-fp": 4, "d9-w0.5-int4": 2.0}
+    sampler = SubsystemSampler(space, "sandwich", num_random=1, seed=0, draw_weights=weights)
+    again = SubsystemSampler(space, "sandwich", num_random=1, seed=0, draw_weights=weights)
+    counts = collections.Counter(sampler.sample(step)[2] for step in range(5400))
+    assert [again.sample(step)[2] for step in range(50)] == \
+        [sampler.sample(step)[2] for step in range(50)]
+    assert 690 < counts[Subsystem.parse("d6-w1-fp")] < 910, counts  # 4 sigma around 800
+    assert 320 < counts[Subsystem.parse("d9-w0.5-int4")] < 480, counts
+    rest = [c for s, c in counts.items() if str(s) not in weights]
+    assert len(rest) == 20 and all(140 < c < 260 for c in rest), counts
+    # two random paths a step: distinct, the favoured one more often in them
+    two = SubsystemSampler(space, "sandwich", num_random=2, seed=0, draw_weights=weights)
+    drawn = [two.draw(step).random for step in range(2000)]
+    assert all(len(set(d)) == 2 for d in drawn)
+    favoured = sum(Subsystem.parse("d6-w1-fp") in d for d in drawn)
+    plain = sum(Subsystem.parse("d6-w0.5-fp") in d for d in drawn)
+    assert favoured > 2 * plain
+
+
+def test_uniform_draws_are_unchanged_without_weights(space: SearchSpace) -> None:
+    plain = SubsystemSampler(space, "sandwich", num_random=2, seed=3)
+    empty = SubsystemSampler(space, "sandwich", num_random=2, seed=3, draw_weights={})
+    assert [plain.sample(t) for t in range(100)] == [empty.sample(t) for t in range(100)]
+
+
+def test_draw_weights_bad_values_are_named(space: SearchSpace) -> None:
+    def make(weights, strategy="sandwich", **kw):
+        return SubsystemSampler(space, strategy, num_random=1, draw_weights=weights, **kw)
+
+    with pytest.raises(ValueError, match=r"names 'd12-w1-fp', which is never drawn here.*"
+                                         r"drawable: d12-w1-int8, d12-w1-int4, .*, d6-w0.5-int4$"):
+        make({"d12-w1-fp": 2})  # the largest runs every step
+    with pytest.raises(ValueError, match=r"draw_weights: subsystem d5-w1-fp is not in this "
+                                         r"model's search space: depth 5 \(valid: 6, 9, 12\)"):
+        make({"d5-w1-fp": 2})
+    for bad in (0, -1, float("nan"), float("inf"), "2", True):
+        with pytest.raises(ValueError, match=r"draw_weights\['d6-w1-fp'\] must be a positive"):
+            make({"d6-w1-fp": bad})
+    with pytest.raises(ValueError, match=r"sampling 'all' draws none here"):
+        make({"d6-w1-fp": 2}, strategy="all")

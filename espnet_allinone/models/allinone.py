@@ -29,7 +29,8 @@ needs ``unused_parameters: true`` (the ``conf/train_allinone_*`` YAMLs set it).
 - ``sampling`` (``sandwich`` | ``all`` | ``random`` | ``explicit``), ``num_random``,
   ``subsystems`` (the list for ``all``/``explicit``; the pool for the others),
   ``path_weights`` (one per path of a step; see ``sampling.py`` for the order),
-  ``sampling_seed``; ``mixed_share`` (default 0): the share of random paths that are
+  ``sampling_seed``; ``draw_weights`` (``{subsystem: weight}``, default uniform): how
+  likely each randomly drawn subsystem is; ``mixed_share`` (default 0): the share of random paths that are
   mixed records (per block its own precision and width, ``mixed_per_module``: per
   module kind), run through ``encoder.use_arch`` (needs an encoder that resolves
   architecture records);
@@ -161,6 +162,7 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
         float_warmup_steps: int = 0,
         mixed_share: float = 0.0,
         mixed_per_module: bool = False,
+        draw_weights: dict[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -181,6 +183,7 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
             space, strategy=sampling, num_random=num_random,
             subsystems=subsystems, seed=sampling_seed,
             mixed_share=mixed_share, mixed_per_module=mixed_per_module,
+            draw_weights=draw_weights,
         )
         if self.sampler.mixed_share > 0:
             self._check_mixed()

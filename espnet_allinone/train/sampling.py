@@ -28,6 +28,13 @@ from the *random* ones (drawn this step). The model reports the fixed paths
 under their own keys and the random ones under one aggregate key per stat,
 so every key is reported every step and the training log shows no ``nan``.
 
+Draw weights (``model_conf.draw_weights``, default none: uniform): a mapping
+``{subsystem: weight}`` over the drawable subsystems (sandwich's middle, or
+the pool of ``random``); unlisted ones weigh 1. The random paths are then
+drawn without replacement with probabilities proportional to the weights,
+so a schedule can favour the subsystems furthest from their twins at the
+same cost per step.
+
 Mixed records (``model_conf.mixed_share``, default 0): each random path is,
 with this probability, replaced by a *mixed* record
 (:class:`~espnet_allinone.search.records.MixedRecord`): a depth from the
@@ -86,6 +93,7 @@ class SubsystemSampler:
         seed: int = 0,
         mixed_share: float = 0.0,
         mixed_per_module: bool = False,
+        draw_weights: dict[str, float] | None = None,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(
@@ -124,6 +132,7 @@ class SubsystemSampler:
                     "to draw from; lower it or use sampling 'all'"
                 )
         self.num_random = num_random
+        self.draw_weights = self._check_draw_weights(draw_weights)
         self.mixed_share = _check_share(mixed_share)
         self.mixed_per_module = bool(mixed_per_module)
         if self.mixed_share > 0 and self.num_paths == len(self.fixed):
@@ -163,6 +172,40 @@ class SubsystemSampler:
         fixed = set(self.fixed)
         return [s for s in self.pool if s not in fixed]
 
+    def _drawable(self) -> list[Subsystem]:
+        if self.strategy == "sandwich":
+            return self._sandwich_middle()
+        return self.pool if self.strategy == "random" else []
+
+    def _check_draw_weights(self, weights: dict[str, float] | None) -> torch.Tensor | None:
+        """The weight of each drawable subsystem in draw order, or None (uniform)."""
+        if not weights:
+            return None
+        drawable = self._drawable()
+        if not drawable:
+            raise ValueError(f"draw_weights needs randomly drawn paths, but sampling "
+                             f"{self.strategy!r} draws none here; use sampling sandwich or "
+                             "random, or drop draw_weights")
+        if not isinstance(weights, dict):
+            raise TypeError(f"draw_weights must map subsystems to weights, got {weights!r}")
+        names = {str(s): i for i, s in enumerate(drawable)}
+        values = [1.0] * len(drawable)
+        for key, weight in weights.items():
+            try:
+                sub = str(self.space.validate(key))
+            except SubsystemError as e:
+                raise ValueError(f"draw_weights: {e}") from None
+            if sub not in names:
+                raise ValueError(f"draw_weights names {key!r}, which is never drawn here "
+                                 f"(it runs every step or is outside the pool); drawable: "
+                                 f"{', '.join(names)}")
+            if (not isinstance(weight, (int, float)) or isinstance(weight, bool)
+                    or not weight > 0 or weight == float("inf")):
+                raise ValueError(f"draw_weights[{key!r}] must be a positive number, "
+                                 f"got {weight!r}")
+            values[names[sub]] = float(weight)
+        return torch.tensor(values, dtype=torch.float64)
+
     # --- the draw --------------------------------------------------------
     def draw(self, step: int) -> StepPaths:
         """The fixed and the random paths of training step ``step``; the same on every process.
@@ -175,7 +218,11 @@ class SubsystemSampler:
         gen = torch.Generator().manual_seed(step_seed(self.seed, step))
         source = self._sandwich_middle() if self.strategy == "sandwich" else self.pool
         k = min(self.num_random, len(source))
-        pick = torch.randperm(len(source), generator=gen)[:k].tolist()
+        if self.draw_weights is None:
+            pick = torch.randperm(len(source), generator=gen)[:k].tolist()
+        else:
+            pick = torch.multinomial(self.draw_weights, k, replacement=False,
+                                     generator=gen).tolist()
         drawn: list[Subsystem | MixedRecord] = [source[i] for i in sorted(pick)]
         if self.mixed_share > 0:  # after the uniform draw: that stays what it was
             for i in range(len(drawn)):
