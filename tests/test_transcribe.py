@@ -248,16 +248,22 @@ def test_a_truncated_onnx_is_refused_and_exported_again(exported, tmp_path):
     assert asr(audio[0])[0].token_ids == ref(audio[0])[0].token_ids
 
 
-def test_fast_on_a_cpu_without_int8_compute_runs_exact(exported, monkeypatch):
+def test_fast_on_a_cpu_without_int8_compute_runs_exact(exported, monkeypatch, capsys):
+    from espnet_allinone.bin.transcribe import main
     from espnet_allinone.deploy import build
 
-    _, dirs, _, _ = exported
+    _, dirs, wavs, _ = exported
     monkeypatch.setattr(build, "lacks_int8_compute", lambda: "this x86 CPU has no AVX2")
     said = []
     asr = load_model(dirs["d4-w1-int4"], "fast", kernels="nbits", log=said.append)
     assert asr.variant == "exact"
-    assert said == [("--fast: this x86 CPU has no AVX2, so MatMulNBits would compute in float "
-                    "anyway; running the exact variant")]
+    message = ("--fast: this x86 CPU has no AVX2, so MatMulNBits would compute in float "
+               "anyway; running the exact variant")
+    assert said == [message]
+    assert main(["--model", str(dirs["d4-w1-int4"]), "--fast", "--kernels", "nbits",
+                 str(wavs[0])]) == 0
+    err = capsys.readouterr().err
+    assert message in err and "variant exact, greedy search)" in err
 
 
 def test_zip_model_and_python_api(exported, tmp_path):

@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if done:
         print(f"RTF {compute / audio_seconds:.4f} ({compute:.2f} s compute / "
               f"{audio_seconds:.1f} s audio, {done} files, {args.num_threads} thread(s), "
-              f"variant {args.variant}, {args.search} search)", file=sys.stderr)
+              f"variant {asr.variant}, {args.search} search)", file=sys.stderr)
     if skipped:
         print(f"transcribe: {len(skipped)} of {len(items)} files skipped: "
               f"{', '.join(skipped)}", file=sys.stderr)

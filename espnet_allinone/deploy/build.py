@@ -55,8 +55,7 @@ from espnet_allinone.export.model_io import LoadError, load_checkpoint
 VARIANTS = ("exact", "int8", "fast")
 VARIANT_FILES = {"exact": "model.onnx", "int8": "model.int8.onnx", "fast": "model.fast.onnx"}
 WEIGHT_STORAGE = "packed"  # deploy.json: how the .onnx files hold low-bit weights
-INT8_POINTWISE = "int8-gemm"  # deploy.json: the int8 variant's pointwise convs and low-bit
-# Linears, both int8 GEMMs (onnx_pointwise; before: float Conv / kept MatMulNBits)
+INT8_POINTWISE = "int8-gemm"  # deploy.json: the int8 variant's pointwise convs and Linears
 FAST_ACCURACY_LEVEL = 4    # MatMulNBits accuracy_level of the fast variant: int8 compute
 MODEL_FILES = ("config.yaml", "model.pth")
 
