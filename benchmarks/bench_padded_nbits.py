@@ -12,13 +12,15 @@ plus the activation padding. For each Linear shape of a Conformer block
 
     float       the float MatMul of the dequantized weight: THE BASELINE (what the
                 export writes where the kernel is not chosen)
-    padded      MatMulNBits of groups of 36 padded to 64, its activation padding
-                (Reshape, Pad, Reshape) included as in the exported graph, at
-                accuracy_level 0 (float compute, exact) and 4 (int8 compute)
-    g16         MatMulNBits of unpadded groups of 16, same shape, both levels:
-                the kernel without the padding, for scale (``--groups`` lists the
-                group sizes timed; ``--dim``/``--units`` another block's shapes,
-                e.g. d=128 with heads and groups of 32)
+    g<G>        MatMulNBits of groups of G for each size in ``--groups`` (default
+                36 and 16), at accuracy_level 0 (float compute, exact) and 4 (int8
+                compute); a group that is not a power of two >= 16 is padded
+                ("g36->64"), its activation padding (Reshape, Pad, Reshape)
+                included as in the exported graph; g16 is the kernel without the
+                padding, for scale
+
+``--dim``/``--units`` time another block's shapes (e.g. d=128 with heads and
+groups of 32).
 
 Each timing: the mean of ``--runs`` consecutive runs (default one: a run of
 a tenth of a millisecond seldom straddles a preemption on a busy shared CPU,
@@ -105,7 +107,6 @@ def main() -> None:
 
     from espnet_allinone.deploy import onnx_lowbit
     from espnet_allinone.deploy.cpu import cpu_features
-
 
     sessions, feeds = {}, {}
     for s, (_, k_in, n_out) in enumerate(shapes):

@@ -36,9 +36,12 @@ def read_cpuinfo(path: str = CPUINFO) -> tuple[str, set[str]] | None:
     return name, flags
 
 
-def _feature_table(machine: str) -> tuple[tuple[str, str], ...]:
-    arm = machine.lower() in ("aarch64", "arm64") or machine.lower().startswith("arm")
-    return ARM_INT8_FLAGS if arm else X86_INT8_FLAGS
+def _is_arm(machine: str) -> bool:
+    return machine.lower() in ("aarch64", "arm64") or machine.lower().startswith("arm")
+
+
+def _is_x86(machine: str) -> bool:
+    return machine.lower() in ("x86_64", "amd64", "i686", "i386", "x86")
 
 
 def cpu_features(path: str = CPUINFO, machine: str | None = None) -> str:
@@ -47,7 +50,7 @@ def cpu_features(path: str = CPUINFO, machine: str | None = None) -> str:
     if info is None:
         return f"CPU features unknown (no {path})"
     name, flags = info
-    table = _feature_table(machine or platform.machine())
+    table = ARM_INT8_FLAGS if _is_arm(machine or platform.machine()) else X86_INT8_FLAGS
     have = [label for flag, label in table if flag in flags]
     missing = [label for flag, label in table if flag not in flags]
     return (f"{name}, {os.cpu_count()} logical CPUs; int8 features: "
@@ -62,9 +65,8 @@ def lacks_int8_compute(path: str = CPUINFO, machine: str | None = None) -> str |
         return None
     _, flags = info
     machine = machine or platform.machine()
-    if _feature_table(machine) is ARM_INT8_FLAGS:
-        return None if "asimddp" in flags else \
-            "this ARM CPU has no dot-product instructions (asimddp)"
-    if machine.lower() in ("x86_64", "amd64", "i686", "i386", "x86"):
-        return None if "avx2" in flags else "this x86 CPU has no AVX2"
+    if _is_arm(machine) and "asimddp" not in flags:
+        return "this ARM CPU has no dot-product instructions (asimddp)"
+    if _is_x86(machine) and "avx2" not in flags:
+        return "this x86 CPU has no AVX2"
     return None

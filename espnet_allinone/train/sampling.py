@@ -173,6 +173,7 @@ class SubsystemSampler:
         return [s for s in self.pool if s not in fixed]
 
     def _drawable(self) -> list[Subsystem]:
+        """The subsystems random paths come from (none for ``all``/``explicit``)."""
         if self.strategy == "sandwich":
             return self._sandwich_middle()
         return self.pool if self.strategy == "random" else []
@@ -216,7 +217,7 @@ class SubsystemSampler:
         if self.strategy in ("all", "explicit"):
             return StepPaths(fixed, ())
         gen = torch.Generator().manual_seed(step_seed(self.seed, step))
-        source = self._sandwich_middle() if self.strategy == "sandwich" else self.pool
+        source = self._drawable()
         k = min(self.num_random, len(source))
         if self.draw_weights is None:
             pick = torch.randperm(len(source), generator=gen)[:k].tolist()
@@ -224,7 +225,7 @@ class SubsystemSampler:
             pick = torch.multinomial(self.draw_weights, k, replacement=False,
                                      generator=gen).tolist()
         drawn: list[Subsystem | MixedRecord] = [source[i] for i in sorted(pick)]
-        if self.mixed_share > 0:  # after the uniform draw: that stays what it was
+        if self.mixed_share > 0:  # after the subsystem draw: that stays what it was
             for i in range(len(drawn)):
                 if float(torch.rand((), generator=gen)) < self.mixed_share:
                     drawn[i] = self._mixed(gen)
