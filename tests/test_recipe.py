@@ -287,6 +287,7 @@ def test_baseline_config_trains_one_path(tmp_path: Path) -> None:
     assert conf["model_conf"]["subsystems"] == ["d2-w0.5-int4"]
     assert conf["model_conf"]["valid_subsystems"] == ["d2-w0.5-int4"]
     assert conf["model_conf"]["distill_weight"] == 0.0
+    assert "draw_weights" not in conf["model_conf"]  # the sampler refuses them with one path
     assert conf["encoder_conf"] == yaml.safe_load(
         (RECIPE / "conf" / "train_allinone.yaml").read_text())["encoder_conf"]
     assert recipe_util.main(["baseline_config", "--config", str(RECIPE / "conf" /

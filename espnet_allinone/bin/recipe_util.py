@@ -165,6 +165,7 @@ def baseline_config(config_path: Path, subsystem: str, out: Path) -> None:
         config.get("encoder_conf") or {}, Subsystem.parse(sub[0]))
     mc = dict(config.get("model_conf") or {})
     mc.update(sampling="explicit", subsystems=sub, valid_subsystems=sub)
+    mc.pop("draw_weights", None)  # one path: nothing is drawn
     if "distill_weight" in mc:
         mc["distill_weight"] = 0.0
     config["model_conf"] = mc
