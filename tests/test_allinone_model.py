@@ -540,3 +540,98 @@ def test_each_path_trains_its_output_layer_at_the_path_bits():
     model.train()
     model(**batch())
     assert seen == [FLOAT_BITS, 8]  # d2-w1-fp, then d1-w1-int2 with its 8-bit CTC layer
+
+
+def _ctc_logits(model: ESPnetAllInOneASRModel, sub: str, b: dict) -> tuple:
+    """CTC logits and frame mask of ``sub`` on batch ``b``, computed outside the step."""
+    feats, lengths = model._features(b["speech"], b["speech_lengths"])
+    with model.encoder.use_subsystem(sub):
+        enc, enc_lens, _ = model.encoder(feats, lengths)
+    return model.ctc.ctc_lo(enc), length_mask(enc_lens, enc.size(1))
+
+
+@pytest.mark.parametrize("with_twin", [False, True])
+def test_twin_distillation_pulls_quantized_paths_to_their_float_twin(with_twin: bool) -> None:
+    """``distill_twin_weight``: KL(float twin || quantized path) added to the quantized
+    path's loss; the twin's logits come from the step when it ran, else from an extra
+    forward of the twin: the same value either way."""
+    paths = ["d1-w0.5-int4"] + (["d1-w0.5-fp"] if with_twin else [])
+    plain = build(ctc_weight=1.0, sampling="explicit", subsystems=paths)
+    twin = build(ctc_weight=1.0, sampling="explicit", subsystems=paths,
+                 distill_twin_weight=0.5, distill_temperature=2.0)
+    twin.load_state_dict(plain.state_dict())
+    plain.train()
+    twin.train()
+    b = batch()
+    _, s0, _ = step(plain, b)
+    _, s1, _ = step(twin, b)
+    with torch.no_grad():
+        teacher, mask = _ctc_logits(twin, "d1-w0.5-fp", b)
+        student, _ = _ctc_logits(twin, "d1-w0.5-int4", b)
+    expect = masked_kl(teacher, student, mask, 2.0)
+    assert float(expect) > 0
+    # a small KL of nearly equal logits: float32 cancellation in t - s
+    assert torch.allclose(s1["kl_twin_d1-w0.5-int4"], expect, rtol=1e-3, atol=1e-7)
+    assert torch.allclose(s1["loss_d1-w0.5-int4"],
+                          s0["loss_d1-w0.5-int4"] + 0.5 * s1["kl_twin_d1-w0.5-int4"], rtol=1e-6)
+    if with_twin:
+        assert float(s1["kl_twin_d1-w0.5-fp"]) == 0.0  # a float path is its own twin
+        assert torch.allclose(s1["loss_d1-w0.5-fp"], s0["loss_d1-w0.5-fp"])
+
+
+def test_twin_distillation_waits_for_the_quantized_paths_and_its_start() -> None:
+    """No twin KL (and no extra forward) while every path runs in float, nor before
+    ``distill_start_steps``."""
+    plain = build(ctc_weight=1.0, sampling="explicit", subsystems=["d2-w1-int4"])
+    for conf in ({"float_warmup_steps": 1}, {"distill_start_steps": 1}):
+        model = build(ctc_weight=1.0, sampling="explicit", subsystems=["d2-w1-int4"],
+                      distill_twin_weight=1.0, **conf)
+        model.load_state_dict(plain.state_dict(), strict=False)
+        model.train()
+        _, first, _ = step(model, batch())
+        _, second, _ = step(model, batch())
+        assert float(first["kl_twin_d2-w1-int4"]) == 0.0, conf
+        assert float(second["kl_twin_d2-w1-int4"]) > 0, conf
+
+
+def test_twin_teacher_forward_never_feeds_the_shared_front_without_gradient() -> None:
+    """The twin's extra forward runs without gradient; a later path at the twin's front
+    precision recomputes the front rather than reuse that output, so sharing the
+    front changes no gradient."""
+    from espnet_allinone.encoders.elastic_conformer import ElasticConformerEncoder
+
+    def make(share: bool) -> ESPnetAllInOneASRModel:
+        enc = ElasticConformerEncoder(
+            FEAT_DIM * 5, output_size=16, attention_heads=2, linear_units=32, num_blocks=2,
+            input_layer="conv2d", cnn_module_kernel=3, depths=[1, 2], precisions=["int4", "fp"],
+            part_precisions={"front": "same"}, dropout_rate=0.0, positional_dropout_rate=0.0)
+        return build(ctc_weight=1.0, encoder=enc, sampling="explicit", seed=3,
+                     subsystems=["d2-w1-int4", "d1-w1-fp"], distill_twin_weight=1.0,
+                     share_input_layer=share)
+
+    shared, separate = make(True), make(False)
+    separate.load_state_dict(shared.state_dict())
+    b = batch(frames=40)
+    b["speech"] = b["speech"].repeat(1, 1, 5)
+    shared.train()
+    separate.train()
+    loss_a, stats_a, _ = step(shared, b)
+    loss_b, _, _ = step(separate, b)
+    assert float(stats_a["kl_twin_d2-w1-int4"]) > 0
+    assert torch.allclose(loss_a, loss_b, rtol=1e-5)
+    loss_a.backward()
+    loss_b.backward()
+    for (name, p), q in zip(shared.named_parameters(), separate.parameters()):
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            assert torch.allclose(p.grad, q.grad, atol=1e-5), name
+
+
+def test_bad_twin_distillation_settings() -> None:
+    with pytest.raises(ValueError, match="distill_twin_weight must be >= 0, got -1"):
+        build(distill_twin_weight=-1.0)
+    enc = TinyElasticEncoder(FEAT_DIM, precisions=("int4", "int8"))
+    with pytest.raises(ValueError, match=r"distill_twin_weight 0.5 needs float twins of "
+                                         r"quantized paths, but encoder_conf.precisions is "
+                                         r"\['int4', 'int8'\]"):
+        build(encoder=enc, distill_twin_weight=0.5)

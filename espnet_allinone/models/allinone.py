@@ -45,6 +45,13 @@ needs ``unused_parameters: true`` (the ``conf/train_allinone_*`` YAMLs set it).
 - ``distill_start_steps``: the KL term joins after N updates (its value is logged
   from the start). From step 0 the teacher is untrained and the KL, flowing into
   the weights the teacher shares, holds every path near its first outputs;
+- ``distill_twin_weight`` (default 0): KL from each quantized path's float twin
+  (same depth and width; its logits from this step when the twin ran, else from
+  one forward without gradient) to the quantized path, at ``distill_temperature``,
+  once the quantized paths have joined and from ``distill_start_steps``; logged as
+  ``kl_twin`` (0 on float paths, their own twins, and before it joins: no extra
+  forward then). Sampled subsystems only: mixed
+  records and pruned paths keep the largest path as their one teacher;
 - ``float_warmup_steps``: for the first N updates every path runs its float twin
   (same depth and width; stats keep the path's own key), so depth and width
   settle before the quantizers join (a precision curriculum);
@@ -94,6 +101,7 @@ from espnet_allinone.encoders.protocol import (
     encoder_violations,
 )
 from espnet_allinone.models.packed import decoder_layers, output_layers
+from espnet_allinone.precision import FLOAT_BITS, precision_name
 from espnet_allinone.pruning.distill import LayerDistillation, block_outputs
 from espnet_allinone.pruning.targets import target_key
 from espnet_allinone.search.records import MixedRecord, build_arch, uniform_record
@@ -163,6 +171,7 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
         mixed_share: float = 0.0,
         mixed_per_module: bool = False,
         draw_weights: dict[str, float] | None = None,
+        distill_twin_weight: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -203,6 +212,7 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
         self.distill_start_steps = distill_start_steps
         self.distill_weight = float(distill_weight)
         self.distill_temperature = float(distill_temperature)
+        self.distill_twin_weight = self._check_twin_weight(distill_twin_weight)
         self.teacher = space.largest
         if valid_subsystems is None:
             valid = [space.largest, space.smallest]
@@ -233,6 +243,18 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
                 f"({'; '.join(missing)})"
             )
         self._record_gaps = encoder_violations(self.encoder, ExtractableEncoder)
+
+    def _check_twin_weight(self, weight: float) -> float:
+        """A float twin needs float among the space's precisions and a quantized one."""
+        if not weight >= 0:
+            raise ValueError(f"distill_twin_weight must be >= 0, got {weight}")
+        bits = self.space.bits
+        if weight > 0 and (FLOAT_BITS not in bits or bits == (FLOAT_BITS,)):
+            raise ValueError(
+                f"distill_twin_weight {weight} needs float twins of quantized paths, but "
+                f"encoder_conf.precisions is {[precision_name(b) for b in bits]}; add fp "
+                "and a quantized precision, or set distill_twin_weight 0")
+        return float(weight)
 
     def _check_mixed(self) -> None:
         """Mixed records run through the encoder's records: refuse an encoder without them
@@ -412,7 +434,10 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
         step = int(self.sampler_step)
         float_phase = step < self.float_warmup_steps
         distill_weight = self.distill_weight if step >= self.distill_start_steps else 0.0
+        twin_weight = 0.0 if float_phase or step < self.distill_start_steps \
+            else self.distill_twin_weight
         drawn = self.next_paths(step)
+        step_logits: dict[Subsystem, dict] = {}
         stats: dict[str, torch.Tensor] = {}
         random_stats: dict[str, list[torch.Tensor]] = {}
         teacher: dict | None = None
@@ -429,6 +454,13 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
                     # inside: the output layers and decoder blocks run at the path's bits
                     loss, pstats, logits = self._path_loss(enc, enc_lens, text, text_lengths)
                 teacher_layers = layers if capture else teacher_layers
+                if isinstance(running, Subsystem):
+                    step_logits[running] = logits
+                if self.distill_twin_weight > 0 and isinstance(sub, Subsystem):
+                    kl = self._twin_kl(sub, logits, step_logits, twin_weight > 0,
+                                       feats, feats_lengths, text, text_lengths)
+                    pstats["kl_twin"] = kl.detach()
+                    loss = loss + twin_weight * kl
                 if self.distill_weight > 0:
                     if sub == self.teacher:
                         teacher = logits
@@ -458,6 +490,22 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
         stats["loss"] = total.detach()
         total, stats, weight = force_gatherable((total, stats, batch_size), total.device)
         return total, stats, weight
+
+    def _twin_kl(self, sub: Subsystem, logits: dict, step_logits: dict[Subsystem, dict],
+                 active: bool, feats: torch.Tensor, feats_lengths: torch.Tensor,
+                 text: torch.Tensor, text_lengths: torch.Tensor) -> torch.Tensor:
+        """KL from ``sub``'s float twin to ``sub`` (zero for a float path, or while
+        inactive: then no extra forward runs)."""
+        if sub.is_float or not active:
+            return torch.zeros((), device=feats.device)
+        twin = sub.with_precision("fp")
+        teacher = step_logits.get(twin)
+        if teacher is None:
+            with torch.no_grad(), self._use_path(twin):
+                enc, enc_lens = self._encode_features(feats, feats_lengths)
+                _, _, teacher = self._path_loss(enc, enc_lens, text, text_lengths)
+            step_logits[twin] = teacher
+        return self._kl(teacher, logits)
 
     # --- pruned paths -------------------------------------------------------
     def _distils_layers(self, teacher: str) -> bool:
@@ -525,12 +573,15 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
 
         def forward(x: torch.Tensor, *args: Any) -> Any:
             cache = outputs.setdefault(self.encoder.active_arch.front_bits, {})
-            if cache and cache["x"] is x and len(args) == len(cache["args"]) and all(
+            # an output computed without gradient (a twin teacher's) never feeds a path
+            # that trains the front
+            if cache and cache["x"] is x and (cache["grad"] or not torch.is_grad_enabled()) \
+                    and len(args) == len(cache["args"]) and all(
                 torch.equal(a, b) for a, b in zip(args, cache["args"])
             ):
                 return cache["out"]
             out = original(x, *args)
-            cache.update(x=x, args=args, out=out)
+            cache.update(x=x, args=args, out=out, grad=torch.is_grad_enabled())
             return out
 
         embed.forward = forward
