@@ -143,6 +143,17 @@ def batch(seed: int = 0, n: int = 3, frames: int = 20) -> dict:
             "text_lengths": text_lengths}
 
 
+def plain_and_variant(common: dict, **variant) -> tuple:
+    """Two models with the same weights, in training mode: ``common`` options, and
+    ``common`` plus ``variant`` ones."""
+    plain = build(**common)
+    other = build(**common, **variant)
+    other.load_state_dict(plain.state_dict())
+    plain.train()
+    other.train()
+    return plain, other
+
+
 def step(model: ESPnetAllInOneASRModel, b: dict) -> tuple:
     """One forward on a copy of the batch (the model edits ``text`` in place)."""
     return model(**{k: v.clone() for k, v in b.items()})
@@ -207,12 +218,8 @@ def test_path_weights_weight_the_sum() -> None:
 
 @pytest.mark.parametrize("ctc_weight", [1.0, 0.3])
 def test_distillation_adds_kl_to_students_only(ctc_weight: float) -> None:
-    plain = build(ctc_weight=ctc_weight, sampling="all", distill_weight=0.0)
-    distilled = build(ctc_weight=ctc_weight, sampling="all", distill_weight=0.5,
-                      distill_temperature=2.0)
-    distilled.load_state_dict(plain.state_dict())
-    plain.train()
-    distilled.train()
+    plain, distilled = plain_and_variant({"ctc_weight": ctc_weight, "sampling": "all"},
+                                         distill_weight=0.5, distill_temperature=2.0)
     b = batch()
     _, s0, _ = step(plain, b)
     _, s1, _ = step(distilled, b)
@@ -228,11 +235,8 @@ def test_distillation_adds_kl_to_students_only(ctc_weight: float) -> None:
 
 
 def test_distillation_joins_after_its_start_step() -> None:
-    plain = build(sampling="all", distill_weight=0.0)
-    delayed = build(sampling="all", distill_weight=0.5, distill_start_steps=1)
-    delayed.load_state_dict(plain.state_dict())
-    plain.train()
-    delayed.train()
+    plain, delayed = plain_and_variant({"sampling": "all"}, distill_weight=0.5,
+                                       distill_start_steps=1)
     b = batch()
     _, s0, _ = step(plain, b)
     _, first, _ = step(delayed, b)
@@ -445,20 +449,34 @@ def test_real_encoder_step() -> None:
     assert model.encoder.active_subsystem == model.space.largest
 
 
+def shared_and_separate(make) -> tuple:
+    """``make(True)`` and ``make(False)`` (front shared or not) with the same weights, in
+    training mode, and a batch of 20 features a frame for a conv2d front."""
+    shared, separate = make(True), make(False)
+    separate.load_state_dict(shared.state_dict())
+    shared.train()
+    separate.train()
+    b = batch(frames=40)
+    b["speech"] = b["speech"].repeat(1, 1, 5)
+    return shared, separate, b
+
+
+def assert_same_gradients(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            assert torch.allclose(p.grad, q.grad, atol=1e-5), name
+
+
 def test_shared_input_layer_runs_once_and_changes_nothing() -> None:
 
     def make(share: bool) -> ESPnetAllInOneASRModel:
         return build(encoder=_small_conformer("conv2d"), sampling="all",
                      share_input_layer=share, seed=3)
 
-    shared, separate = make(True), make(False)
-    separate.load_state_dict(shared.state_dict())
+    shared, separate, b = shared_and_separate(make)
     calls = []
     shared.encoder.embed.conv.register_forward_hook(lambda *_: calls.append(1))
-    b = batch(frames=40)
-    b["speech"] = b["speech"].repeat(1, 1, 5)
-    shared.train()
-    separate.train()
     loss_a, stats_a, _ = step(shared, b)
     loss_b, stats_b, _ = step(separate, b)
     assert len(calls) == 1  # 8 paths, one subsampling
@@ -468,8 +486,7 @@ def test_shared_input_layer_runs_once_and_changes_nothing() -> None:
         assert torch.allclose(stats_a[key], stats_b[key], rtol=1e-5), key
     loss_a.backward()
     loss_b.backward()
-    for (name, p), q in zip(shared.named_parameters(), separate.parameters()):
-        assert torch.allclose(p.grad, q.grad, atol=1e-5), name
+    assert_same_gradients(shared, separate)
     assert "forward" not in vars(shared.encoder.embed)  # patch removed after the step
 
 
@@ -556,12 +573,8 @@ def test_twin_distillation_pulls_quantized_paths_to_their_float_twin(with_twin: 
     path's loss; the twin's logits come from the step when it ran, else from an extra
     forward of the twin: the same value either way."""
     paths = ["d1-w0.5-int4"] + (["d1-w0.5-fp"] if with_twin else [])
-    plain = build(ctc_weight=1.0, sampling="explicit", subsystems=paths)
-    twin = build(ctc_weight=1.0, sampling="explicit", subsystems=paths,
-                 distill_twin_weight=0.5, distill_temperature=2.0)
-    twin.load_state_dict(plain.state_dict())
-    plain.train()
-    twin.train()
+    plain, twin = plain_and_variant({"ctc_weight": 1.0, "sampling": "explicit", "subsystems": paths},
+                                    distill_twin_weight=0.5, distill_temperature=2.0)
     b = batch()
     _, s0, _ = step(plain, b)
     _, s1, _ = step(twin, b)
@@ -582,11 +595,9 @@ def test_twin_distillation_pulls_quantized_paths_to_their_float_twin(with_twin: 
 def test_twin_distillation_waits_for_the_quantized_paths_and_its_start() -> None:
     """No twin KL (and no extra forward) while every path runs in float, nor before
     ``distill_start_steps``."""
-    plain = build(ctc_weight=1.0, sampling="explicit", subsystems=["d2-w1-int4"])
     for conf in ({"float_warmup_steps": 1}, {"distill_start_steps": 1}):
         model = build(ctc_weight=1.0, sampling="explicit", subsystems=["d2-w1-int4"],
                       distill_twin_weight=1.0, **conf)
-        model.load_state_dict(plain.state_dict(), strict=False)
         model.train()
         _, first, _ = step(model, batch())
         _, second, _ = step(model, batch())
@@ -609,22 +620,14 @@ def test_twin_teacher_forward_never_feeds_the_shared_front_without_gradient() ->
                      subsystems=["d2-w1-int4", "d1-w1-fp"], distill_twin_weight=1.0,
                      share_input_layer=share)
 
-    shared, separate = make(True), make(False)
-    separate.load_state_dict(shared.state_dict())
-    b = batch(frames=40)
-    b["speech"] = b["speech"].repeat(1, 1, 5)
-    shared.train()
-    separate.train()
+    shared, separate, b = shared_and_separate(make)
     loss_a, stats_a, _ = step(shared, b)
     loss_b, _, _ = step(separate, b)
     assert float(stats_a["kl_twin_d2-w1-int4"]) > 0
     assert torch.allclose(loss_a, loss_b, rtol=1e-5)
     loss_a.backward()
     loss_b.backward()
-    for (name, p), q in zip(shared.named_parameters(), separate.parameters()):
-        assert (p.grad is None) == (q.grad is None), name
-        if p.grad is not None:
-            assert torch.allclose(p.grad, q.grad, atol=1e-5), name
+    assert_same_gradients(shared, separate)
 
 
 def test_bad_twin_distillation_settings() -> None:
