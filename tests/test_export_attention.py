@@ -1,5 +1,6 @@
 """ESPnet's attention in its export forms (``onnx_export.export_attention``) gives the
-stock module's values bit for bit, padded batches included, and leaves nothing behind."""
+stock module's values bit for bit, padded batches included, and leaves nothing behind;
+so does the linear-size padding mask (``onnx_export.linear_pad_masks``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ from espnet.nets.pytorch_backend.transformer.attention import (
 )
 from espnet.nets.pytorch_backend.transformer.embedding import RelPositionalEncoding
 
-from espnet_allinone.deploy.onnx_export import export_attention
+from espnet_allinone.deploy.onnx_export import (
+    export_attention,
+    linear_pad_mask,
+    linear_pad_masks,
+)
 
 
 def _inputs(lengths: list[int], dim: int = 32, seed: int = 0):
@@ -60,3 +65,26 @@ def test_a_subclass_with_its_own_forms_keeps_them():
         assert "rel_shift" not in vars(attn)  # its own override runs
         assert "forward_attention" in vars(attn)
     assert "forward_attention" not in vars(attn)
+
+
+@pytest.mark.parametrize("lengths", [[7], [5, 3, 1], [4, 9, 9, 2]])
+def test_linear_pad_mask_equals_espnets(lengths):
+    from espnet.nets.pytorch_backend.nets_utils import make_pad_mask
+
+    lengths = torch.tensor(lengths)
+    assert torch.equal(linear_pad_mask(lengths, stock=make_pad_mask), make_pad_mask(lengths))
+    xs = torch.zeros(len(lengths), 3, int(lengths.max()))  # other calls: ESPnet's own
+    assert torch.equal(linear_pad_mask(lengths, xs, stock=make_pad_mask),
+                       make_pad_mask(lengths, xs))
+
+
+def test_linear_pad_masks_patch_the_encoders_and_restore_them():
+    from espnet.nets.pytorch_backend import nets_utils
+    from espnet2.asr.encoder import conformer_encoder
+
+    stock = nets_utils.make_pad_mask
+    with linear_pad_masks():
+        assert conformer_encoder.make_pad_mask is not stock
+        mask = conformer_encoder.make_pad_mask(torch.tensor([3, 1]))
+    assert conformer_encoder.make_pad_mask is stock
+    assert torch.equal(mask, stock(torch.tensor([3, 1])))

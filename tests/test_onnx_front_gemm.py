@@ -19,6 +19,7 @@ from helpers.toy_experiment import DEFAULT_ENCODER_CONF, shared_toy_experiment
 
 from espnet_allinone.deploy import onnx_export, onnx_front
 from espnet_allinone.deploy.build import ensure_exported, export_dir_for
+from espnet_allinone.deploy.onnx_front_flatten import flatten_front_channels_last
 from espnet_allinone.errors import AllInOneError
 from espnet_allinone.export.extract import Extractor
 
@@ -118,6 +119,36 @@ def test_int8_front_agrees_with_the_exact_export(toy, capsys):
               f"{np.abs(np.exp(got) - np.exp(want)).max():.4f}")
     assert agreement >= AGREEMENT
     assert np.abs(np.exp(got) - np.exp(want)).max() < 0.5
+
+
+@pytest.mark.parametrize("mode", ["int8", "gemm"])
+def test_channel_last_flatten_drops_two_transposes_and_changes_no_int8_output(toy, mode):
+    """The front GEMM's channel-last output feeds the subsampling Linear directly (its
+    weight rows permuted): in float the same values up to the order of summation, and
+    after dynamic int8 bit for bit the same, padded batch included."""
+    front = onnx_front.rewrite_front(toy["fp32"], toy["root"] / f"{mode}.front.onnx", mode).path
+    flat = toy["root"] / f"{mode}.flat.onnx"
+    assert flatten_front_channels_last(front, flat) == ["/encoder/embed/out/out.0/MatMul"]
+
+    def transposes(path) -> int:
+        return sum(n.op_type == "Transpose" for n in report_nodes(path))
+
+    assert transposes(flat) == transposes(front) - 2
+    int8 = {p: onnx_export.quantize_onnx_int8(p, p.with_suffix(".q.onnx")) for p in (front, flat)}
+    for feats in ({"feats": _feats(300), "feats_lengths": np.array([300])},
+                  {"feats": _feats(257, batch=2, seed=3), "feats_lengths": np.array([257, 180])}):
+        want, got = _session(front).run(None, feats), _session(flat).run(None, feats)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-4)
+        want, got = _session(int8[front]).run(None, feats), _session(int8[flat]).run(None, feats)
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_channel_last_flatten_leaves_a_conv_front_alone(toy):
+    flat = toy["root"] / "conv.flat.onnx"
+    assert flatten_front_channels_last(toy["fp32"], flat) == []
+    assert [n.op_type for n in report_nodes(flat)] == [n.op_type for n in report_nodes(toy["fp32"])]
 
 
 def test_auto_decides_each_layer_by_measurement(toy):

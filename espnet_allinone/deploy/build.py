@@ -268,6 +268,7 @@ def _export(config: Path, model_file: Path, out: Path, variants: Sequence[str], 
     from espnet_allinone.deploy import (
         onnx_export,
         onnx_front,
+        onnx_front_flatten,
         onnx_lowbit,
         onnx_pointwise,
     )
@@ -302,6 +303,7 @@ def _export(config: Path, model_file: Path, out: Path, variants: Sequence[str], 
         # weights, every low-bit Linear an int8 GEMM too (faster here than MatMulNBits)
         unpacked = out / "model.unpacked.onnx"
         pointwise = onnx_pointwise.pointwise_convs_as_matmuls(fast_source, unpacked)
+        onnx_front_flatten.flatten_front_channels_last(unpacked, unpacked)
         int8_decision = onnx_lowbit.quantize_int8_best(
             unpacked, out / VARIANT_FILES["int8"], front.n_mels, convs, threads)
         unpacked.unlink()

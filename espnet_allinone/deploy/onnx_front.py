@@ -7,10 +7,11 @@ caps how fast a small subsystem can run. Its int8 matrix product
 (``MatMulInteger``, VNNI/AMX where the CPU has them) is fast, so each Conv2d
 can be written as one over patches:
 
-* the input [B, C, H, W] is quantized once, per tensor
-  (``DynamicQuantizeLinear``: uint8 codes, scale, zero point; before the
-  unfold, so the patches are moved as bytes, not floats),
-* transposed to [B, H, W, C] and unfolded by kh x kw strided ``Slice`` s
+* the input [B, C, H, W] is transposed to [B, H, W, C] (onnxruntime folds
+  that into the reordering of the preceding Conv's output) and quantized
+  once, per tensor (``DynamicQuantizeLinear``: uint8 codes, scale, zero
+  point; before the unfold, so the patches are moved as bytes, not floats),
+* unfolded by kh x kw strided ``Slice`` s
   (offset (i, j), step = stride, ends counted from the end so any H, W work)
   concatenated on the last axis: [B, Ho, Wo, kh x kw x C] (im2col, no gather),
 * multiplied by the weight quantized per output channel (int8, symmetric),
@@ -169,12 +170,12 @@ def gemm_nodes(layer: FrontLayer, x: str, y: str, kind: str, prefix: str) -> tup
         top, left, bottom, right = layer.pads
         x = node("Pad", [x, const("pads", np.array([0, 0, top, left, 0, 0, bottom, right],
                                                    dtype=np.int64))], "padded", mode="constant")
+    nhwc = node("Transpose", [x], "nhwc", perm=[0, 2, 3, 1])
     if kind == "int8":
         q = f"{prefix}:xq"
-        nodes.append(helper.make_node("DynamicQuantizeLinear", [x], [
+        nodes.append(helper.make_node("DynamicQuantizeLinear", [nhwc], [
             q, f"{prefix}:x_scale", f"{prefix}:x_zero"]))
-        x = q
-    nhwc = node("Transpose", [x], "nhwc", perm=[0, 2, 3, 1])
+        nhwc = q
     axes, steps = const("axes", np.array([1, 2], dtype=np.int64)), \
         const("steps", np.array([sh, sw], dtype=np.int64))
     patches = []
