@@ -90,7 +90,7 @@ def flatten_front_channels_last(src: Path, dst: Path) -> list[str]:
         nodes = []
         for node in graph.node:
             nodes.extend(replace.get(node.name or node.output[0], [node]))
-        set_nodes(graph, _live(nodes, [o.name for o in graph.output]), added)
+        set_nodes(graph, nodes, added)  # drops the bypassed transposes and shape arithmetic
     onnx.save(model, str(dst))
     return rewritten
 
@@ -110,14 +110,3 @@ def _gemm_channels(graph, value: str, weights: dict) -> int | None:
             return None
         value = node.input[0]
     return None
-
-
-def _live(nodes: list, outputs: list[str]) -> list:
-    """``nodes`` without those whose outputs nothing reads (the replaced transposes and
-    the shape arithmetic of the replaced reshape), in their order."""
-    needed, keep = set(outputs), []
-    for node in reversed(nodes):
-        if any(o in needed for o in node.output):
-            keep.append(node)
-            needed.update(i for i in node.input if i)
-    return keep[::-1]

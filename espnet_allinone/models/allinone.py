@@ -457,8 +457,10 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
                 if isinstance(running, Subsystem):
                     step_logits[running] = logits
                 if self.distill_twin_weight > 0 and isinstance(sub, Subsystem):
-                    kl = self._twin_kl(sub, logits, step_logits, twin_weight > 0,
-                                       feats, feats_lengths, text, text_lengths)
+                    kl = (self._twin_kl(sub, logits, step_logits, feats, feats_lengths,
+                                        text, text_lengths)
+                          if twin_weight > 0 and not sub.is_float  # a float path is its twin
+                          else torch.zeros((), device=feats.device))
                     pstats["kl_twin"] = kl.detach()
                     loss = loss + twin_weight * kl
                 if self.distill_weight > 0:
@@ -492,12 +494,10 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
         return total, stats, weight
 
     def _twin_kl(self, sub: Subsystem, logits: dict, step_logits: dict[Subsystem, dict],
-                 active: bool, feats: torch.Tensor, feats_lengths: torch.Tensor,
+                 feats: torch.Tensor, feats_lengths: torch.Tensor,
                  text: torch.Tensor, text_lengths: torch.Tensor) -> torch.Tensor:
-        """KL from ``sub``'s float twin to ``sub`` (zero for a float path, or while
-        inactive: then no extra forward runs)."""
-        if sub.is_float or not active:
-            return torch.zeros((), device=feats.device)
+        """KL from quantized ``sub``'s float twin to ``sub``: the twin's logits from this
+        step (``step_logits``), else from one forward without gradient."""
         twin = sub.with_precision("fp")
         teacher = step_logits.get(twin)
         if teacher is None:
