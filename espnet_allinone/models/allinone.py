@@ -106,6 +106,7 @@ from espnet_allinone.pruning.distill import LayerDistillation, block_outputs
 from espnet_allinone.pruning.targets import target_key
 from espnet_allinone.search.records import MixedRecord, build_arch, uniform_record
 from espnet_allinone.subsystem import Subsystem
+from espnet_allinone.train.ddp_exit import install_exit_yield
 from espnet_allinone.train.distill import length_mask, masked_kl
 from espnet_allinone.train.sampling import (
     StepPaths,
@@ -230,6 +231,7 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
         # The sampler position: in the state dict, hence in every checkpoint.
         self.register_buffer("sampler_step", torch.zeros((), dtype=torch.long))
         self._setup_pruning(layer_distill_weight, layer_distill_teacher, pruned_precisions)
+        install_exit_yield()  # a DDP rank's clean exit (see ddp_exit)
 
     def _check_encoder(self) -> None:
         """Refuse an encoder without subsystems by name; note once whether it is a whole
