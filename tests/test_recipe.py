@@ -278,16 +278,20 @@ def test_baselines_stage_adds_alone_wer_and_training_time_ratio(prepared: Path) 
 def test_baseline_config_trains_one_path(tmp_path: Path) -> None:
     from espnet_allinone.bin import recipe_util
 
-    out = tmp_path / "alone.yaml"
-    assert recipe_util.main(["baseline_config", "--config", str(RECIPE / "conf" /
-                             "train_allinone.yaml"), "--subsystem", "d2-w0.5-int4",
-                             "--out", str(out)]) == 0
+    out, config = tmp_path / "alone.yaml", tmp_path / "allinone.yaml"
+    allinone = yaml.safe_load((RECIPE / "conf" / "train_allinone.yaml").read_text())
+    allinone["model_conf"]["distill_twin_weight"] = 0.5
+    config.write_text(yaml.safe_dump(allinone))
+    assert recipe_util.main(["baseline_config", "--config", str(config),
+                             "--subsystem", "d2-w0.5-int4", "--out", str(out)]) == 0
     conf = yaml.safe_load(out.read_text())
     assert conf["model_conf"]["sampling"] == "explicit"
     assert conf["model_conf"]["subsystems"] == ["d2-w0.5-int4"]
     assert conf["model_conf"]["valid_subsystems"] == ["d2-w0.5-int4"]
     assert conf["model_conf"]["distill_weight"] == 0.0
-    assert "draw_weights" not in conf["model_conf"]  # the sampler refuses them with one path
+    # One path: nothing drawn, nothing distilled (no twin KL from its own float path).
+    assert not {"draw_weights", "distill_temperature", "distill_start_steps",
+                "distill_twin_weight"} & set(conf["model_conf"])
     assert conf["encoder_conf"] == yaml.safe_load(
         (RECIPE / "conf" / "train_allinone.yaml").read_text())["encoder_conf"]
     assert recipe_util.main(["baseline_config", "--config", str(RECIPE / "conf" /

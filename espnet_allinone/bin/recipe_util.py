@@ -165,7 +165,12 @@ def baseline_config(config_path: Path, subsystem: str, out: Path) -> None:
         config.get("encoder_conf") or {}, Subsystem.parse(sub[0]))
     mc = dict(config.get("model_conf") or {})
     mc.update(sampling="explicit", subsystems=sub, valid_subsystems=sub)
-    mc.pop("draw_weights", None)  # one path: nothing is drawn
+    # One path: nothing is drawn and nothing teaches it (the twin KL would distil the
+    # twin from its own float path), so no sampling or distillation setting reaches the
+    # twin, nor its recorded config (a new temperature keeps the trained twins current).
+    for key in ("draw_weights", "distill_temperature", "distill_start_steps",
+                "distill_twin_weight"):
+        mc.pop(key, None)
     if "distill_weight" in mc:
         mc["distill_weight"] = 0.0
     config["model_conf"] = mc
