@@ -26,15 +26,14 @@ GIL_YIELD_SECONDS = 0.5
 _installed = False
 
 
-def yield_to_collective_threads() -> None:
-    """Release the GIL briefly if this process is a rank of a process group."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        time.sleep(GIL_YIELD_SECONDS)
-
-
 def install_exit_yield() -> None:
-    """Run :func:`yield_to_collective_threads` at exit (once per process)."""
+    """If this process is a rank of a process group, release the GIL briefly at exit.
+
+    Decided now, not at exit: a script may destroy the group before it exits, and
+    gloo's threads outlive that. ESPnet initialises the group before it builds the
+    model, whose constructor calls this; once per process.
+    """
     global _installed
-    if not _installed:
-        atexit.register(yield_to_collective_threads)
+    if not _installed and torch.distributed.is_available() and torch.distributed.is_initialized():
+        atexit.register(time.sleep, GIL_YIELD_SECONDS)
         _installed = True
