@@ -28,6 +28,10 @@ subsystem, and times, on the same 10 s of audio, in one run, interleaved:
                        convolutions (conv2d front included, ConvInteger) where that
                        is measured faster at export (the choice is printed)
 
+``--elastic_front`` adds the smallest subsystem of the same model built with
+``encoder_conf.elastic_front: true`` (runtimes marked EF): its conv2d front
+keeps width x the channels, the lever on small subsystems' speed and memory.
+
 The header names the CPU and the int8 features onnxruntime's kernels can use
 (AVX2, AVX-VNNI, AVX-512 VNNI, AMX, from /proc/cpuinfo). RTF = compute
 seconds / audio seconds (fastest of the interleaved rounds, median in
@@ -283,6 +287,9 @@ def main() -> None:
     p.add_argument("--float_files", action="store_true",
                    help="memory table: also the dequantized float .onnx of each subsystem")
     p.add_argument("--workdir", type=Path, default=None)
+    p.add_argument("--elastic_front", action="store_true",
+                   help="also time the smallest subsystem of the same model built with "
+                        "encoder_conf.elastic_front: true (runtime rows marked EF)")
     args = p.parse_args()
     threads_list = [int(t) for t in args.threads.split(",")]
 
@@ -323,10 +330,18 @@ def main() -> None:
     runners: dict[tuple[int, str, str], object] = {}
     sizes: dict[tuple[str, str], int] = {}
     dirs, kernel_notes = {}, {}
-    for sub in subs:
-        result = extractor.extract(sub, work / "extracted", verify=False, overwrite=True)
-        dirs[sub] = result.directory
-        sizes[sub, "model.pth"] = result.disk_bytes
+    # (subsystem, runtime suffix, extractor): EF rows come from the elastic-front model
+    jobs = [(sub, "", extractor) for sub in subs]
+    if args.elastic_front:
+        ef_paths = write_toy_experiment(work / "allinone_ef", encoder_conf={
+            **conf, "elastic_front": True}, n_mels=n_mels, decoder="transformer",
+            model="allinone")
+        jobs.append((smallest, " EF", Extractor(ef_paths["config"], ef_paths["model"])))
+    for sub, suffix, source in jobs:
+        result = source.extract(sub, work / f"extracted{suffix.strip()}", verify=False,
+                                overwrite=True)
+        dirs[sub + suffix] = result.directory
+        sizes[sub, "model.pth" + suffix] = result.disk_bytes
         model, _ = ASRTask.build_model_from_file(
             result.directory / "config.yaml", result.directory / "model.pth", "cpu")
         model.eval()
@@ -334,21 +349,25 @@ def main() -> None:
         out = ensure_exported(result.directory, variants=("exact", "int8", "fast") if low_bit
                               else ("exact", "int8"), kernels=args.kernels, log=lambda _m: None)
         meta = json.loads((out / "deploy.json").read_text())
-        kernel_notes[sub] = [*meta["kernel_decisions"],
-                             *(f"fast variant: {d}" for d in meta["fast_kernel_decisions"] or ()),
-                             "int8 variant: " + meta["variants"]["int8"]["kernels"]]
+        kernel_notes[sub + suffix] = [
+            *meta["kernel_decisions"],
+            *(f"fast variant: {d}" for d in meta["fast_kernel_decisions"] or ()),
+            "int8 variant: " + meta["variants"]["int8"]["kernels"]]
         q8 = onnx_export.int8_dynamic(model) if sub in (full, smallest) else None
         for threads in threads_list:
             if sub in (full, smallest):
-                runners[threads, sub, "torch float"] = _torch_runner(model, speech_t)
-                runners[threads, sub, "torch int8"] = _torch_runner(q8, speech_t)
+                runners[threads, sub, "torch float" + suffix] = _torch_runner(model, speech_t)
+                runners[threads, sub, "torch int8" + suffix] = _torch_runner(q8, speech_t)
+                sizes[sub, "torch float" + suffix] = sizes[sub, "torch int8" + suffix] = \
+                    result.disk_bytes
             if sub == smallest:
-                runners[threads, sub, "torch front only"] = _front_runner(model, speech_t)
+                runners[threads, sub, "torch front only" + suffix] = _front_runner(model,
+                                                                                   speech_t)
             for variant in ("exact", "fast", "int8") if low_bit else ("exact", "int8"):
                 asr = OnnxSpeech2Text(out, variant, threads)
-                runners[threads, sub, f"ours {variant}"] = lambda a=asr: a(SPEECH)
-                sizes[sub, f"ours {variant}"] = meta["variants"][variant]["bytes"]
-        log(f"  prepared {sub}")
+                runners[threads, sub, f"ours {variant}{suffix}"] = lambda a=asr: a(SPEECH)
+                sizes[sub, f"ours {variant}{suffix}"] = meta["variants"][variant]["bytes"]
+        log(f"  prepared {sub}{suffix}")
     peer = "skipped (--no_espnet_onnx)" if args.no_espnet_onnx else \
         _espnet_onnx(dirs[full], work, threads_list, log)
     if isinstance(peer, dict):
@@ -371,7 +390,9 @@ def main() -> None:
     print(f"{shape}, {args.seconds:.0f} s "
           f"of audio, {args.repeats} interleaved rounds; RTF of the fastest round (median); "
           f"speed-up vs {full} torch float at the same thread count; MB = the file that runs "
-          f"(model.pth for torch, .onnx for onnxruntime)")
+          f"(model.pth for torch, .onnx for onnxruntime)"
+          + ("; EF: the same subsystem of the model built with elastic_front: true (its "
+             "front keeps width x channels)" if args.elastic_front else ""))
     print(f"{'threads':>7} {'subsystem':<14} {'runtime':<18} {'MB':>7} {'RTF':>8} "
           f"{'(median)':>9} {'speed-up':>9}")
     for t, sub, name, nbytes, rtf, med, speedup in rows:
@@ -380,22 +401,26 @@ def main() -> None:
     if not isinstance(peer, dict):
         print(f"espnet_onnx: {peer}; its published figure instead: {ESPNET_ONNX_PUBLISHED}")
     print("\nkernel choices (ours exact, kernels=" + args.kernels + "):")
-    for sub in subs:
-        for line in kernel_notes[sub]:
-            print(f"  {sub}: {line}")
+    for key, lines in kernel_notes.items():
+        for line in lines:
+            print(f"  {key}: {line}")
 
     print("\ntargets (issue 19; ratios to torch float, full model, same threads):")
     for t in threads_list:
         got = {(sub, name): s for tt, sub, name, _, _, _, s in rows if tt == t}
 
-        def best(sub: str, variants=("ours exact", "ours fast", "ours int8"), got=got) -> float:
-            return max(got.get((sub, v), 0.0) for v in variants)
+        def best(sub: str, variants=("ours exact", "ours fast", "ours int8"), got=got,
+                 suffix: str = "") -> float:
+            return max(got.get((sub, v + suffix), 0.0) for v in variants)
 
         int8 = max([best(sub) for sub in fulls if sub.endswith("-int8")]
                    + [got.get((full, "ours int8"), 0.0)])
         checks = [("full-size int8 >= 2.5x", int8, 2.5)]
         checks += [(f"{sub} >= 2.5x", best(sub), 2.5) for sub in fulls if sub.endswith("-int4")]
         checks.append((f"smallest subsystem {smallest} >= 6x", best(smallest), 6.0))
+        if args.elastic_front:
+            checks.append((f"smallest subsystem {smallest}, elastic front >= 6x",
+                           best(smallest, suffix=" EF"), 6.0))
         for name, value, target in checks:
             print(f"  {t} thread(s): {name}: {value:.2f}x ({'met' if value >= target else 'NOT met'})")
         if isinstance(peer, dict):
@@ -410,36 +435,37 @@ def main() -> None:
           "file sizes; session start-up (s) and resident memory after it (RSS MB); peak RSS "
           f"of the process with 1 and {args.batch} utterances; RTF = compute / audio seconds "
           "of the whole batch")
-    print(f"{'subsystem':<14} {'weights':<8} {'.pth MB':>7} {'.onnx MB':>8} {'start s':>7} "
+    print(f"{'subsystem':<14} {'weights':<9} {'.pth MB':>7} {'.onnx MB':>8} {'start s':>7} "
           f"{'RSS MB':>7} {'RTF x1':>8} {'peak MB x1':>10} {'RTF x' + str(args.batch):>9} "
           f"{'peak MB x' + str(args.batch):>12}")
     peaks: dict[str, float] = {}
     size_checks: list[str] = []
-    for sub in subs:
-        out = export_dir_for(dirs[sub])
-        rows = [("packed" if not sub.endswith("-fp") else "float", out)]
+    for sub, suffix, _ in jobs:
+        out = export_dir_for(dirs[sub + suffix])
+        rows = [(("packed" if not sub.endswith("-fp") else "float") + suffix, out)]
         if args.float_files and not sub.endswith("-fp"):
-            rows.append(("float", _float_file_dir(out, dirs[sub] / "model.pth", args.kernels)))
+            rows.append(("float" + suffix, _float_file_dir(
+                out, dirs[sub + suffix] / "model.pth", args.kernels)))
         for storage, directory in rows:
             one = _memory(directory, "exact", threads_list[-1], 1, samples)
             many = _memory(directory, "exact", threads_list[-1], args.batch, samples)
             assert not one["heavy"] and not many["heavy"], (one, many)
             onnx_mb = (directory / "model.onnx").stat().st_size / 1e6
-            print(f"{sub:<14} {storage:<8} {sizes[sub, 'model.pth'] / 1e6:>7.2f} "
+            print(f"{sub:<14} {storage:<9} {sizes[sub, 'model.pth' + suffix] / 1e6:>7.2f} "
                   f"{onnx_mb:>8.2f} {one['load_s']:>7.2f} {one['load_rss_kb'] / 1024:>7.1f} "
                   f"{one['seconds'] / args.seconds:>8.4f} {one['peak_kb'] / 1024:>10.1f} "
                   f"{many['seconds'] / (args.batch * args.seconds):>9.4f} "
                   f"{many['peak_kb'] / 1024:>12.1f}")
             if directory == out:
-                peaks[sub] = one["peak_kb"] / 1024
+                peaks[sub + suffix] = one["peak_kb"] / 1024
                 if not sub.endswith("-fp"):
-                    ratio = onnx_mb * 1e6 / sizes[sub, "model.pth"]
-                    size_checks.append(f"  {sub}: .onnx / packed .pth = {ratio:.2f}x "
+                    ratio = onnx_mb * 1e6 / sizes[sub, "model.pth" + suffix]
+                    size_checks.append(f"  {sub}{suffix}: .onnx / packed .pth = {ratio:.2f}x "
                                        f"({'met' if ratio <= 1.2 else 'NOT met'}: <= 1.2x)")
-    for sub in subs:
+    for sub, suffix, _ in jobs:
         if sub.endswith("-int2"):
-            ratio = peaks[sub] / peaks[full]
-            size_checks.append(f"  {sub}: peak memory / {full}'s = {ratio:.2f}x "
+            ratio = peaks[sub + suffix] / peaks[full]
+            size_checks.append(f"  {sub}{suffix}: peak memory / {full}'s = {ratio:.2f}x "
                                f"({'met' if ratio <= 0.5 else 'NOT met'}: <= 0.5x)")
     print("\ntargets (issue 19; files and peak memory with one utterance; the .pth also "
           "holds the small attention decoder espnet_onnx's exporter needs, the .onnx is "

@@ -93,12 +93,15 @@ class BlockLimits:
 @dataclass(frozen=True)
 class SubnetArch:
     """One subsystem's whole encoder: its logical blocks, the front and the output;
-    ``decoder_bits``: the attention decoder's block weights (full width and depth)."""
+    ``decoder_bits``: the attention decoder's block weights (full width and depth);
+    ``front_channels``: the subsampling front's channels when it keeps only the
+    first ones (``elastic_front``; None: all)."""
 
     blocks: tuple[BlockArch, ...]
     front_bits: int = FLOAT_BITS
     output_bits: int = FLOAT_BITS
     decoder_bits: int = FLOAT_BITS
+    front_channels: int | None = None
 
     @property
     def depth(self) -> int:
@@ -139,7 +142,8 @@ class SubnetArch:
         stacked encoder holding copies of shared blocks runs)."""
         blocks = tuple(BlockArch(i, b.heads, b.ffn_units, b.conv_channels, b.bits)
                        for i, b in enumerate(self.blocks))
-        return SubnetArch(blocks, self.front_bits, self.output_bits, self.decoder_bits)
+        return SubnetArch(blocks, self.front_bits, self.output_bits, self.decoder_bits,
+                          self.front_channels)
 
     def check(self, limits: Sequence[BlockLimits]) -> None:
         """Raise ArchError naming the first entry that does not fit the model."""
@@ -190,7 +194,8 @@ class SubnetArch:
             ],
             "front_bits": self.front_bits,
         } | ({"output_bits": self.output_bits} if self.output_bits != FLOAT_BITS else {}) \
-          | ({"decoder_bits": self.decoder_bits} if self.decoder_bits != FLOAT_BITS else {})
+          | ({"decoder_bits": self.decoder_bits} if self.decoder_bits != FLOAT_BITS else {}) \
+          | ({"front_channels": self.front_channels} if self.front_channels is not None else {})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SubnetArch:
@@ -203,17 +208,22 @@ class SubnetArch:
                            for b in data["blocks"])
         except (KeyError, TypeError) as e:
             raise ArchError(f"architecture record lacks {e}") from None
+        channels = data.get("front_channels")
         return cls(blocks, data.get("front_bits", FLOAT_BITS),
-                   data.get("output_bits", FLOAT_BITS), data.get("decoder_bits", FLOAT_BITS))
+                   data.get("output_bits", FLOAT_BITS), data.get("decoder_bits", FLOAT_BITS),
+                   None if channels is None else int(channels))
 
     # --- the extracted model's encoder_conf --------------------------------
     def to_conf(self) -> dict[str, Any]:
-        """``block_archs`` (+ ``block_schedule`` when blocks are shared) of a packed config."""
+        """``block_archs`` (+ ``block_schedule`` when blocks are shared, ``front_bits`` and
+        ``front_channels`` when not the defaults) of a packed config."""
         conf: dict[str, Any] = {"block_archs": [b.shape() for b in self.stored_blocks()]}
         if not self.is_stacked:
             conf["block_schedule"] = self.stored_schedule()
         if self.front_bits != FLOAT_BITS:
             conf["front_bits"] = self.front_bits
+        if self.front_channels is not None:
+            conf["front_channels"] = self.front_channels
         return conf
 
 

@@ -638,3 +638,28 @@ def test_bad_twin_distillation_settings() -> None:
                                          r"quantized paths, but encoder_conf.precisions is "
                                          r"\['int4', 'int8'\]"):
         build(encoder=enc, distill_twin_weight=0.5)
+
+
+def test_paths_with_different_front_channels_never_share_the_front_output() -> None:
+    """With ``elastic_front`` two paths at the same front bits but different widths run
+    different fronts: sharing computes each once and changes no loss or gradient."""
+    from espnet_allinone.encoders.elastic_conformer import ElasticConformerEncoder
+
+    def make(share: bool) -> ESPnetAllInOneASRModel:
+        enc = ElasticConformerEncoder(
+            FEAT_DIM * 5, output_size=16, attention_heads=2, linear_units=32, num_blocks=2,
+            input_layer="conv2d", cnn_module_kernel=3, depths=[1, 2], widths=[0.5, 1],
+            precisions=["int4", "fp"], part_precisions={"front": "same"}, elastic_front=True,
+            dropout_rate=0.0, positional_dropout_rate=0.0)
+        return build(ctc_weight=1.0, encoder=enc, sampling="explicit", seed=3,
+                     subsystems=["d2-w1-int4", "d1-w0.5-int4"], share_input_layer=share)
+
+    shared, separate, b = shared_and_separate(make)
+    assert shared.encoder.resolve("d1-w0.5-int4").front_channels == 8
+    loss_a, stats_a, _ = step(shared, b)
+    loss_b, stats_b, _ = step(separate, b)
+    for sub in ("d2-w1-int4", "d1-w0.5-int4"):
+        assert torch.allclose(stats_a[f"loss_{sub}"], stats_b[f"loss_{sub}"], rtol=1e-5)
+    loss_a.backward()
+    loss_b.backward()
+    assert_same_gradients(shared, separate)

@@ -394,10 +394,11 @@ class ElasticConv1d(ElasticWeightMixin, nn.Conv1d):
 
 
 class ElasticConv2d(ElasticWeightMixin, nn.Conv2d):
-    """``nn.Conv2d`` (the subsampling front's) with elastic weight precision only.
+    """``nn.Conv2d`` (the subsampling front's) with active channels and precision.
 
-    The front is never narrowed, so the active sets are always all channels; the
-    weight's 2-D view is ``[out, in * kh * kw]``.
+    The weight's 2-D view is ``[out, in * kh * kw]`` (an input channel owns its
+    ``kh * kw`` taps). The front narrows only with ``elastic_front``
+    (``elastic/front.py``); otherwise every channel runs and only bits change.
     """
 
     _kind = "conv2d"
@@ -418,25 +419,20 @@ class ElasticConv2d(ElasticWeightMixin, nn.Conv2d):
     def cols_per_in(self) -> int:
         return self.kernel_size[0] * self.kernel_size[1]
 
-    def set_active(self, out: Units = None, in_: Units = None, bits: int = FLOAT_BITS) -> None:
-        if out not in (None, self.full_out) or in_ not in (None, self.full_in):
-            raise ValueError("ElasticConv2d: the front runs all its channels; only bits change")
-        super().set_active(None, None, bits)
-
     def active_weight_shape(self) -> tuple[int, ...]:
-        return tuple(self.weight.shape)
+        return (self._n_rows(), self.active_in, *self.kernel_size)
 
     def _plain_twin(self) -> nn.Conv2d:
-        return nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size,
-                         stride=self.stride, padding=self.padding, dilation=self.dilation,
-                         bias=self.bias is not None)
+        rows, ins, kh, kw = self.active_weight_shape()
+        return nn.Conv2d(ins, rows, (kh, kw), stride=self.stride, padding=self.padding,
+                         dilation=self.dilation, bias=self.bias is not None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_full:
             return self._conv_forward(x, self.weight, self.bias)
         x = self._maybe_quantize_input(x)
-        return self._conv_forward(x, self.active_weight_2d().reshape(self.weight.shape),
-                                  self.bias)
+        return self._conv_forward(x, self.active_weight_2d().reshape(self.active_weight_shape()),
+                                  self.active_bias())
 
 
 def convert_weight_layer(module: nn.Module) -> ElasticWeightMixin:

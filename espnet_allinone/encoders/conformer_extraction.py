@@ -21,7 +21,8 @@ def encoder_conf(source_conf: dict[str, Any], arch: SubnetArch, *, stock: bool,
                  quant_grid: str | None = None) -> dict[str, Any]:
     """The extracted encoder's options: the source's stock ConformerEncoder options at
     the record's size; for a ``packed_conformer`` (``stock`` False) also the record's
-    per-block shapes (``block_archs``, ``block_schedule``, ``front_bits``) and, for
+    per-block shapes (``block_archs``, ``block_schedule``, ``front_bits``,
+    ``front_channels``) and, for
     low-bit weights, ``quant_symmetric`` and, for a grid other than the integer one,
     ``quant_grid`` (both checked against the file when loading); a shared block keeps
     BatchNorm statistics per position with ``position_stats``."""
@@ -50,7 +51,7 @@ def stock_conformer_misfit(arch: SubnetArch, full_heads: int, model_dim: int,
                            plugin_free: bool) -> str | None:
     """Why ESPnet's own ``conformer`` cannot hold ``arch`` (None: it can). It needs
     every block once, in order, all of one shape with every head and conv channel,
-    and float weights (or low-bit ones written dequantized: ``plugin_free``)."""
+    the whole front, and float weights (or low-bit ones written dequantized: ``plugin_free``)."""
     shapes = [b.shape() for b in arch.blocks]
     first = shapes[0]
     if not arch.is_stacked:
@@ -61,6 +62,8 @@ def stock_conformer_misfit(arch: SubnetArch, full_heads: int, model_dim: int,
         return f"keeps {first['heads']} of {full_heads} attention heads"
     if first.get("conv_channels", model_dim) != model_dim:
         return f"keeps {first['conv_channels']} of {model_dim} conv channels"
+    if arch.front_channels is not None:
+        return f"keeps {arch.front_channels} of {model_dim} front channels"
     if not plugin_free and not arch.is_float:
         return "has low-bit weights"
     return None

@@ -154,8 +154,10 @@ class ElasticConformerEncoder(RejectUnknownOptions, SubsystemSwitching, Conforme
     ``stats_banks`` (default false; true: the conv BatchNorm keeps running
     statistics per width x precision, selected with each subsystem, so eval and
     extraction use the subsystem's own; records outside the grid use the shared
-    statistics; ``encoders/stats_banks.py``). See the module docstring for what
-    is quantized and what stays float.
+    statistics; ``encoders/stats_banks.py``), ``elastic_front`` (default false; true:
+    the conv2d subsampling front keeps the first ``width`` of its channels, so a
+    narrow subsystem has a narrow front; ``elastic/front.py``). See the module
+    docstring for what is quantized and what stays float.
     """
 
     family = CONFORMER
@@ -178,6 +180,7 @@ class ElasticConformerEncoder(RejectUnknownOptions, SubsystemSwitching, Conforme
         prune_conf: dict | None = None,
         depth_norms: bool = False,
         stats_banks: bool = False,
+        elastic_front: bool = False,
         **stock_options: Any,
     ):
         space = self.search_space({**stock_options, "depths": depths, "widths": widths,
@@ -195,6 +198,11 @@ class ElasticConformerEncoder(RejectUnknownOptions, SubsystemSwitching, Conforme
         super().__init__(input_size=input_size, **{**stock_options, "num_blocks": physical})
         self._init_elastic(space, quant_config, part_precisions, seed_blocks, unfold,
                            position_count(space.num_blocks, seed_blocks, position_stats))
+        if elastic_front:
+            if prune_targets:
+                raise ValueError("elastic_front with prune_targets: a pruned subsystem keeps "
+                                 "the whole front; use one or the other")
+            self.make_front_elastic()
         self._make_elastic()
         if stats_banks:
             self.make_stats_banks()

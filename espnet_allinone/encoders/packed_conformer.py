@@ -9,8 +9,9 @@ in place to the shapes of its architecture record: ``block_archs`` (one entry
 per stored block: ``heads``, ``ffn_units`` (one per feed-forward module),
 ``conv_channels``, ``bits``), ``block_schedule`` (the stored block each
 logical block runs; default each once, in order; with ``position_stats`` a
-shared block's conv BatchNorm keeps statistics per position) and
-``front_bits``. Its
+shared block's conv BatchNorm keeps statistics per position),
+``front_bits`` and ``front_channels`` (a front narrowed to its first channels,
+``elastic_front``; default all). Its
 ``state_dict`` stores the low-bit weights bit-packed (uint8 codes, fp16
 scales, integer zero points, the grid when not the integer one, see
 :mod:`espnet_allinone.quant.packed_format`) and loading dequantizes them to
@@ -35,6 +36,7 @@ from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 from torch import nn
 
 from espnet_allinone.elastic.family import is_removed, narrow_block
+from espnet_allinone.elastic.front import narrow_front
 from espnet_allinone.elastic.norm import ElasticBatchNorm1d
 from espnet_allinone.encoders.conformer_family import (
     CONFORMER,
@@ -62,6 +64,7 @@ class PackedConformerEncoder(RejectUnknownOptions, ConformerEncoder):
         block_schedule: list[int] | None = None,
         position_stats: bool = False,
         front_bits: int = FLOAT_BITS,
+        front_channels: int | None = None,
         attention_heads_kept: int | None = None,
         conv_channels: int | None = None,
         weight_bits: int = FLOAT_BITS,
@@ -83,6 +86,8 @@ class PackedConformerEncoder(RejectUnknownOptions, ConformerEncoder):
         if int(conf["num_blocks"]) != len(shapes):
             raise ValueError(f"num_blocks {conf['num_blocks']} but {len(shapes)} block_archs")
         super().__init__(input_size=input_size, **stock_options)
+        if front_channels is not None:
+            narrow_front(self.embed, int(front_channels))
         for block, shape in zip(self.encoders, shapes):
             narrow_block(block, self.family, shape["heads"], shape["ffn_units"],
                          shape.get("conv_channels"))

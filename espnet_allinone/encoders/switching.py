@@ -27,6 +27,7 @@ from espnet_allinone.arch import ArchError, BlockArch, SubnetArch, prefix
 from espnet_allinone.elastic import SizeReport, active_size, convert_weight_layer
 from espnet_allinone.elastic.depth_norm import DepthLayerNorm
 from espnet_allinone.elastic.family import FamilySpec, apply_block, block_limits
+from espnet_allinone.elastic.front import ElasticFront
 from espnet_allinone.elastic.layers import ElasticWeightMixin
 from espnet_allinone.elastic.unfolding import stacked_conf, unfold_schedule
 from espnet_allinone.encoders.stats_banks import (
@@ -89,6 +90,7 @@ class SubsystemSwitching:
     _active: Subsystem
     _active_arch: SubnetArch | None
     _bank_tags: dict[Subsystem, str] | None = None  # stats_banks: true (make_stats_banks)
+    _elastic_front: ElasticFront | None = None  # elastic_front: true (make_front_elastic)
     _bank_norms: tuple[nn.Module, ...] = ()
 
     # --- construction -----------------------------------------------------------
@@ -161,9 +163,11 @@ class SubsystemSwitching:
                                     conv_channels=channels if has_conv else None,
                                     bits=sub.bits))
         parts = self.part_precisions
+        front = self._elastic_front
         return SubnetArch(tuple(blocks), front_bits=parts.bits("front", sub.bits),
                           output_bits=parts.bits("output", sub.bits),
-                          decoder_bits=self._decoder_bits(sub.bits))
+                          decoder_bits=self._decoder_bits(sub.bits),
+                          front_channels=None if front is None else front.channels_for(sub.width))
 
     def pruned_arch(self, sub: Subsystem) -> SubnetArch:
         """The architecture a pruned subsystem's gates have learned (hard gates)."""
@@ -182,6 +186,9 @@ class SubsystemSwitching:
     def check_arch(self, arch: SubnetArch) -> None:
         """Raise ArchError naming the first entry of ``arch`` that does not fit."""
         arch.check([block_limits(b, self.family, self.space.bits) for b in self.blocks])
+        if arch.front_channels is not None and self._elastic_front is None:
+            raise ArchError(f"front channels {arch.front_channels}, but this encoder's front "
+                            "keeps all its channels (elastic_front: false)")
         self._check_blocks(arch)
         self.check_part_bits(arch)
 
@@ -226,8 +233,13 @@ class SubsystemSwitching:
                 apply_block(self.blocks[block.physical], self.family, block)
             except ValueError as err:
                 raise ArchError(f"physical block {block.physical}: {err}") from None
+        narrowed = ()
+        if self._elastic_front is not None:
+            self._elastic_front.set_active(arch.front_channels, arch.front_bits)
+            narrowed = self._elastic_front.layers
         for layer in self._input_layers:
-            layer.set_active(bits=arch.front_bits)
+            if not any(layer is n for n in narrowed):
+                layer.set_active(bits=arch.front_bits)
         for layer in self.output_layers.values():
             layer.set_active(bits=arch.output_bits)
         for layer in self.decoder_layers.values():
@@ -247,11 +259,11 @@ class SubsystemSwitching:
         give every elastic layer its quantizer: the front's layers the front's bits,
         the others the space's."""
         front_bits = self.part_precisions.quantized_bits("front", self.space.bits)
-        self._input_layers = [convert_weight_layer(m) for m in
-                              self.family.front_weight_layers(self).values()] if front_bits else []
+        front_layers = self.family.front_weight_layers(self).values()
+        self._input_layers = [convert_weight_layer(m) for m in front_layers] if front_bits else []
         if all(b == FLOAT_BITS for b in self.space.bits):
             return
-        front = set(map(id, self._input_layers))
+        front = set(map(id, front_layers))  # a float front made elastic stays float
         for name, module in self.named_modules():
             if isinstance(module, ElasticWeightMixin):
                 bits = front_bits if id(module) in front else self.space.bits
@@ -259,6 +271,16 @@ class SubsystemSwitching:
                     module.enable_quantization(bits, self.quant_config)
                 except ValueError as err:
                     raise ValueError(f"encoder layer {name}: {err}") from None
+
+    def make_front_elastic(self) -> None:
+        """Let the subsampling front keep the first ``width`` of its channels in each
+        subsystem (``elastic_front: true``, ``elastic/front.py``)."""
+        self._elastic_front = ElasticFront(self.shared_front())
+
+    @property
+    def elastic_front(self) -> bool:
+        """The front's channels narrow with the subsystem's width."""
+        return self._elastic_front is not None
 
     def make_depth_norm(self) -> None:
         """Give the family's final norm its own weights per depth of the space."""

@@ -564,17 +564,19 @@ class ESPnetAllInOneASRModel(ESPnetASRModel):
     @contextmanager
     def _shared_input_layer(self) -> Iterator[None]:
         """Within the block, the encoder's shared front (``shared_front``) computes once
-        per front precision and then returns that output again for the same input
-        (paths whose front runs at the same bits compute the same output)."""
+        per front precision and channel count, then returns that output again for the
+        same input (paths whose front runs at the same bits and channels compute the
+        same output)."""
         embed = self.encoder.shared_front() if not self._record_gaps else None
         if not self.share_input_layer or embed is None:
             yield
             return
         original = embed.forward
-        outputs: dict[int, dict] = {}
+        outputs: dict[tuple[int, int | None], dict] = {}
 
         def forward(x: torch.Tensor, *args: Any) -> Any:
-            cache = outputs.setdefault(self.encoder.active_arch.front_bits, {})
+            arch = self.encoder.active_arch
+            cache = outputs.setdefault((arch.front_bits, arch.front_channels), {})
             # an output computed without gradient (a twin teacher's) never feeds a path
             # that trains the front
             if cache and cache["x"] is x and (cache["grad"] or not torch.is_grad_enabled()) \
