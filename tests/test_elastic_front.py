@@ -165,3 +165,27 @@ def test_the_onnx_export_of_a_narrow_front_transcribes_as_espnet(tmp_path):
     int8 = OnnxSpeech2Text(out, variant="int8").log_probs([speech])[0]
     assert int8.shape == ref.shape
     assert (int8.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
+
+
+@torch.no_grad()
+def test_reordering_by_importance_keeps_the_full_front_and_moves_strong_channels_first():
+    enc = _encoder(part_precisions=None)
+    enc.eval()
+    convs = [enc.embed.conv[0], enc.embed.conv[2]]
+    linear = enc.embed.out[0]
+    convs[0].weight[50].mul_(20.0)        # channel 50 of the first map: far the strongest
+    convs[1].weight[:, 50].mul_(20.0)
+    convs[1].weight[60].mul_(20.0)        # channel 60 of the second map
+    linear.weight.view(64, 64, 4)[:, 60].mul_(20.0)
+    x, lengths = torch.randn(2, 60, MELS), torch.tensor([60, 41])
+    enc.set_subsystem("d4-w1-fp")
+    before = enc(x, lengths)[0]
+    strong_first, strong_second = convs[0].weight[50].clone(), convs[1].weight[60].clone()
+    enc.reorder_by_importance()
+    enc.set_subsystem("d4-w1-fp")
+    assert torch.allclose(enc(x, lengths)[0], before, atol=1e-4)
+    assert torch.equal(convs[0].weight[0], strong_first)
+    # the second map's strong channel leads too (its input taps moved with the first map)
+    assert torch.allclose(convs[1].weight[0].abs().sum(), strong_second.abs().sum())
+    rows = linear.weight.view(64, 64, 4).norm(dim=(0, 2))
+    assert int(rows.argmax()) == 0

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+import torch
 from torch import nn
 
 from espnet_allinone.arch import ArchError
@@ -77,6 +78,24 @@ class ElasticFront:
                              "is not a whole number of channels")
         return None if channels == self.full else int(channels)
 
+    @torch.no_grad()
+    def reorder_by_importance(self) -> None:
+        """Permute the front's channels most important first (function-preserving at full
+        width): each Conv2d's output channels by the L2 norms of their input and output
+        weights, the next layer's inputs with them (the Linear's in channel-major rows)."""
+        convs, linear = front_layers(self.embed)
+        freqs = linear.in_features // self.full
+        for index, conv in enumerate(convs):
+            last = index + 1 == len(convs)
+            following = (linear.weight.reshape(linear.out_features, self.full, freqs) if last
+                         else convs[index + 1].weight).transpose(0, 1)
+            order = torch.argsort(_norms(conv.weight) * _norms(following), descending=True)
+            conv.permute_out(order)
+            if last:
+                linear.permute_in((order[:, None] * freqs + torch.arange(freqs)).reshape(-1))
+            else:
+                convs[index + 1].permute_in(order)
+
     def set_active(self, channels: int | None, bits: int = FLOAT_BITS) -> None:
         """Run the first ``channels`` channels (None: all) at ``bits``; ArchError when the
         count does not fit (outside 1..C, or not whole quantizer groups)."""
@@ -108,3 +127,8 @@ def narrow_front(embed: nn.Module, channels: int) -> None:
         for index, module in enumerate(sequential):
             if id(module) in replaced:
                 sequential[index] = replaced[id(module)]
+
+
+def _norms(weight: torch.Tensor) -> torch.Tensor:
+    """L2 norm of each slice along the first dimension."""
+    return weight.reshape(weight.shape[0], -1).norm(dim=1)

@@ -301,7 +301,7 @@ class ElasticConformerEncoder(RejectUnknownOptions, SubsystemSwitching, Conforme
     # --- importance ---------------------------------------------------------
     @torch.no_grad()
     def reorder_by_importance(self) -> None:
-        """Permute FFN units, heads (and elastic conv channels) most important first.
+        """Permute FFN units, heads (and elastic conv and front channels) most important first.
 
         Importance is a weight-magnitude product of each unit's input and
         output connections. The permutation is function-preserving at full
@@ -309,6 +309,8 @@ class ElasticConformerEncoder(RejectUnknownOptions, SubsystemSwitching, Conforme
         """
         for block in self.blocks:
             reorder_block(block, self.family, self.space.elastic_conv)
+        if self._elastic_front is not None:
+            self._elastic_front.reorder_by_importance()
 
 
 publish_signature(ElasticConformerEncoder, ConformerEncoder)
