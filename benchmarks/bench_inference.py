@@ -363,6 +363,7 @@ def main() -> None:
             if sub == smallest:
                 runners[threads, sub, "torch front only" + suffix] = _front_runner(model,
                                                                                    speech_t)
+                sizes[sub, "torch front only" + suffix] = result.disk_bytes
             for variant in ("exact", "fast", "int8") if low_bit else ("exact", "int8"):
                 asr = OnnxSpeech2Text(out, variant, threads)
                 runners[threads, sub, f"ours {variant}{suffix}"] = lambda a=asr: a(SPEECH)
