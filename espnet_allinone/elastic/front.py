@@ -53,7 +53,11 @@ def front_layers(embed: nn.Module) -> tuple[list[nn.Conv2d], nn.Linear]:
 def front_units(embed: nn.Module, channels: int) -> list[tuple[nn.Module, int, int | None]]:
     """``(layer, active outputs, active inputs)`` of each weight layer of ``embed`` when it
     keeps its first ``channels`` channels (None: all inputs)."""
-    convs, linear = front_layers(embed)
+    return _units(*front_layers(embed), channels)
+
+
+def _units(convs: list[nn.Conv2d], linear: nn.Linear,
+           channels: int) -> list[tuple[nn.Module, int, int | None]]:
     freqs = linear.in_features // convs[0].out_channels
     units: list[tuple[nn.Module, int, int | None]] = [(convs[0], channels, None)]
     units += [(conv, channels, channels) for conv in convs[1:]]
@@ -64,11 +68,11 @@ class ElasticFront:
     """The front's weight layers, made elastic, narrowed together to a channel count."""
 
     def __init__(self, embed: nn.Module):
-        convs, _ = front_layers(embed)
-        self.embed = embed
-        self.full = convs[0].out_channels
+        self.convs, self.linear = front_layers(embed)  # checked once: switching is per step
+        self.full = self.convs[0].out_channels
         self.layers: list[ElasticWeightMixin] = [
-            convert_weight_layer(layer) for layer, _, _ in front_units(embed, self.full)]
+            convert_weight_layer(layer) for layer, _, _ in _units(self.convs, self.linear,
+                                                                  self.full)]
 
     def channels_for(self, width: Fraction) -> int | None:
         """The channels a subsystem of ``width`` keeps (None: all)."""
@@ -83,7 +87,7 @@ class ElasticFront:
         """Permute the front's channels most important first (function-preserving at full
         width): each Conv2d's output channels by the L2 norms of their input and output
         weights, the next layer's inputs with them (the Linear's in channel-major rows)."""
-        convs, linear = front_layers(self.embed)
+        convs, linear = self.convs, self.linear
         freqs = linear.in_features // self.full
         for index, conv in enumerate(convs):
             last = index + 1 == len(convs)
@@ -102,7 +106,7 @@ class ElasticFront:
         count = self.full if channels is None else int(channels)
         if not 1 <= count <= self.full:
             raise ArchError(f"front channels {count} outside 1..{self.full}")
-        for layer, out, in_ in front_units(self.embed, count):
+        for layer, out, in_ in _units(self.convs, self.linear, count):
             try:
                 layer.set_active(out, in_, bits=bits)
             except ValueError as err:
