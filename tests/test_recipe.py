@@ -283,11 +283,11 @@ def test_baseline_config_trains_one_path(tmp_path: Path) -> None:
     allinone["model_conf"]["distill_twin_weight"] = 0.5
     config.write_text(yaml.safe_dump(allinone))
     assert recipe_util.main(["baseline_config", "--config", str(config),
-                             "--subsystem", "d2-w0.5-int4", "--out", str(out)]) == 0
+                             "--subsystem", "d3-w0.5-int4", "--out", str(out)]) == 0
     conf = yaml.safe_load(out.read_text())
     assert conf["model_conf"]["sampling"] == "explicit"
-    assert conf["model_conf"]["subsystems"] == ["d2-w0.5-int4"]
-    assert conf["model_conf"]["valid_subsystems"] == ["d2-w0.5-int4"]
+    assert conf["model_conf"]["subsystems"] == ["d3-w0.5-int4"]
+    assert conf["model_conf"]["valid_subsystems"] == ["d3-w0.5-int4"]
     assert conf["model_conf"]["distill_weight"] == 0.0
     # One path: nothing drawn, nothing distilled (no twin KL from its own float path).
     assert not {"draw_weights", "distill_temperature", "distill_start_steps",

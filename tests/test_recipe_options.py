@@ -59,12 +59,12 @@ def test_unknown_option_is_named_with_the_valid_ones(recipe: Path) -> None:
 
 
 def test_bad_subsystem_fails_before_any_stage(recipe: Path) -> None:
-    res = run(recipe, "--train_config", CONFIG, "--subsystems", "d4-w1-fp d3-w1-fp",
+    res = run(recipe, "--train_config", CONFIG, "--subsystems", "d4-w1-fp d2-w1-fp",
               script="./allinone.sh")
     assert res.returncode != 0
-    assert "subsystem d3-w1-fp is not in this model's search space" in res.stdout
-    assert "depth 3 (valid: 2, 4)" in res.stdout
-    assert "its subsystems: d2-w0.5-int2 " in res.stdout and "d4-w1-fp)" in res.stdout
+    assert "subsystem d2-w1-fp is not in this model's search space" in res.stdout
+    assert "depth 2 (valid: 3, 4)" in res.stdout
+    assert "its subsystems: d3-w0.5-int2 " in res.stdout and "d4-w1-fp)" in res.stdout
     assert "Stage 1" not in res.stdout
     # nothing was made: no data, no experiment dir, no stage log
     assert not (recipe / "exp").exists() and not (recipe / "data").exists()
@@ -73,9 +73,9 @@ def test_bad_subsystem_fails_before_any_stage(recipe: Path) -> None:
 def test_resolved_subsystems_are_used_by_every_stage(recipe: Path) -> None:
     """--subsystems is validated once; the canonical list is what the stages get."""
     res = run(recipe, "--stage", "100", "--train_config", CONFIG,
-              "--subsystems", "d4-w1.0-fp,d2-w0.50-int2", script="./allinone.sh")
+              "--subsystems", "d4-w1.0-fp,d3-w0.50-int2", script="./allinone.sh")
     assert res.returncode == 0, res.stdout
-    assert "subsystems: d4-w1-fp d2-w0.5-int2" in res.stdout
+    assert "subsystems: d4-w1-fp d3-w0.5-int2" in res.stdout
     text = (RECIPE / "allinone.sh").read_text()
     assert text.count("recipe_util subsystems") == 1
     assert "<<'EOF'" not in text  # no inline Python left in the stage script

@@ -4,7 +4,7 @@
 # and scores every subsystem, and prints the results table
 # (exp/asr_train_allinone/RESULTS.md, wer_vs_size.png).
 #   ./run.sh                        # everything
-#   ./run.sh --stage 13 --stop_stage 16 --subsystems "d4-w1-fp d2-w0.5-int2"
+#   ./run.sh --stage 13 --stop_stage 16 --subsystems "d4-w1-fp d3-w0.5-int2"
 set -euo pipefail
 cd "$(dirname "$0")"
 . ./path.sh
